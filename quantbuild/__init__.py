@@ -1,0 +1,3 @@
+"""quantbuild: declarative, incremental post-training quantization of ONNX models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from quantbuild.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Build machinery: content hashes and keys, the artifact store, the doit loader."""

@@ -1,0 +1,69 @@
+"""Canonical JSON, sha256 keys and file digests (cached by path, size and mtime)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: the same value always gives the same text."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def digest(value: Any) -> str:
+    """sha256 of the canonical JSON of a value."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FileHasher:
+    """File digests, re-hashed only when a file's size, mtime or inode changed."""
+
+    def __init__(self, cache_file: Path | None = None):
+        self.cache_file = cache_file
+        self._cache: dict[str, list] = {}
+        self._dirty = False
+        if cache_file and cache_file.is_file():
+            try:
+                self._cache = json.loads(cache_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                self._cache = {}  # an unreadable cache is only a slower start
+
+    def sha256(self, path: Path) -> str:
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        key = str(Path(path).resolve())
+        cached = self._cache.get(key)
+        if cached and cached[:3] == stamp:
+            return cached[3]
+        value = file_sha256(path)
+        self._cache[key] = stamp + [value]
+        self._dirty = True
+        return value
+
+    def save(self) -> None:
+        """Persist the cache atomically (best effort: a failure only costs re-hashing)."""
+        if not (self.cache_file and self._dirty):
+            return
+        try:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._cache), encoding="utf-8")
+            os.replace(tmp, self.cache_file)
+            self._dirty = False
+        except OSError:
+            pass

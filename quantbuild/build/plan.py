@@ -1,0 +1,189 @@
+"""Stage keys and stage execution for one recipe.
+
+A stage's key is sha256 of canonical JSON of: its name, VERSION, the values of the recipe
+fields it reads (files and datasets by content, never by path) and the content digests of
+its upstream artifacts. Nothing else: so changing `quantization.bits` never re-keys `stats`,
+and two recipes with the same model and calibration data share one `stats` entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from quantbuild.build.keys import digest, file_sha256
+from quantbuild.build.project import Project
+from quantbuild.build.store import Entry
+from quantbuild.data.dataset import Dataset, open_dataset
+from quantbuild.data.preprocess import check_channels
+from quantbuild.errors import DataError, RecipeError
+from quantbuild.recipe import Recipe
+from quantbuild.stages import BY_NAME
+from quantbuild.stages.context import Context
+
+
+def pointer_get(data: Any, pointer: str) -> Any:
+    """Value at a JSON pointer such as /quantization/bits (None when absent)."""
+    for part in pointer.strip("/").split("/"):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+class RecipeBuild:
+    """Keys, store entries and execution of the stages of one recipe."""
+
+    def __init__(self, project: Project, recipe: Recipe):
+        self.project = project
+        self.recipe = recipe
+        self._datasets: dict[str, Dataset] = {}
+
+    @property
+    def stages(self) -> list[ModuleType]:
+        from quantbuild.stages import PIPELINE
+
+        has_eval = "evaluation" in self.recipe.data
+        return [s for s in PIPELINE if has_eval or s.NAME != "evaluate"]
+
+    # -- inputs -------------------------------------------------------------------------------
+    def dataset(self, section: str) -> Dataset:
+        """The calibration or evaluation dataset, listed once per process."""
+        if section not in self._datasets:
+            problem = check_channels(self.recipe.data[section].get("preprocess", {}))
+            if problem:
+                raise RecipeError(
+                    f"{section}.preprocess: {problem}", self.recipe.where((section, "preprocess"))
+                )
+            self._datasets[section] = open_dataset(
+                self.recipe.data[section]["data"],
+                self.recipe.data[section].get("preprocess", {}),
+                f"{section}.data",
+                self.recipe.where((section, "data")),
+            )
+        return self._datasets[section]
+
+    def _frames_digest(self, section: str) -> str:
+        dataset = self.dataset(section)
+        hashes = {f: self.project.hasher.sha256(f) for f in dataset.files()}
+        return digest([[hashes[f.file], f.index, f.label] for f in dataset.frames])
+
+    @cached_property
+    def keyed_recipe(self) -> dict:
+        """The recipe with files and datasets replaced by their content digests."""
+        data = copy.deepcopy(self.recipe.data)
+        data["model"] = {"sha256": self.project.hasher.sha256(self.recipe.model)}
+        for section in ("calibration", "evaluation"):
+            if section in data:
+                data[section]["data"] = {"frames": self._frames_digest(section)}
+        self.project.hasher.save()
+        return data
+
+    def overlap(self) -> int:
+        """How many evaluation frames are also calibration frames (by content)."""
+        if "evaluation" not in self.recipe.data:
+            return 0
+        sha = self.project.hasher.sha256
+        calib = {(sha(f.file), f.index) for f in self.dataset("calibration").frames}
+        return sum((sha(f.file), f.index) in calib for f in self.dataset("evaluation").frames)
+
+    # -- keys ---------------------------------------------------------------------------------
+    def fields(self, stage: str) -> dict[str, Any]:
+        return {p: pointer_get(self.keyed_recipe, p) for p in BY_NAME[stage].READS}
+
+    def key(self, stage: str) -> str | None:
+        """The stage's key now, or None while an upstream artifact is missing."""
+        module = BY_NAME[stage]
+        inputs = {}
+        for upstream in module.INPUTS:
+            entry = self.entry(upstream)
+            if entry is None:
+                return None
+            inputs[upstream] = entry.digest
+        return digest(
+            {
+                "stage": stage,
+                "version": module.VERSION,
+                "fields": self.fields(stage),
+                "inputs": inputs,
+            }
+        )
+
+    def entry(self, stage: str) -> Entry | None:
+        key = self.key(stage)
+        return None if key is None else self.project.store.lookup(stage, key)
+
+    # -- exports ------------------------------------------------------------------------------
+    def export_dir(self) -> Path:
+        return self.project.out / self.recipe.name
+
+    def export_paths(self, stage: str) -> list[Path]:
+        return [self.export_dir() / name for name in BY_NAME[stage].EXPORTS.values()]
+
+    def exported(self, stage: str, entry: Entry) -> bool:
+        for source, name in BY_NAME[stage].EXPORTS.items():
+            target = self.export_dir() / name
+            if (
+                not target.is_file()
+                or self.project.hasher.sha256(target) != entry.manifest["files"][source]["sha256"]
+            ):
+                return False
+        return True
+
+    def export(self, stage: str, entry: Entry) -> None:
+        """Copy the stage's user-facing files to <out>/<recipe>/, atomically."""
+        for source, name in BY_NAME[stage].EXPORTS.items():
+            target = self.export_dir() / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (
+                target.is_file()
+                and file_sha256(target) == entry.manifest["files"][source]["sha256"]
+            ):
+                continue
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                shutil.copyfile(entry.path(source), tmp)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+    # -- execution ----------------------------------------------------------------------------
+    def is_current(self, stage: str) -> bool:
+        """True when the stage's artifact is in the store and its exports match it."""
+        entry = self.entry(stage)
+        return entry is not None and self.exported(stage, entry)
+
+    def run(self, stage: str, log=print) -> tuple[Entry, bool]:
+        """Publish the stage's artifact (unless the store has it) and export it. Returns (entry, hit)."""
+        module = BY_NAME[stage]
+        key = self.key(stage)
+        if key is None:
+            missing = [u for u in module.INPUTS if self.entry(u) is None]
+            raise DataError(f"{stage}: upstream stage(s) not built: {', '.join(missing)}")
+        entry = self.project.store.lookup(stage, key)
+        hit = entry is not None
+        if entry is None:
+            if stage == "evaluate" and self.overlap():
+                log(f"warning: {self.overlap()} evaluation frame(s) are also calibration frames")
+            inputs = {u: self.entry(u) for u in module.INPUTS}
+            ctx = Context(self.recipe, inputs, self.dataset, log)
+            record = {
+                "stage": stage,
+                "version": module.VERSION,
+                "fields": self.fields(stage),
+                "inputs": {u: e.digest for u, e in inputs.items()},
+            }
+            entry = self.project.store.publish(stage, key, lambda out: module.run(ctx, out), record)
+        else:
+            log(f"store hit {key[:12]}")
+        self.export(stage, entry)
+        self.project.hasher.save()
+        return entry, hit

@@ -1,0 +1,138 @@
+"""A recipe project: a folder with doit.cfg, its recipes, its settings and its store."""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantbuild.build.keys import FileHasher
+from quantbuild.build.store import Store
+from quantbuild.errors import QuantbuildError, RecipeError
+from quantbuild.recipe import Recipe, load_recipe
+from quantbuild.recipe.validate import RecipeErrors
+
+CONFIG = "doit.cfg"
+STATE = ".quantbuild"
+DEFAULTS = {"recipes": "*.yaml *.yml", "out": "build", "store": f"{STATE}/store"}
+
+CONFIG_TEXT = """\
+# quantbuild project: `doit` (or `quantbuild build`) here builds every recipe.
+[GLOBAL]
+loader = quantbuild
+dep_file = .quantbuild/doit.db
+backend = sqlite3
+
+[LOADER]
+quantbuild = quantbuild.build.loader:RecipeLoader
+
+[quantbuild]
+# Recipe files (globs, relative to this folder); bases kept elsewhere are found via extends.
+recipes = *.yaml *.yml
+# Where each recipe's results are copied: <out>/<recipe>/...
+out = build
+# Content-addressed artifact store; the QUANTBUILD_CACHE environment variable overrides it.
+store = .quantbuild/store
+"""
+
+
+def read_settings(root: Path) -> dict[str, str]:
+    """The [quantbuild] section of doit.cfg over the defaults."""
+    settings = dict(DEFAULTS)
+    config_file = root / CONFIG
+    if config_file.is_file():
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(config_file, encoding="utf-8")
+        except configparser.Error as err:
+            raise RecipeError(
+                f"invalid config: {str(err).splitlines()[0]}", str(config_file)
+            ) from None
+        if parser.has_section("quantbuild"):
+            for key, value in parser.items("quantbuild"):
+                if key not in DEFAULTS:
+                    raise RecipeError(
+                        f"[quantbuild] {key}: unknown setting; known: {', '.join(DEFAULTS)}",
+                        str(config_file),
+                    )
+                settings[key] = value.strip()
+    return settings
+
+
+@dataclass
+class Project:
+    """Everything a build needs to know about a project folder."""
+
+    root: Path
+    overrides: tuple[str, ...] = ()
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+        self.settings = read_settings(self.root)
+        store_root = os.environ.get("QUANTBUILD_CACHE") or self.settings["store"]
+        self.store = Store((self.root / store_root).resolve())
+        self.out = (self.root / self.settings["out"]).resolve()
+        self.state = self.root / STATE
+        self.hasher = FileHasher(self.state / "filehashes.json")
+        self._recipes: dict[str, Recipe] | None = None
+
+    def recipe_files(self) -> list[Path]:
+        files: set[Path] = set()
+        for pattern in self.settings["recipes"].split():
+            files.update(p.resolve() for p in self.root.glob(pattern) if p.is_file())
+        return sorted(files)
+
+    def recipes(self) -> dict[str, Recipe]:
+        """All recipes, loaded and validated; every broken recipe is reported at once."""
+        if self._recipes is None:
+            loaded: dict[str, Recipe] = {}
+            errors: list[QuantbuildError] = []
+            for file in self.recipe_files():
+                try:
+                    recipe = load_recipe(file, self.overrides)
+                except RecipeErrors as err:
+                    errors.extend(err.errors)
+                    continue
+                except QuantbuildError as err:
+                    errors.append(err)
+                    continue
+                if recipe.name in loaded:
+                    errors.append(
+                        RecipeError(
+                            f"name {recipe.name!r} is also used by {loaded[recipe.name].file.name}; "
+                            "rename one (field `name`)",
+                            recipe.where(("name",)),
+                        )
+                    )
+                    continue
+                loaded[recipe.name] = recipe
+            if errors:
+                raise ProjectErrors(errors)
+            self._recipes = loaded
+        return self._recipes
+
+    def find(self, ref: str) -> Recipe:
+        """A recipe by name or file path."""
+        recipes = self.recipes()
+        if ref in recipes:
+            return recipes[ref]
+        path = Path(ref).resolve()
+        for recipe in recipes.values():
+            if recipe.file == path:
+                return recipe
+        known = ", ".join(recipes) or "none"
+        raise RecipeError(f"no recipe named {ref!r} in {self.root}; recipes: {known}")
+
+
+class ProjectErrors(QuantbuildError):
+    """Errors from several recipes; the exit code is that of the first."""
+
+    def __init__(self, errors: list[QuantbuildError]):
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+        self.exit_code = errors[0].exit_code
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,0 +1,87 @@
+"""What is out of date, and why: current stage keys against the store and the last build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantbuild.build.plan import RecipeBuild
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    stage: str
+    state: str  # "up to date", "out of date", "waiting"
+    reasons: list[str]
+
+
+def last_values(db: Path, task: str) -> dict | None:
+    """Values doit saved for a task at its last successful run."""
+    if not db.is_file():
+        return None
+    from doit.dependency import Dependency, SqliteDB
+
+    deps = Dependency(SqliteDB, str(db))
+    try:
+        return deps.get_values(task) or None
+    finally:
+        deps.close()
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def diff_fields(old: Any, new: Any, path: str) -> list[str]:
+    """Human-readable differences between two field values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if set(old) in ({"sha256"}, {"frames"}) and old.keys() == new.keys():
+            return [f"{path}: content changed"] if old != new else []
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += diff_fields(old.get(key), new.get(key), f"{path}.{key}")
+        return out
+    if old != new:
+        return [f"{path}: {_short(old)} -> {_short(new)}"]
+    return []
+
+
+def recipe_status(build: RecipeBuild, db: Path) -> list[StageStatus]:
+    """Status of every stage of one recipe, with reasons for those not up to date."""
+    out = []
+    name = build.recipe.name
+    for module in build.stages:
+        stage = module.NAME
+        key = build.key(stage)
+        if key is None:
+            out.append(StageStatus(stage, "waiting", ["an upstream stage is out of date"]))
+            continue
+        entry = build.project.store.lookup(stage, key)
+        if entry is not None and build.exported(stage, entry):
+            out.append(StageStatus(stage, "up to date", []))
+            continue
+        reasons = []
+        if entry is not None:
+            reasons.append("exported files missing or modified (copied back from the store)")
+        last = last_values(db, f"{stage}:{name}")
+        if last is None:
+            reasons.append("never built")
+        else:
+            current = build.fields(stage)
+            for pointer in sorted(set(current) | set(last.get("fields", {}))):
+                dotted = pointer.strip("/").replace("/", ".")
+                reasons += diff_fields(
+                    last.get("fields", {}).get(pointer), current.get(pointer), dotted
+                )
+            changed = [
+                u
+                for u in module.INPUTS
+                if (build.entry(u) and build.entry(u).digest) != last.get("inputs", {}).get(u)
+            ]
+            reasons += [f"input {u} changed" for u in changed]
+            if not reasons and entry is None:
+                reasons.append(f"stage version or store changed (key {key[:12]} not in the store)")
+        out.append(StageStatus(stage, "out of date", reasons))
+    return out

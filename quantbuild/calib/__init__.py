@@ -1,0 +1,1 @@
+"""Calibration: activation statistics and the range policies computed from them."""

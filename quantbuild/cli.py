@@ -1,0 +1,199 @@
+"""The `quantbuild` command: init, build, list, status, show, clean."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from quantbuild import __version__
+from quantbuild.errors import EXIT_BUILD_FAILED, EXIT_INTERNAL, QuantbuildError, RecipeError
+
+
+def _project(args):
+    from quantbuild.build.project import Project
+
+    return Project(Path(args.directory), tuple(args.set or ()))
+
+
+def cmd_init(args) -> int:
+    from quantbuild.build.project import CONFIG, CONFIG_TEXT
+
+    target = Path(args.directory) / CONFIG
+    if target.exists() and not args.force:
+        raise RecipeError(f"{target} exists; use --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(CONFIG_TEXT, encoding="utf-8")
+    print(
+        f"wrote {target}: run `doit` or `quantbuild build` in {target.parent} to build its recipes"
+    )
+    return 0
+
+
+def cmd_build(args) -> int:
+    from doit.doit_cmd import DoitMain
+
+    from quantbuild.build import failures
+    from quantbuild.build.loader import RecipeLoader
+    from quantbuild.build.plan import RecipeBuild
+
+    project = _project(args)
+    project.recipes()  # a bad recipe never starts a build
+    targets = []
+    for ref in args.recipes:
+        recipe = project.find(ref)
+        targets.append(f"{RecipeBuild(project, recipe).stages[-1].NAME}:{recipe.name}")
+    doit_args = (
+        ["run"]
+        + (["--continue"] if args.keep_going else [])
+        + (["--always-execute"] if args.force else [])
+    )
+    code = DoitMain(RecipeLoader(project), config_filenames=()).run(doit_args + targets)
+    if code == 0:
+        return 0
+    error = failures.first()
+    if code == 1:
+        return error.exit_code if error else EXIT_BUILD_FAILED
+    return EXIT_INTERNAL if code == 2 else code
+
+
+def cmd_list(args) -> int:
+    from quantbuild.report.markdown import _scheme
+
+    project = _project(args)
+    for name, recipe in project.recipes().items():
+        q = recipe.data["quantization"]
+        print(
+            f"{name:24} {recipe.file.name:24} {recipe.data.get('device') or '-':8} {q['bits']:>2}-bit  {_scheme(q)}"
+        )
+    return 0
+
+
+def cmd_status(args) -> int:
+    from quantbuild.build.plan import RecipeBuild
+    from quantbuild.build.status import recipe_status
+
+    project = _project(args)
+    recipes = (
+        [project.find(r) for r in args.recipes]
+        if args.recipes
+        else list(project.recipes().values())
+    )
+    stale = False
+    for recipe in recipes:
+        print(f"{recipe.name}:")
+        for status in recipe_status(RecipeBuild(project, recipe), project.state / "doit.db"):
+            stale |= status.state != "up to date"
+            print(f"  {status.stage:9} {status.state}")
+            if args.why:
+                for reason in status.reasons:
+                    print(f"            {reason}")
+    return 1 if stale and args.check else 0
+
+
+def cmd_show(args) -> int:
+    from quantbuild.recipe.show import resolved_yaml
+
+    project = _project(args)
+    recipe = project.find(args.recipe)
+    if args.resolved:
+        sys.stdout.write(resolved_yaml(recipe))
+        return 0
+    from quantbuild.build.plan import RecipeBuild
+
+    build = RecipeBuild(project, recipe)
+    print(f"recipe   {recipe.name} ({recipe.file})")
+    print(f"results  {build.export_dir()}")
+    for module in build.stages:
+        entry = build.entry(module.NAME)
+        where = entry.dir if entry else "not built"
+        print(f"{module.NAME:9}{where}")
+    return 0
+
+
+def cmd_clean(args) -> int:
+    project = _project(args)
+    names = (
+        [project.find(r).name for r in args.recipes] if args.recipes else list(project.recipes())
+    )
+    for name in names:
+        shutil.rmtree(project.out / name, ignore_errors=True)
+    if not args.recipes:
+        (project.out / "report.md").unlink(missing_ok=True)
+        (project.state / "doit.db").unlink(missing_ok=True)
+    if args.store:
+        project.store.remove()
+    print(f"cleaned {', '.join(names) or 'nothing'}" + (" and the store" if args.store else ""))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="quantbuild", description=__doc__)
+    top.add_argument("--version", action="version", version=f"quantbuild {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("-C", "--directory", default=".", help="project folder (default: .)")
+        p.set_defaults(func=func)
+        return p
+
+    def overrides(p):
+        p.add_argument(
+            "-S",
+            "--set",
+            action="append",
+            metavar="PATH=VALUE",
+            help="override a recipe field, e.g. -S quantization.bits=16 (repeatable)",
+        )
+
+    p = add("init", cmd_init, "write doit.cfg so that `doit` builds the recipes in a folder")
+    p.add_argument("--force", action="store_true", help="overwrite an existing doit.cfg")
+    p = add("build", cmd_build, "build recipes (all by default) and the report")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe names or files")
+    p.add_argument(
+        "-k", "--keep-going", action="store_true", help="build other recipes after a failure"
+    )
+    p.add_argument("--force", action="store_true", help="run every stage even if up to date")
+    overrides(p)
+    p = add("list", cmd_list, "list the recipes of the project")
+    overrides(p)
+    p = add("status", cmd_status, "show which stages are out of date")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE")
+    p.add_argument(
+        "--why",
+        action="store_true",
+        help="name the fields and inputs that changed since the last build",
+    )
+    p.add_argument("--check", action="store_true", help="exit 1 when anything is out of date")
+    overrides(p)
+    p = add("show", cmd_show, "show a recipe's artifacts, or with --resolved the final recipe")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument(
+        "--resolved",
+        action="store_true",
+        help="print the final recipe with where each value came from",
+    )
+    overrides(p)
+    p = add("clean", cmd_clean, "remove exported results (and with --store the artifact store)")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE")
+    p.add_argument("--store", action="store_true", help="also delete the whole artifact store")
+    overrides(p)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except QuantbuildError as err:
+        print(f"error: {err}".replace("\n", "\nerror: "), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets (image folders, .npy/.npz tensors) and edgeai-benchmark style preprocessing."""

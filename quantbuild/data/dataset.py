@@ -1,0 +1,233 @@
+"""Datasets as ordered, sampled lists of frames, each loaded on demand (bounded memory)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from quantbuild.data.preprocess import preprocess_image
+from quantbuild.errors import DataError, Where
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+_INT = re.compile(r"^-?\d+$")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: name and shape (None for symbolic dimensions)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One frame: a file, and an index into it for multi-frame arrays."""
+
+    file: Path
+    index: int | None = None
+    label: int | None = None
+
+
+@dataclass
+class Dataset:
+    """A dataset section of a recipe, listed and sampled, not yet loaded."""
+
+    kind: str  # "images" or "tensors"
+    root: Path
+    frames: list[FrameRef]
+    preprocess: dict
+    field: str  # e.g. "calibration.data", for messages
+    where: Where | str
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.frames) and all(f.label is not None for f in self.frames)
+
+    def files(self) -> list[Path]:
+        """Distinct files the frames come from, in order."""
+        return list(dict.fromkeys(f.file for f in self.frames))
+
+    def load(self, frame: FrameRef, inputs: list[InputSpec]) -> dict[str, np.ndarray]:
+        """The model feed for one frame, checked against the model inputs."""
+        if self.kind == "images":
+            feed = {inputs[0].name: self._image(frame)}
+        else:
+            feed = self._tensors(frame, inputs)
+        for spec in inputs:
+            _check_shape(feed[spec.name], spec, self, frame)
+        return feed
+
+    def iterate(self, inputs: list[InputSpec]) -> Iterator[tuple[FrameRef, dict[str, np.ndarray]]]:
+        """Frames in order, each loaded just before it is used."""
+        for frame in self.frames:
+            yield frame, self.load(frame, inputs)
+
+    def _image(self, frame: FrameRef) -> np.ndarray:
+        try:
+            with Image.open(frame.file) as image:
+                return preprocess_image(image, self.preprocess)
+        except (UnidentifiedImageError, OSError) as err:
+            raise DataError(
+                f"{self.field}: cannot decode image {frame.file}: {err}", self.where
+            ) from None
+
+    def _tensors(self, frame: FrameRef, inputs: list[InputSpec]) -> dict[str, np.ndarray]:
+        suffix = frame.file.suffix.lower()
+        try:
+            if suffix == ".npy":
+                array = np.load(frame.file, mmap_mode="r", allow_pickle=False)
+                arrays = {inputs[0].name: array}
+            else:
+                with np.load(frame.file, allow_pickle=False) as npz:
+                    names = [s.name for s in inputs]
+                    missing = [n for n in names if n not in npz.files]
+                    if missing:
+                        raise DataError(
+                            f"{self.field}: {frame.file.name} has no array {missing[0]!r}; "
+                            f"arrays: {', '.join(npz.files)}; name one array per model input",
+                            self.where,
+                        )
+                    arrays = {n: npz[n] for n in names}
+        except (ValueError, OSError) as err:
+            raise DataError(f"{self.field}: cannot read {frame.file}: {err}", self.where) from None
+        feed = {}
+        for spec in inputs:
+            array = arrays[spec.name]
+            if frame.index is not None:
+                array = array[frame.index : frame.index + 1]
+            elif len(spec.shape) == array.ndim + 1:
+                array = array[None]
+            feed[spec.name] = np.ascontiguousarray(array, dtype=np.float32)
+        return feed
+
+
+def _check_shape(array: np.ndarray, spec: InputSpec, dataset: Dataset, frame: FrameRef) -> None:
+    ok = array.ndim == len(spec.shape) and all(
+        want is None or want == got for want, got in zip(spec.shape, array.shape)
+    )
+    if not ok:
+        want = [d if d is not None else "?" for d in spec.shape]
+        hint = (
+            "preprocess (color, resize, crop, layout)" if dataset.kind == "images" else "the arrays"
+        )
+        raise DataError(
+            f"{dataset.field}: frame {frame.file.name} has shape {list(array.shape)} but model input "
+            f"{spec.name!r} expects {want}; fix {hint}",
+            dataset.where,
+        )
+
+
+def _image_files(root: Path) -> list[Path]:
+    return sorted(
+        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+
+
+def _folder_labels(root: Path, files: list[Path], field: str, where) -> list[int]:
+    classes = []
+    for f in files:
+        parts = f.relative_to(root).parts
+        if len(parts) < 2:
+            raise DataError(
+                f"{field}.labels: 'folders' needs class sub-folders; {f.name} is at the top", where
+            )
+        classes.append(parts[0])
+    names = sorted(set(classes))
+    if all(_INT.match(n) for n in names):
+        return [int(c) for c in classes]
+    index = {n: i for i, n in enumerate(names)}
+    return [index[c] for c in classes]
+
+
+def _file_labels(root: Path, files: list[Path], labels_file: Path, field: str, where) -> list[int]:
+    table: dict[str, int] = {}
+    for number, line in enumerate(labels_file.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.replace(",", " ").split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) != 2 or not _INT.match(parts[1]):
+            raise DataError(
+                "expected 'relative/path label' per line", Where(str(labels_file), number, 1)
+            )
+        table[Path(parts[0]).as_posix()] = int(parts[1])
+    out = []
+    for f in files:
+        rel = f.relative_to(root).as_posix()
+        if rel not in table:
+            raise DataError(f"{field}.labels: no label for {rel} in {labels_file.name}", where)
+        out.append(table[rel])
+    return out
+
+
+def _array_frames(path: Path, field: str, where, labels: str | None) -> list[FrameRef]:
+    try:
+        if path.suffix.lower() == ".npy":
+            count = np.load(path, mmap_mode="r", allow_pickle=False).shape[0]
+            label_values = None
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                data_names = [n for n in npz.files if n != labels]
+                if not data_names:
+                    raise DataError(f"{field}.tensors: {path.name} holds no arrays", where)
+                count = npz[data_names[0]].shape[0]
+                label_values = None
+                if labels:
+                    if labels not in npz.files:
+                        raise DataError(
+                            f"{field}.labels: {path.name} has no array {labels!r}", where
+                        )
+                    label_values = npz[labels].astype(np.int64).tolist()
+    except (ValueError, OSError) as err:
+        raise DataError(f"{field}.tensors: cannot read {path}: {err}", where) from None
+    return [
+        FrameRef(path, i, label_values[i] if label_values is not None else None)
+        for i in range(count)
+    ]
+
+
+def open_dataset(section: dict, preprocess: dict, field: str, where: Where | str) -> Dataset:
+    """List and sample the frames of a recipe dataset section (deterministic order)."""
+    labels = section.get("labels")
+    if "images" in section:
+        root = Path(section["images"])
+        files = _image_files(root) if root.is_dir() else [root]
+        if root.is_dir():
+            if labels == "folders":
+                label_list = _folder_labels(root, files, field, where)
+            elif labels:
+                label_list = _file_labels(root, files, Path(labels), field, where)
+            else:
+                label_list = [None] * len(files)
+        else:
+            label_list = [None]
+        frames = [FrameRef(f, None, lab) for f, lab in zip(files, label_list)]
+        kind = "images"
+    else:
+        root = Path(section["tensors"])
+        if root.is_dir():
+            files = sorted(
+                (p for p in root.rglob("*") if p.suffix.lower() in (".npy", ".npz")),
+                key=lambda p: p.relative_to(root).as_posix(),
+            )
+            frames = [FrameRef(f) for f in files]
+        else:
+            frames = _array_frames(root, field, where, labels)
+        kind = "tensors"
+    if not frames:
+        what = "images (.png .jpg ...)" if kind == "images" else ".npy/.npz frames"
+        raise DataError(
+            f"{field}.{kind}: no {what} found in {root}; point it at a non-empty dataset", where
+        )
+    limit = section.get("limit")
+    if limit is not None and limit < len(frames):
+        rng = np.random.default_rng(section.get("seed", 0))
+        chosen = np.sort(rng.choice(len(frames), size=limit, replace=False))
+        frames = [frames[i] for i in chosen]
+    return Dataset(kind, root, frames, preprocess, field, where)

@@ -1,0 +1,53 @@
+"""Layer table: name, op, output shape, MACs and parameter count of every node."""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+
+from quantbuild.graph.onnx_utils import initializers, static_shape, tensor_types
+
+
+def _macs(node: onnx.NodeProto, types: dict, inits: dict) -> int | None:
+    out = static_shape(types.get(node.output[0])) if node.output else None
+    if node.op_type in ("Conv", "ConvTranspose") and node.input[1] in inits:
+        w = list(inits[node.input[1]].dims)
+        if node.op_type == "Conv":
+            return math.prod(out) * math.prod(w[1:]) if out else None
+        src = static_shape(types.get(node.input[0]))
+        return math.prod(src) * math.prod(w[1:]) if src else None
+    if node.op_type in ("Gemm", "MatMul"):
+        a = static_shape(types.get(node.input[0])) or (
+            tuple(inits[node.input[0]].dims) if node.input[0] in inits else None
+        )
+        if out is None or a is None or not a:
+            return None
+        k = (
+            a[0]
+            if node.op_type == "Gemm" and any(x.name == "transA" and x.i for x in node.attribute)
+            else a[-1]
+        )
+        return math.prod(out) * k
+    return 0
+
+
+def layer_table(model: onnx.ModelProto) -> list[dict]:
+    """One row per node, in graph order."""
+    types = tensor_types(model)
+    inits = initializers(model)
+    rows = []
+    for node in model.graph.node:
+        shape = static_shape(types.get(node.output[0])) if node.output else None
+        rows.append(
+            {
+                "name": node.name,
+                "op": node.op_type,
+                "inputs": list(node.input),
+                "outputs": list(node.output),
+                "output_shape": list(shape) if shape else None,
+                "macs": _macs(node, types, inits),
+                "params": sum(math.prod(inits[i].dims) for i in node.input if i in inits),
+            }
+        )
+    return rows

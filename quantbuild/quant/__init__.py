@@ -1,0 +1,1 @@
+"""Quantization parameters, the quant-proto ranges file and the QDQ model writer."""

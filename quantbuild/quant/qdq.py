@@ -1,0 +1,311 @@
+"""Write a QDQ ONNX model: QuantizeLinear/DequantizeLinear pairs that simulate the target exactly.
+
+Placement follows how TIDL executes a network:
+- every activation tensor gets its own grid, except the output of an operator fused into its
+  producer (Conv/Gemm/Add followed by Relu or Clip: only the activation's output is quantized)
+  and the output of a value-preserving operator (MaxPool, Reshape, ...) whose input is
+  already on a grid;
+- Conv/ConvTranspose/Gemm/MatMul weights are symmetric integers (per tensor or per output
+  channel); biases are integers at input_scale * weight_scale (16 or 32 bits);
+- constant operands of element-wise operators are symmetric per-tensor integers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from quantbuild.graph.onnx_utils import opset_version
+from quantbuild.quant.params import QParams, bias_int32, weight_qparams
+from quantbuild.quant.ranges_io import TensorRange
+
+# Operators whose output values are a subset of their input values: no new grid needed.
+VALUE_PRESERVING = {
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "MaxPool",
+    "Identity",
+    "Slice",
+    "Split",
+    "DepthToSpace",
+    "SpaceToDepth",
+}
+# Activations TIDL fuses into the layer that produces their input.
+FUSED_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu"}
+FUSING_PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "BatchNormalization"}
+ELEMENTWISE_CONSTANTS = {"Add", "Sub", "Mul", "Div", "Concat", "PRelu", "Max", "Min", "Sum"}
+_ONNX_DTYPE = {
+    "int8": onnx.TensorProto.INT8,
+    "uint8": onnx.TensorProto.UINT8,
+    "int16": onnx.TensorProto.INT16,
+    "uint16": onnx.TensorProto.UINT16,
+}
+
+
+@dataclass(frozen=True)
+class WeightOptions:
+    bits: int
+    per_channel: bool
+    power_of_2: bool
+    bias_bits: int
+
+
+def _weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
+    """The output-channel axis of a weight, or None where per-channel does not apply."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1 if attrs.get("group", 1) == 1 else None
+    if node.op_type == "Gemm":
+        return 0 if attrs.get("transB", 0) else 1
+    if node.op_type == "MatMul" and weight.ndim == 2:
+        return 1
+    return None
+
+
+class QDQWriter:
+    """Turns a prepared float model plus activation ranges into a QDQ model."""
+
+    def __init__(
+        self, model: onnx.ModelProto, ranges: dict[str, TensorRange], weights: WeightOptions
+    ):
+        self.source = model
+        self.ranges = ranges
+        self.options = weights
+        self.opset = opset_version(model)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: dict[str, onnx.TensorProto] = {t.name: t for t in model.graph.initializer}
+        self.new_inits: list[onnx.TensorProto] = []
+        self.removed_inits: set[str] = set()
+        self.act_params: dict[str, QParams] = {}
+        self.record: dict[str, dict] = {"activations": {}, "weights": {}, "biases": {}}
+        self.uses_contrib = False
+
+    # -- decisions -------------------------------------------------------------------------
+    def _activation_tensors(self) -> list[str]:
+        graph = self.source.graph
+        producer = {o: n for n in graph.node for o in n.output}
+        consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for n in graph.node:
+            for i in n.input:
+                consumers[i].append(n)
+        outputs = {o.name for o in graph.output}
+        chosen: list[str] = []
+        chosen_set: set[str] = set()
+        candidates = [i.name for i in graph.input] + [o for n in graph.node for o in n.output]
+        for name in candidates:
+            if name not in self.ranges or name in self.inits:
+                continue
+            if not consumers[name] and name not in outputs:
+                continue
+            node = producer.get(name)
+            if node is not None and name not in outputs:
+                users = consumers[name]
+                if (
+                    node.op_type in FUSING_PRODUCERS
+                    and len(users) == 1
+                    and users[0].op_type in FUSED_ACTIVATIONS
+                ):
+                    continue
+                if node.op_type in VALUE_PRESERVING and node.input and node.input[0] in chosen_set:
+                    continue
+            chosen.append(name)
+            chosen_set.add(name)
+        return chosen
+
+    # -- node helpers ----------------------------------------------------------------------
+    def _domain(self, dtype: str) -> str:
+        if dtype.endswith("16") and self.opset < 21:
+            self.uses_contrib = True
+            return "com.microsoft"
+        return ""
+
+    def _constant(self, name: str, array: np.ndarray) -> str:
+        self.new_inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def _qparam_inputs(self, base: str, qp: QParams) -> tuple[str, str]:
+        scale = self._constant(f"{base}_scale", np.asarray(qp.scale, dtype=np.float32))
+        zero = self._constant(f"{base}_zero_point", np.asarray(qp.zero_point))
+        return scale, zero
+
+    def _axis(self, qp: QParams) -> list:
+        return [helper.make_attribute("axis", qp.axis)] if qp.axis is not None else []
+
+    def _qdq(self, source: str, target: str, qp: QParams) -> None:
+        """Append QuantizeLinear(source) -> DequantizeLinear -> target."""
+        scale, zero = self._qparam_inputs(target, qp)
+        domain = self._domain(qp.dtype)
+        quant = helper.make_node(
+            "QuantizeLinear",
+            [source, scale, zero],
+            [f"{target}_quantized"],
+            name=f"{target}_QuantizeLinear",
+            domain=domain,
+        )
+        dequant = helper.make_node(
+            "DequantizeLinear",
+            [f"{target}_quantized", scale, zero],
+            [target],
+            name=f"{target}_DequantizeLinear",
+            domain=domain,
+        )
+        for node in (quant, dequant):
+            node.attribute.extend(self._axis(qp))
+        self.nodes.extend([quant, dequant])
+
+    def _dequantized_constant(self, name: str, q: np.ndarray, qp: QParams) -> None:
+        """Replace float initializer `name` by integers and a DequantizeLinear producing `name`."""
+        self.removed_inits.add(name)
+        stored = self._constant(f"{name}_quantized", q)
+        scale, zero = self._qparam_inputs(name, qp)
+        node = helper.make_node(
+            "DequantizeLinear",
+            [stored, scale, zero],
+            [name],
+            name=f"{name}_DequantizeLinear",
+            domain=self._domain(qp.dtype) if qp.dtype != "int32" else "",
+        )
+        node.attribute.extend(self._axis(qp))
+        self.nodes.append(node)
+
+    # -- parameters --------------------------------------------------------------------------
+    def _input_params(self, tensor: str, producer: dict) -> QParams | None:
+        """Grid of a tensor, looking through value-preserving operators."""
+        while tensor not in self.act_params:
+            node = producer.get(tensor)
+            if node is None or node.op_type not in VALUE_PRESERVING:
+                return None
+            tensor = node.input[0]
+        return self.act_params[tensor]
+
+    def _quantize_parameters(self, uses: dict[str, int]) -> None:
+        graph = self.source.graph
+        producer = {o: n for n in graph.node for o in n.output}
+        opts = self.options
+        for node in graph.node:
+            if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1:
+                w_name = node.input[1]
+                if w_name not in self.inits or w_name in self.removed_inits or uses[w_name] != 1:
+                    continue
+                weight = numpy_helper.to_array(self.inits[w_name])
+                if weight.dtype != np.float32:
+                    continue
+                axis = _weight_axis(node, weight) if opts.per_channel else None
+                qp = weight_qparams(weight, opts.bits, axis is not None, opts.power_of_2, axis or 0)
+                self._dequantized_constant(w_name, qp.quantize(weight), qp)
+                self.record["weights"][w_name] = _describe(qp)
+                b_name = node.input[2] if len(node.input) > 2 else ""
+                x_params = self._input_params(node.input[0], producer)
+                if (
+                    b_name in self.inits
+                    and uses[b_name] == 1
+                    and x_params is not None
+                    and node.op_type in ("Conv", "ConvTranspose", "Gemm")
+                ):
+                    bias = numpy_helper.to_array(self.inits[b_name])
+                    w_scale = qp.scale if qp.axis is not None else np.full(bias.shape, qp.scale)
+                    q, scale = bias_int32(bias, x_params.scale, w_scale, opts.bias_bits)
+                    bqp = QParams(scale, np.zeros(scale.shape, np.int32), "int32", 0)
+                    self._dequantized_constant(b_name, q, bqp)
+                    self.record["biases"][b_name] = {
+                        "dtype": "int32",
+                        "bits": opts.bias_bits,
+                        "scale": scale.tolist(),
+                        "saturated": int(np.sum(np.abs(q) >= 2 ** (opts.bias_bits - 1) - 1)),
+                    }
+            elif node.op_type in ELEMENTWISE_CONSTANTS:
+                for name in node.input:
+                    if name not in self.inits or name in self.removed_inits or uses[name] != 1:
+                        continue
+                    value = numpy_helper.to_array(self.inits[name])
+                    if value.dtype != np.float32:
+                        continue
+                    qp = weight_qparams(value, opts.bits, False, opts.power_of_2)
+                    self._dequantized_constant(name, qp.quantize(value), qp)
+                    self.record["weights"][name] = _describe(qp)
+
+    # -- assembly ----------------------------------------------------------------------------
+    def write(self) -> onnx.ModelProto:
+        """Build and return the QDQ model."""
+        graph = self.source.graph
+        chosen = self._activation_tensors()
+        chosen_names = set(chosen)
+        for name in chosen:
+            r = self.ranges[name]
+            self.act_params[name] = r.qparams
+            self.record["activations"][name] = {"min": r.min, "max": r.max, **_describe(r.qparams)}
+        uses: dict[str, int] = defaultdict(int)
+        for n in graph.node:
+            for i in n.input:
+                uses[i] += 1
+        self._quantize_parameters(uses)
+        parameter_nodes, self.nodes = self.nodes, []
+
+        graph_input_names = {i.name for i in graph.input}
+        renamed: dict[str, str] = {}
+        for name in chosen:
+            if name in graph_input_names:
+                renamed[name] = f"{name}_dequantized"
+                self._qdq(name, renamed[name], self.act_params[name])
+        for node in graph.node:
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            for i, name in enumerate(new.input):
+                if name in renamed:
+                    new.input[i] = renamed[name]
+            float_outputs = []
+            for i, name in enumerate(new.output):
+                if name in chosen_names:
+                    new.output[i] = f"{name}_float"
+                    float_outputs.append(name)
+            self.nodes.append(new)
+            for name in float_outputs:
+                self._qdq(f"{name}_float", name, self.act_params[name])
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self.source)
+        g = model.graph
+        del g.node[:]
+        g.node.extend(parameter_nodes + self.nodes)
+        kept = [t for t in g.initializer if t.name not in self.removed_inits]
+        del g.initializer[:]
+        g.initializer.extend(kept + self.new_inits)
+        types = {v.name: v for v in list(g.value_info) + list(g.output)}
+        for name in chosen:
+            if name in types and name not in graph_input_names:
+                info = onnx.ValueInfoProto()
+                info.CopyFrom(types[name])
+                info.name = f"{name}_float"
+                g.value_info.append(info)
+        if self.uses_contrib and not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        return model
+
+
+def _describe(qp: QParams) -> dict:
+    scale = np.asarray(qp.scale)
+    zero = np.asarray(qp.zero_point)
+    return {
+        "dtype": qp.dtype,
+        "axis": qp.axis,
+        "scale": scale.tolist(),
+        "zero_point": zero.tolist(),
+    }
+
+
+def write_qdq(
+    model: onnx.ModelProto, ranges: dict[str, TensorRange], weights: WeightOptions
+) -> tuple[onnx.ModelProto, dict]:
+    """The QDQ model and a record of every quantization parameter it uses."""
+    writer = QDQWriter(model, ranges, weights)
+    qdq = writer.write()
+    return qdq, writer.record

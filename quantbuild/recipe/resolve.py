@@ -1,0 +1,139 @@
+"""A recipe file turned into the final, validated, default-filled recipe."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantbuild.errors import DataError, ModelError, RecipeError, Where
+from quantbuild.recipe.load import Located
+from quantbuild.recipe.merge import load_with_extends
+from quantbuild.recipe.overrides import apply_overrides
+from quantbuild.recipe.validate import fill_defaults, validate
+from quantbuild.resources import recipe_schema
+
+# Fields holding paths, resolved against the file that set them.
+PATH_FIELDS = [
+    ("model",),
+    ("calibration", "data", "images"),
+    ("calibration", "data", "tensors"),
+    ("evaluation", "data", "images"),
+    ("evaluation", "data", "tensors"),
+]
+DATASETS = [("calibration", "data"), ("evaluation", "data")]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A resolved recipe: final values (absolute paths, defaults filled) and their provenance."""
+
+    name: str
+    file: Path
+    data: dict
+    doc: Located
+
+    def get(self, path: tuple, default: Any = None) -> Any:
+        """Value at a path such as ("quantization", "bits")."""
+        node: Any = self.data
+        for part in path:
+            if not isinstance(node, (dict, list)):
+                return default
+            try:
+                node = node[part]
+            except (KeyError, IndexError):
+                return default
+        return node
+
+    def where(self, path: tuple) -> Where:
+        """Where the value at `path` (or its nearest parent) was set."""
+        return self.doc.where(path) or Where(str(self.file))
+
+    @property
+    def model(self) -> Path:
+        return Path(self.data["model"])
+
+
+def _get(data: dict, path: tuple) -> Any:
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def _set(data: dict, path: tuple, value: Any) -> None:
+    for part in path[:-1]:
+        data = data[part]
+    data[path[-1]] = value
+
+
+def _base_dir(where: Where | None, fallback: Path) -> Path:
+    if where is None or where.file.startswith("-S "):
+        return Path.cwd() if where else fallback
+    return Path(where.file).parent
+
+
+def _resolve_paths(data: dict, doc: Located, recipe_file: Path) -> None:
+    for path in PATH_FIELDS:
+        value = _get(data, path)
+        if value is None:
+            continue
+        base = _base_dir(doc.where(path), recipe_file.parent)
+        _set(data, path, str((base / Path(value).expanduser()).resolve()))
+    for dataset in DATASETS:
+        labels = _get(data, dataset + ("labels",))
+        if labels and labels != "folders" and labels.endswith((".txt", ".csv")):
+            base = _base_dir(doc.where(dataset + ("labels",)), recipe_file.parent)
+            _set(data, dataset + ("labels",), str((base / labels).resolve()))
+
+
+def _check_inputs(recipe: Recipe) -> None:
+    if not recipe.model.is_file():
+        raise ModelError(
+            f"model: file not found: {recipe.model}; fix the path (relative to the file that sets it)",
+            recipe.where(("model",)),
+        )
+    for dataset in DATASETS:
+        section = recipe.get(dataset)
+        if section is None:
+            continue
+        dotted = ".".join(dataset)
+        kinds = [k for k in ("images", "tensors") if k in section]
+        if len(kinds) != 1:
+            raise RecipeError(
+                f"{dotted}: give exactly one of 'images' (a folder) or 'tensors' (.npz/.npy)",
+                recipe.where(dataset),
+            )
+        source = Path(section[kinds[0]])
+        if not source.exists():
+            raise DataError(
+                f"{dotted}.{kinds[0]}: not found: {source}; fix the path",
+                recipe.where(dataset + (kinds[0],)),
+            )
+        labels = section.get("labels")
+        if labels and labels.endswith((".txt", ".csv")) and not Path(labels).is_file():
+            raise DataError(
+                f"{dotted}.labels: file not found: {labels}", recipe.where(dataset + ("labels",))
+            )
+
+
+def load_recipe(file: Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load, merge, override, validate and default-fill one recipe; check its inputs exist."""
+    file = Path(file).resolve()
+    doc = load_with_extends(file)
+    if overrides:
+        doc = apply_overrides(doc, list(overrides))
+    schema = recipe_schema()
+    validate(doc, schema)
+    data = fill_defaults(copy.deepcopy(doc.data), schema)
+    if "evaluation" in data and "preprocess" not in doc.data["evaluation"]:
+        data["evaluation"]["preprocess"] = copy.deepcopy(data["calibration"]["preprocess"])
+        for p, w in list(doc.values.items()):
+            if p[:2] == ("calibration", "preprocess"):
+                doc.values[("evaluation",) + p[1:]] = w
+    _resolve_paths(data, doc, file)
+    recipe = Recipe(name=data.get("name") or file.stem, file=file, data=data, doc=doc)
+    _check_inputs(recipe)
+    return recipe

@@ -1,0 +1,1 @@
+"""Reports across all recipes of a project."""

@@ -1,0 +1,55 @@
+"""One Markdown table across all recipes: float vs quantized metrics, bits, device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Row:
+    recipe: str
+    device: str | None
+    quantization: dict
+    metrics: dict | None  # evaluate's metrics.json, None when not evaluated
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _scheme(q: dict) -> str:
+    weights = "per-channel" if q["weights"]["per_channel"] else "per-tensor"
+    scale = "pow2" if q["scale"] == "power_of_2" else "float"
+    return f"{q['activations'][:4]}, {scale}, {weights}"
+
+
+def render(rows: list[Row]) -> str:
+    """The report text (deterministic for the same rows)."""
+    lines = [
+        "# quantbuild report",
+        "",
+        "| recipe | device | bits | scheme | float top-1 | quant top-1 | Δ top-1 | min SQNR (dB) | min cosine | frames |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: r.recipe):
+        m = row.metrics or {}
+        top1 = m.get("top1", {})
+        f, q = top1.get("float"), top1.get("quantized")
+        delta = None if f is None or q is None else q - f
+        sqnrs = [
+            o["sqnr_db"] for o in m.get("outputs", {}).values() if o.get("sqnr_db") is not None
+        ]
+        cosines = [o["cosine"] for o in m.get("outputs", {}).values() if "cosine" in o]
+        lines.append(
+            f"| {row.recipe} | {row.device or '–'} | {row.quantization['bits']} | {_scheme(row.quantization)} "
+            f"| {_fmt(f)} | {_fmt(q)} | {'–' if delta is None else f'{delta:+.4f}'} "
+            f"| {_fmt(min(sqnrs) if sqnrs else None, 2)} | {_fmt(min(cosines) if cosines else None, 5)} "
+            f"| {m.get('frames', '–')} |"
+        )
+    lines += [
+        "",
+        "SQNR and cosine compare each quantized output with the float model on the evaluation set "
+        "(the lowest over outputs is shown); top-1 needs labels.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""onnxruntime plumbing: sessions that expose intermediate tensors."""
+
+from __future__ import annotations
+
+import onnx
+import onnxruntime as ort
+
+from quantbuild.errors import ModelError
+
+FLOAT = onnx.TensorProto.FLOAT
+
+
+def float_tensors(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs and node outputs of type float32, in graph order."""
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)
+    }
+    inits = {t.name for t in model.graph.initializer}
+    names = [
+        i.name for i in model.graph.input if i.name not in inits and types.get(i.name) == FLOAT
+    ]
+    for node in model.graph.node:
+        names.extend(o for o in node.output if o and types.get(o) == FLOAT)
+    return list(dict.fromkeys(names))
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` whose graph outputs are exactly `names` (intermediates exposed)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    known = {
+        v.name: v
+        for v in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)
+    }
+    del copy.graph.output[:]
+    for name in names:
+        value = onnx.ValueInfoProto()
+        value.CopyFrom(known[name]) if name in known else value.MergeFrom(
+            onnx.helper.make_tensor_value_info(name, FLOAT, None)
+        )
+        copy.graph.output.append(value)
+    return copy
+
+
+def session(model: onnx.ModelProto, optimize: bool = False) -> ort.InferenceSession:
+    """A CPU session. Without `optimize`, no graph rewrites: every tensor is computed as written."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as err:
+        raise ModelError(f"onnxruntime cannot load the model: {str(err).splitlines()[0]}") from None

@@ -1,0 +1,13 @@
+"""Pipeline stages. Each module declares NAME, VERSION, READS (recipe JSON pointers it reads),
+INPUTS (upstream stages), EXPORTS (store file -> file name under build/<recipe>/) and
+`run(ctx, out) -> meta`, which writes its artifact files into `out`.
+
+Bump VERSION by hand whenever a stage's output for the same inputs changes.
+"""
+
+from quantbuild.stages import evaluate, prepare, quantize, ranges, stats
+
+PIPELINE = [prepare, stats, ranges, quantize, evaluate]
+BY_NAME = {stage.NAME: stage for stage in PIPELINE}
+
+__all__ = ["BY_NAME", "PIPELINE"]

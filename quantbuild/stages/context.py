@@ -1,0 +1,18 @@
+"""What a stage's run() gets: the recipe, its upstream artifacts and its datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from quantbuild.build.store import Entry
+from quantbuild.data.dataset import Dataset
+from quantbuild.recipe import Recipe
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    inputs: dict[str, Entry]
+    dataset: Callable[[str], Dataset]  # "calibration" or "evaluation"
+    log: Callable[[str], None]

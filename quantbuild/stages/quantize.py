@@ -1,0 +1,52 @@
+"""quantize: the QDQ model and the record of every quantization parameter in it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+
+from quantbuild.quant.qdq import WeightOptions, write_qdq
+from quantbuild.quant.ranges_io import read
+from quantbuild.runtime import session
+from quantbuild.stages.context import Context
+
+NAME = "quantize"
+VERSION = 1
+READS = (
+    "/quantization/bits",
+    "/quantization/scale",
+    "/quantization/weights",
+    "/quantization/bias_bits",
+)
+INPUTS = ("prepare", "ranges")
+EXPORTS = {"model.qdq.onnx": "model.qdq.onnx", "quant_params.json": "quant_params.json"}
+
+
+def run(ctx: Context, out: Path) -> dict:
+    q = ctx.recipe.data["quantization"]
+    model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
+    ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
+    options = WeightOptions(
+        bits=q["bits"],
+        per_channel=q["weights"]["per_channel"],
+        power_of_2=q["scale"] == "power_of_2",
+        bias_bits=q["bias_bits"],
+    )
+    qdq, record = write_qdq(model, ranges, options)
+    onnx.checker.check_model(qdq)
+    session(qdq)  # fails here, not in evaluate, if onnxruntime cannot run it
+    (out / "model.qdq.onnx").write_bytes(qdq.SerializeToString())
+    (out / "quant_params.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    saturated = sum(b["saturated"] for b in record["biases"].values())
+    ctx.log(
+        f"{len(record['activations'])} activations, {len(record['weights'])} weights, "
+        f"{len(record['biases'])} biases quantized ({saturated} bias values saturated)"
+    )
+    return {
+        "activations": len(record["activations"]),
+        "weights": len(record["weights"]),
+        "biases": len(record["biases"]),
+        "bias_saturated": saturated,
+    }
