@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -36,14 +37,14 @@ def cmd_build(args) -> int:
 
     from quantbuild.build import failures
     from quantbuild.build.loader import RecipeLoader
-    from quantbuild.build.plan import RecipeBuild
+    from quantbuild.build.plan import load_builds
 
     project = _project(args)
-    project.recipes()  # a bad recipe never starts a build
+    builds = load_builds(project)  # a bad recipe or dataset never starts a build
     targets = []
     for ref in args.recipes:
-        recipe = project.find(ref)
-        targets.append(f"{RecipeBuild(project, recipe).stages[-1].NAME}:{recipe.name}")
+        name = project.find(ref).name
+        targets.append(f"{builds[name].stages[-1].NAME}:{name}")
     doit_args = (
         ["run"]
         + (["--continue"] if args.keep_going else [])
@@ -183,8 +184,14 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _terminate(signum, frame):
+    # Unwind like Ctrl-C so half-written store entries and temporary files are removed.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except QuantbuildError as err:

@@ -15,7 +15,7 @@ from doit.loader import generate_tasks
 
 from quantbuild.build import failures
 from quantbuild.build.files import write_atomic
-from quantbuild.build.plan import RecipeBuild
+from quantbuild.build.plan import RecipeBuild, load_builds
 from quantbuild.build.project import Project
 from quantbuild.build.reporter import QuantbuildReporter
 from quantbuild.errors import QuantbuildError
@@ -105,10 +105,9 @@ class RecipeLoader(TaskLoader2):
 
     def builds(self) -> dict[str, RecipeBuild]:
         try:
-            recipes = self.project.recipes()
+            return load_builds(self.project)
         except QuantbuildError as err:
             raise InvalidDodoFile(str(err)) from None
-        return {name: RecipeBuild(self.project, recipe) for name, recipe in recipes.items()}
 
     def load_tasks(self, cmd, pos_args):
         failures.clear()

@@ -18,11 +18,11 @@ from types import ModuleType
 from typing import Any
 
 from quantbuild.build.keys import digest, file_sha256
-from quantbuild.build.project import Project
+from quantbuild.build.project import Project, ProjectErrors
 from quantbuild.build.store import Entry
 from quantbuild.data.dataset import Dataset, open_dataset
 from quantbuild.data.preprocess import check_channels
-from quantbuild.errors import DataError, RecipeError
+from quantbuild.errors import DataError, QuantbuildError, RecipeError
 from quantbuild.recipe import Recipe
 from quantbuild.stages import BY_NAME
 from quantbuild.stages.context import Context
@@ -187,3 +187,20 @@ class RecipeBuild:
         self.export(stage, entry)
         self.project.hasher.save()
         return entry, hit
+
+
+def load_builds(project: Project) -> dict[str, RecipeBuild]:
+    """Every recipe of the project, with its datasets listed: all problems reported at once,
+    before anything is built."""
+    builds = {name: RecipeBuild(project, recipe) for name, recipe in project.recipes().items()}
+    errors: list[QuantbuildError] = []
+    for build in builds.values():
+        for section in ("calibration", "evaluation"):
+            if section in build.recipe.data:
+                try:
+                    build.dataset(section)
+                except QuantbuildError as err:
+                    errors.append(err)
+    if errors:
+        raise ProjectErrors(errors)
+    return builds

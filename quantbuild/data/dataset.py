@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from quantbuild.data.arrays import open_arrays
 from quantbuild.data.preprocess import preprocess_image
 from quantbuild.errors import DataError, Where
 
@@ -44,6 +46,7 @@ class Dataset:
     preprocess: dict
     field: str  # e.g. "calibration.data", for messages
     where: Where | str
+    _open: tuple = field(default=(None, None), repr=False)  # array file being read: (path, arrays)
 
     @property
     def has_labels(self) -> bool:
@@ -78,24 +81,23 @@ class Dataset:
             ) from None
 
     def _tensors(self, frame: FrameRef, inputs: list[InputSpec]) -> dict[str, np.ndarray]:
-        suffix = frame.file.suffix.lower()
-        try:
-            if suffix == ".npy":
-                array = np.load(frame.file, mmap_mode="r", allow_pickle=False)
-                arrays = {inputs[0].name: array}
-            else:
-                with np.load(frame.file, allow_pickle=False) as npz:
-                    names = [s.name for s in inputs]
-                    missing = [n for n in names if n not in npz.files]
-                    if missing:
-                        raise DataError(
-                            f"{self.field}: {frame.file.name} has no array {missing[0]!r}; "
-                            f"arrays: {', '.join(npz.files)}; name one array per model input",
-                            self.where,
-                        )
-                    arrays = {n: npz[n] for n in names}
-        except (ValueError, OSError) as err:
-            raise DataError(f"{self.field}: cannot read {frame.file}: {err}", self.where) from None
+        if self._open[0] != frame.file:
+            try:
+                self._open = (frame.file, open_arrays(frame.file))
+            except (ValueError, OSError, zipfile.BadZipFile) as err:
+                raise DataError(
+                    f"{self.field}: cannot read {frame.file}: {err}", self.where
+                ) from None
+        arrays = self._open[1]
+        if "" in arrays:  # a .npy file feeds the only input
+            arrays = {inputs[0].name: arrays[""]}
+        missing = [s.name for s in inputs if s.name not in arrays]
+        if missing:
+            raise DataError(
+                f"{self.field}: {frame.file.name} has no array {missing[0]!r}; "
+                f"arrays: {', '.join(sorted(arrays))}; name one array per model input",
+                self.where,
+            )
         feed = {}
         for spec in inputs:
             array = arrays[spec.name]
@@ -103,7 +105,7 @@ class Dataset:
                 array = array[frame.index : frame.index + 1]
             elif len(spec.shape) == array.ndim + 1:
                 array = array[None]
-            feed[spec.name] = np.ascontiguousarray(array, dtype=np.float32)
+            feed[spec.name] = np.array(array, dtype=np.float32)
         return feed
 
 
@@ -168,27 +170,25 @@ def _file_labels(root: Path, files: list[Path], labels_file: Path, field: str, w
 
 def _array_frames(path: Path, field: str, where, labels: str | None) -> list[FrameRef]:
     try:
-        if path.suffix.lower() == ".npy":
-            count = np.load(path, mmap_mode="r", allow_pickle=False).shape[0]
-            label_values = None
-        else:
-            with np.load(path, allow_pickle=False) as npz:
-                data_names = [n for n in npz.files if n != labels]
-                if not data_names:
-                    raise DataError(f"{field}.tensors: {path.name} holds no arrays", where)
-                count = npz[data_names[0]].shape[0]
-                label_values = None
-                if labels:
-                    if labels not in npz.files:
-                        raise DataError(
-                            f"{field}.labels: {path.name} has no array {labels!r}", where
-                        )
-                    label_values = npz[labels].astype(np.int64).tolist()
-    except (ValueError, OSError) as err:
+        arrays = open_arrays(path)
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
         raise DataError(f"{field}.tensors: cannot read {path}: {err}", where) from None
+    data_names = [n for n in arrays if n != labels]
+    if not data_names:
+        raise DataError(f"{field}.tensors: {path.name} holds no arrays", where)
+    counts = {arrays[n].shape[0] if arrays[n].ndim else 0 for n in data_names}
+    if len(counts) != 1:
+        raise DataError(
+            f"{field}.tensors: arrays in {path.name} have different frame counts {sorted(counts)}",
+            where,
+        )
+    label_values = None
+    if labels:
+        if labels not in arrays:
+            raise DataError(f"{field}.labels: {path.name} has no array {labels!r}", where)
+        label_values = np.asarray(arrays[labels]).astype(np.int64).tolist()
     return [
-        FrameRef(path, i, label_values[i] if label_values is not None else None)
-        for i in range(count)
+        FrameRef(path, i, label_values[i] if label_values else None) for i in range(counts.pop())
     ]
 
 

@@ -1,0 +1,181 @@
+"""Tiny real ONNX models, datasets and recipe projects for tests (built with onnx.helper)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from quantbuild.build.project import CONFIG_TEXT
+
+
+def _init(name: str, array: np.ndarray) -> TensorProto:
+    return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+
+def small_cnn(
+    channels: int = 3,
+    size: int = 8,
+    classes: int = 5,
+    opset: int = 13,
+    batchnorm: bool = True,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """input[1,C,S,S] -> Conv-BN-Relu -> MaxPool -> Conv-Relu -> Add(const) -> GAP -> Flatten -> Gemm."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1])]
+    inits = [_init("w1", rng.normal(0, 0.5, (4, channels, 3, 3)))]
+    if batchnorm:
+        nodes.append(
+            helper.make_node(
+                "BatchNormalization", ["c1", "g1", "b1", "m1", "v1"], ["bn1"], name="bn1"
+            )
+        )
+        inits += [
+            _init("g1", rng.uniform(0.5, 1.5, 4)),
+            _init("b1", rng.normal(0, 0.1, 4)),
+            _init("m1", rng.normal(0, 0.2, 4)),
+            _init("v1", rng.uniform(0.5, 2.0, 4)),
+        ]
+        act_in = "bn1"
+    else:
+        act_in = "c1"
+    nodes += [
+        helper.make_node("Relu", [act_in], ["r1"], name="relu1"),
+        helper.make_node(
+            "MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]
+        ),
+        helper.make_node("Conv", ["p1", "w2", "bias2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Add", ["r2", "offset"], ["a2"], name="add2"),
+        helper.make_node("GlobalAveragePool", ["a2"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["logits"], name="fc", transB=1),
+    ]
+    inits += [
+        _init("w2", rng.normal(0, 0.3, (6, 4, 3, 3))),
+        _init("bias2", rng.normal(0, 0.1, 6)),
+        _init("offset", rng.normal(0, 0.1, (1, 6, 1, 1))),
+        _init("wfc", rng.normal(0, 0.5, (classes, 6))),
+        _init("bfc", rng.normal(0, 0.1, classes)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "small_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_model(path: Path, model: onnx.ModelProto | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model or small_cnn(), str(path))
+    return path
+
+
+def write_npz(
+    path: Path,
+    frames: int,
+    shape=(1, 3, 8, 8),
+    seed: int = 0,
+    name: str = "input",
+    labels: int | None = None,
+) -> Path:
+    """An .npz with `frames` frames of `shape[1:]` under `name` (first axis = frames)."""
+    rng = np.random.default_rng(seed)
+    arrays = {name: rng.normal(0, 1, (frames, *shape[1:])).astype(np.float32)}
+    if labels:
+        arrays["labels"] = rng.integers(0, labels, frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def write_images(
+    root: Path,
+    per_class: int = 3,
+    classes: int = 2,
+    size: int = 10,
+    seed: int = 0,
+    mode: str = "RGB",
+) -> Path:
+    """PNG images in class sub-folders root/<class>/<i>.png."""
+    rng = np.random.default_rng(seed)
+    channels = 3 if mode == "RGB" else 1
+    for c in range(classes):
+        folder = root / str(c)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, channels), dtype=np.uint8)
+            Image.fromarray(pixels.squeeze() if channels == 1 else pixels, mode).save(
+                folder / f"{i}.png"
+            )
+    return root
+
+
+RECIPE = """\
+version: 1
+model: model.onnx
+calibration:
+  data: {{tensors: calib.npz}}
+evaluation:
+  data: {{tensors: val.npz, labels: labels}}
+{extra}"""
+
+
+def make_project(
+    root: Path, recipes: dict[str, str] | None = None, calib_frames: int = 8, val_frames: int = 6
+) -> Path:
+    """A recipe project: doit.cfg, model.onnx, calib.npz, val.npz and the given recipes."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "doit.cfg").write_text(CONFIG_TEXT, encoding="utf-8")
+    write_model(root / "model.onnx")
+    write_npz(root / "calib.npz", calib_frames, seed=1)
+    write_npz(root / "val.npz", val_frames, seed=2, labels=5)
+    if recipes is None:
+        recipes = {"base": RECIPE.format(extra="")}
+    for name, text in recipes.items():
+        (root / f"{name}.yaml").write_text(text, encoding="utf-8")
+    return root
+
+
+def heavy_cnn(size: int = 64, width: int = 64, seed: int = 0) -> onnx.ModelProto:
+    """A model slow enough (~0.3 GMAC per frame) to interrupt mid-statistics."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev, cin = [], [], "input", 3
+    for i in range(3):
+        nodes += [
+            helper.make_node(
+                "Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]
+            ),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"),
+        ]
+        inits += [
+            _init(f"w{i}", rng.normal(0, 0.1, (width, cin, 3, 3))),
+            _init(f"b{i}", rng.normal(0, 0.1, width)),
+        ]
+        prev, cin = f"r{i}", width
+    nodes += [
+        helper.make_node("GlobalAveragePool", [prev], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["logits"], name="fc", transB=1),
+    ]
+    inits += [_init("wfc", rng.normal(0, 0.5, (5, width))), _init("bfc", np.zeros(5))]
+    graph = helper.make_graph(
+        nodes,
+        "heavy_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
