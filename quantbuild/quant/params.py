@@ -99,11 +99,48 @@ def weight_qparams(
 
 
 def bias_int32(
-    bias: np.ndarray, input_scale: np.ndarray, weight_scale: np.ndarray, bits: int
+    bias: np.ndarray,
+    input_scale: np.ndarray,
+    weight_scale: np.ndarray,
+    bits: int,
+    shift: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bias as integers at scale input_scale * weight_scale, saturated to `bits` (16 or 32)."""
+    """Bias as integers at scale input_scale * weight_scale, limited to `bits` (16 or 32).
+
+    Values beyond the limit saturate, unless `shift`: then the scale of each channel that would
+    overflow is multiplied by the smallest power of two that makes it fit (a bias shift, as
+    wide 16-bit accumulators apply), keeping the weights' precision.
+    """
     scale = (input_scale.astype(np.float32) * weight_scale.astype(np.float32)).astype(np.float32)
     scale = np.broadcast_to(scale, bias.shape).astype(np.float32)
     limit = 2 ** (bits - 1) - 1
+    if shift:
+        ratio = np.abs(bias.astype(np.float64)) / (scale.astype(np.float64) * limit)
+        exponent = np.where(ratio > 1.0, np.ceil(np.log2(np.maximum(ratio, 1.0))), 0.0)
+        scale = (scale * np.exp2(exponent)).astype(np.float32)
     q = np.clip(np.rint(bias.astype(np.float64) / scale.astype(np.float64)), -limit - 1, limit)
     return q.astype(np.int32), scale
+
+
+def fit_weights_to_bias(
+    weight_qp: QParams, bias: np.ndarray, input_scale: np.ndarray, bias_bits: int, power_of_2: bool
+) -> tuple[QParams, int]:
+    """Raise weight scales where the bias would overflow `bias_bits` at input_scale * weight_scale.
+
+    The bias integer is b / (s_x * s_w); rather than saturating it, the weight scale of the
+    offending channel (or tensor) grows until it fits, as onnxruntime's quantizer and TI's
+    bias constraint for TDA4VM do. Returns the new parameters and how many scales were raised.
+    """
+    limit = 2 ** (bias_bits - 1) - 1
+    needed = np.abs(bias.astype(np.float64)) / (float(input_scale) * limit)
+    if weight_qp.axis is None:
+        needed = np.float64(needed.max(initial=0.0))
+    scale = weight_qp.scale.astype(np.float64)
+    raise_mask = needed > scale
+    if not np.any(raise_mask):
+        return weight_qp, 0
+    raised = _round_scale(np.where(raise_mask, needed * (1 + 1e-6), scale), power_of_2)
+    raised = np.maximum(raised, weight_qp.scale)  # float32 rounding never lowers a scale
+    return QParams(
+        raised.astype(np.float32), weight_qp.zero_point, weight_qp.dtype, weight_qp.axis
+    ), int(np.sum(raise_mask))

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from quantbuild.graph.onnx_utils import opset_version
-from quantbuild.quant.params import QParams, bias_int32, weight_qparams
+from quantbuild.quant.params import QParams, bias_int32, fit_weights_to_bias, weight_qparams
 from quantbuild.quant.ranges_io import TensorRange
 
 # Operators whose output values are a subset of their input values: no new grid needed.
@@ -201,10 +201,9 @@ class QDQWriter:
                     continue
                 axis = _weight_axis(node, weight) if opts.per_channel else None
                 qp = weight_qparams(weight, opts.bits, axis is not None, opts.power_of_2, axis or 0)
-                self._dequantized_constant(w_name, qp.quantize(weight), qp)
-                self.record["weights"][w_name] = _describe(qp)
                 b_name = node.input[2] if len(node.input) > 2 else ""
                 x_params = self._input_params(node.input[0], producer)
+                bias = None
                 if (
                     b_name in self.inits
                     and uses[b_name] == 1
@@ -212,15 +211,29 @@ class QDQWriter:
                     and node.op_type in ("Conv", "ConvTranspose", "Gemm")
                 ):
                     bias = numpy_helper.to_array(self.inits[b_name])
+                    # 8-bit layers: a bias must fit bias_bits at s_x * s_w, so the weight scale
+                    # grows where it would not. 16-bit layers accumulate wider: 32-bit biases
+                    # with a shift where needed, the weights untouched.
+                    bias_bits = opts.bias_bits if opts.bits == 8 else 32
+                    raised = 0
+                    if opts.bits == 8:
+                        qp, raised = fit_weights_to_bias(
+                            qp, bias, x_params.scale, bias_bits, opts.power_of_2
+                        )
+                self._dequantized_constant(w_name, qp.quantize(weight), qp)
+                self.record["weights"][w_name] = _describe(qp)
+                if bias is not None:
                     w_scale = qp.scale if qp.axis is not None else np.full(bias.shape, qp.scale)
-                    q, scale = bias_int32(bias, x_params.scale, w_scale, opts.bias_bits)
+                    q, scale = bias_int32(
+                        bias, x_params.scale, w_scale, bias_bits, shift=opts.bits == 16
+                    )
                     bqp = QParams(scale, np.zeros(scale.shape, np.int32), "int32", 0)
                     self._dequantized_constant(b_name, q, bqp)
                     self.record["biases"][b_name] = {
                         "dtype": "int32",
-                        "bits": opts.bias_bits,
+                        "bits": bias_bits,
                         "scale": scale.tolist(),
-                        "saturated": int(np.sum(np.abs(q) >= 2 ** (opts.bias_bits - 1) - 1)),
+                        "weight_scales_raised": raised,
                     }
             elif node.op_type in ELEMENTWISE_CONSTANTS:
                 for name in node.input:

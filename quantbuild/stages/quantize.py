@@ -13,7 +13,7 @@ from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 
 NAME = "quantize"
-VERSION = 1
+VERSION = 4
 READS = (
     "/quantization/bits",
     "/quantization/scale",
@@ -39,14 +39,14 @@ def run(ctx: Context, out: Path) -> dict:
     session(qdq)  # fails here, not in evaluate, if onnxruntime cannot run it
     (out / "model.qdq.onnx").write_bytes(qdq.SerializeToString())
     (out / "quant_params.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    saturated = sum(b["saturated"] for b in record["biases"].values())
+    raised = sum(b["weight_scales_raised"] for b in record["biases"].values())
     ctx.log(
         f"{len(record['activations'])} activations, {len(record['weights'])} weights, "
-        f"{len(record['biases'])} biases quantized ({saturated} bias values saturated)"
+        f"{len(record['biases'])} biases quantized ({raised} weight scales raised to fit biases)"
     )
     return {
         "activations": len(record["activations"]),
         "weights": len(record["weights"]),
         "biases": len(record["biases"]),
-        "bias_saturated": saturated,
+        "weight_scales_raised": raised,
     }
