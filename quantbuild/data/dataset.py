@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from quantbuild.data.arrays import open_arrays
+from quantbuild.data.arrays import load_all, open_arrays, take_frame
 from quantbuild.data.preprocess import preprocess_image
 from quantbuild.errors import DataError, Where
 
@@ -102,9 +102,11 @@ class Dataset:
         for spec in inputs:
             array = arrays[spec.name]
             if frame.index is not None:
-                array = array[frame.index : frame.index + 1]
-            elif len(spec.shape) == array.ndim + 1:
-                array = array[None]
+                array = take_frame(array, frame.index)
+            else:
+                array = load_all(array)
+                if len(spec.shape) == array.ndim + 1:
+                    array = array[None]
             feed[spec.name] = np.array(array, dtype=np.float32)
         return feed
 
@@ -186,7 +188,7 @@ def _array_frames(path: Path, field: str, where, labels: str | None) -> list[Fra
     if labels:
         if labels not in arrays:
             raise DataError(f"{field}.labels: {path.name} has no array {labels!r}", where)
-        label_values = np.asarray(arrays[labels]).astype(np.int64).tolist()
+        label_values = load_all(arrays[labels]).astype(np.int64).tolist()
     return [
         FrameRef(path, i, label_values[i] if label_values else None) for i in range(counts.pop())
     ]
