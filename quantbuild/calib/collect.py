@@ -31,7 +31,7 @@ def collect_statistics(model: onnx.ModelProto, dataset: Dataset) -> dict[str, np
             values = runner.run(names, feed)
         except Exception as err:
             raise DataError(
-                f"{dataset.field}: the model failed on {frame.file.name}: {str(err).splitlines()[0]}",
+                f"{dataset.field}: the model failed on {dataset.describe(frame)}: {str(err).splitlines()[0]}",
                 dataset.where,
             ) from None
         for i, value in enumerate(values):
@@ -40,7 +40,7 @@ def collect_statistics(model: onnx.ModelProto, dataset: Dataset) -> dict[str, np
             finite = np.isfinite(value)
             if not finite.all():
                 raise DataError(
-                    f"{dataset.field}: tensor {names[i]!r} is not finite on {frame.file.name}; "
+                    f"{dataset.field}: tensor {names[i]!r} is not finite on {dataset.describe(frame)}; "
                     "check the preprocessing (mean/scale) and the model",
                     dataset.where,
                 )

@@ -23,8 +23,9 @@ def accumulate(hist: np.ndarray, x: np.ndarray) -> None:
 
 
 def bucket_bounds() -> tuple[np.ndarray, np.ndarray]:
-    """(low, high) value of every bucket, low <= v < high in magnitude order; NaN for NaN buckets."""
+    """(low, high): the smallest and largest float32 of every bucket (NaN for NaN buckets)."""
     bits = np.arange(BINS, dtype=np.uint32) << 16
-    start = bits.view(np.float32).astype(np.float64)
-    stop = (bits + np.uint32(0xFFFF)).view(np.float32).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # NaN bit patterns
+        start = bits.view(np.float32).astype(np.float64)
+        stop = (bits + np.uint32(0xFFFF)).view(np.float32).astype(np.float64)
     return np.minimum(start, stop), np.maximum(start, stop)

@@ -52,6 +52,18 @@ class Dataset:
     def has_labels(self) -> bool:
         return bool(self.frames) and all(f.label is not None for f in self.frames)
 
+    def describe(self, frame: FrameRef) -> str:
+        """A frame as a user finds it: path within the dataset, and index in an array file."""
+        try:
+            name = (
+                frame.file.relative_to(self.root).as_posix()
+                if self.root.is_dir()
+                else frame.file.name
+            )
+        except ValueError:
+            name = frame.file.name
+        return name if frame.index is None else f"{name}[{frame.index}]"
+
     def files(self) -> list[Path]:
         """Distinct files the frames come from, in order."""
         return list(dict.fromkeys(f.file for f in self.frames))
@@ -121,7 +133,7 @@ def _check_shape(array: np.ndarray, spec: InputSpec, dataset: Dataset, frame: Fr
             "preprocess (color, resize, crop, layout)" if dataset.kind == "images" else "the arrays"
         )
         raise DataError(
-            f"{dataset.field}: frame {frame.file.name} has shape {list(array.shape)} but model input "
+            f"{dataset.field}: frame {dataset.describe(frame)} has shape {list(array.shape)} but model input "
             f"{spec.name!r} expects {want}; fix {hint}",
             dataset.where,
         )
@@ -185,13 +197,18 @@ def _array_frames(path: Path, field: str, where, labels: str | None) -> list[Fra
             where,
         )
     label_values = None
+    frames = counts.pop()
     if labels:
         if labels not in arrays:
             raise DataError(f"{field}.labels: {path.name} has no array {labels!r}", where)
-        label_values = load_all(arrays[labels]).astype(np.int64).tolist()
-    return [
-        FrameRef(path, i, label_values[i] if label_values else None) for i in range(counts.pop())
-    ]
+        label_values = load_all(arrays[labels]).astype(np.int64).reshape(-1).tolist()
+        if len(label_values) != frames:
+            raise DataError(
+                f"{field}.labels: array {labels!r} in {path.name} has {len(label_values)} labels "
+                f"for {frames} frames; give one label per frame",
+                where,
+            )
+    return [FrameRef(path, i, label_values[i] if label_values else None) for i in range(frames)]
 
 
 def open_dataset(section: dict, preprocess: dict, field: str, where: Where | str) -> Dataset:
@@ -215,7 +232,11 @@ def open_dataset(section: dict, preprocess: dict, field: str, where: Where | str
         root = Path(section["tensors"])
         if root.is_dir():
             files = sorted(
-                (p for p in root.rglob("*") if p.suffix.lower() in (".npy", ".npz")),
+                (
+                    p
+                    for p in root.rglob("*")
+                    if p.suffix.lower() in (".npy", ".npz") and p.is_file()
+                ),
                 key=lambda p: p.relative_to(root).as_posix(),
             )
             frames = [FrameRef(f) for f in files]

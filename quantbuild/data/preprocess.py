@@ -67,6 +67,7 @@ def check_channels(options: dict) -> str | None:
         if values is not None and len(values) not in (1, channels):
             return (
                 f"{key} has {len(values)} values but color {options.get('color', 'rgb')!r} "
-                f"gives {channels} channel(s); give 1 or {channels} values"
+                f"gives {channels} channel(s); give "
+                + ("1 value" if channels == 1 else f"1 or {channels} values")
             )
     return None

@@ -47,4 +47,6 @@ class Fidelity:
 
     def cosine(self) -> float:
         denominator = math.sqrt(self.signal * self.quant_energy)
-        return self.dot / denominator if denominator else 1.0
+        if denominator:
+            return self.dot / denominator
+        return 1.0 if self.signal == self.quant_energy == 0.0 else 0.0  # both zero: identical

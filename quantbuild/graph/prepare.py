@@ -129,8 +129,12 @@ def _fold_batchnorm(graph: onnx.GraphProto) -> int:
 
 
 def prepare_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-    """Return the canonical float model and a summary of what preparation changed."""
-    model = _upgrade_opset(model)
+    """Return the canonical float model and a summary of what preparation changed.
+
+    The argument is left untouched."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    model = _upgrade_opset(copy)
     graph = model.graph
     _constants_to_initializers(graph)
     init_names = set(initializers(model))

@@ -40,7 +40,8 @@ class QParams:
         """Integers as ONNX QuantizeLinear computes them (round half to even, saturate)."""
         scale = self._shaped(self.scale.astype(np.float32), x.ndim)
         zp = self._shaped(self.zero_point.astype(np.int64), x.ndim)
-        q = np.rint(x.astype(np.float32) / scale).astype(np.int64) + zp
+        # Clip in float first: huge values (or inf) must saturate, not wrap in the integer cast.
+        q = np.rint(x.astype(np.float32) / scale).astype(np.float64) + zp
         return np.clip(q, self.qmin, self.qmax).astype(DTYPES[self.dtype])
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
@@ -49,11 +50,15 @@ class QParams:
         return ((q.astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)
 
 
+_TINY = np.finfo(np.float32).tiny  # smallest normal float32, a power of two
+
+
 def _round_scale(scale: np.ndarray, power_of_2: bool) -> np.ndarray:
     scale = np.where(scale > 0, scale, 1.0)  # an all-zero tensor: any positive scale is exact
     if power_of_2:
         scale = np.exp2(np.ceil(np.log2(scale)))
-    return scale.astype(np.float32)
+    # Ranges too small for float32 still need a positive scale.
+    return np.maximum(scale, _TINY).astype(np.float32)
 
 
 def activation_qparams(

@@ -99,7 +99,7 @@ class QDQWriter:
                 consumers[i].append(n)
         outputs = {o.name for o in graph.output}
         chosen: list[str] = []
-        chosen_set: set[str] = set()
+        on_grid: set[str] = set()  # quantized tensors and value-preserving views of them
         candidates = [i.name for i in graph.input] + [o for n in graph.node for o in n.output]
         for name in candidates:
             if name not in self.ranges or name in self.inits:
@@ -115,10 +115,11 @@ class QDQWriter:
                     and users[0].op_type in FUSED_ACTIVATIONS
                 ):
                     continue
-                if node.op_type in VALUE_PRESERVING and node.input and node.input[0] in chosen_set:
+                if node.op_type in VALUE_PRESERVING and node.input and node.input[0] in on_grid:
+                    on_grid.add(name)
                     continue
             chosen.append(name)
-            chosen_set.add(name)
+            on_grid.add(name)
         return chosen
 
     # -- node helpers ----------------------------------------------------------------------

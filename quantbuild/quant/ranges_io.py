@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from quantbuild.errors import RecipeError
 from quantbuild.quant.params import DTYPES, QParams
@@ -56,23 +57,63 @@ def dumps(ranges: dict[str, TensorRange], info: dict) -> str:
     return HEADER + buffer.getvalue()
 
 
+def _entry(name: str, entry: object, source: str) -> TensorRange:
+    def bad(why: str) -> RecipeError:
+        return RecipeError(f"tensors.{name}: {why}", source)
+
+    if not isinstance(entry, dict):
+        raise bad("expected a mapping with min, max, dtype, scale, zero_point")
+    missing = [k for k in ("min", "max", "dtype", "scale", "zero_point") if k not in entry]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    dtype, scale, zero_point = entry["dtype"], entry["scale"], entry["zero_point"]
+    if dtype not in DTYPES:
+        raise bad(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not (0 < scale < float("inf"))
+    ):
+        raise bad(f"scale must be a positive finite number, not {scale!r}")
+    info = np.iinfo(DTYPES[dtype])
+    if (
+        isinstance(zero_point, bool)
+        or not isinstance(zero_point, int)
+        or not info.min <= zero_point <= info.max
+    ):
+        raise bad(
+            f"zero_point must be an integer in [{info.min}, {info.max}] for {dtype}, not {zero_point!r}"
+        )
+    low, high = entry["min"], entry["max"]
+    for key, value in (("min", low), ("max", high)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value != value
+            or abs(value) == float("inf")
+        ):
+            raise bad(f"{key} must be a finite number, not {value!r}")
+    if low > high:
+        raise bad(f"min {low} is above max {high}")
+    qp = QParams(np.float32(scale), np.array(zero_point, dtype=DTYPES[dtype]), dtype)
+    return TensorRange(float(low), float(high), qp)
+
+
 def loads(text: str, source: str) -> tuple[dict[str, TensorRange], dict]:
     """Parse a ranges file; errors name the file and the tensor."""
-    data = YAML(typ="safe", pure=True).load(text)
+    try:
+        data = YAML(typ="safe", pure=True).load(text)
+    except YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"invalid YAML: {problem}", where) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise RecipeError(f"not a quantbuild ranges file (expected format: {FORMAT})", source)
-    ranges = {}
-    for name, entry in (data.get("tensors") or {}).items():
-        try:
-            dtype = entry["dtype"]
-            qp = QParams(
-                np.float32(entry["scale"]),
-                np.array(entry["zero_point"], dtype=DTYPES[dtype]),
-                dtype,
-            )
-            ranges[name] = TensorRange(float(entry["min"]), float(entry["max"]), qp)
-        except (KeyError, TypeError, ValueError) as err:
-            raise RecipeError(f"tensors.{name}: malformed entry ({err})", source) from None
+    tensors = data.get("tensors") or {}
+    if not isinstance(tensors, dict):
+        raise RecipeError("tensors: expected a mapping of tensor name to range", source)
+    ranges = {str(name): _entry(str(name), entry, source) for name, entry in tensors.items()}
     info = {k: v for k, v in data.items() if k not in ("format", "tensors")}
     return ranges, info
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from quantbuild.errors import RecipeError, Where
 
@@ -39,40 +40,74 @@ def _yaml() -> YAML:
     return yaml
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+_PLAIN_TAGS = {None, "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
+def _dotted(path: Path_) -> str:
+    return ".".join(map(str, path)) or "document"
+
+
+def _reject_tag(node: Any, path: Path_, out: Located) -> None:
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    if tag not in _PLAIN_TAGS:
+        shown = tag.replace("tag:yaml.org,2002:", "!!")
+        raise RecipeError(
+            f"{_dotted(path)}: explicit YAML tag {shown} is not supported; remove it",
+            out.where(path),
+        )
+
+
+def _position(lookup, key, fallback: Where, file: str) -> Where:
+    # Keys brought in by a YAML merge (<<) and items of some tagged nodes have no position.
+    try:
+        line, col = lookup(key)
+    except (KeyError, IndexError, TypeError):
+        return fallback
+    return Where(file, line + 1, col + 1)
+
+
 def _plain(node: Any, file: str, path: Path_, out: Located) -> Any:
+    here = out.where(path) or Where(file)
     if isinstance(node, CommentedMap):
+        _reject_tag(node, path, out)
         result = {}
         for key, value in node.items():
             if not isinstance(key, str):
-                line, col = node.lc.key(key)
-                raise RecipeError(
-                    f"{'.'.join(map(str, path + (key,)))}: keys must be strings",
-                    Where(file, line + 1, col + 1),
-                )
-            kline, kcol = node.lc.key(key)
-            vline, vcol = node.lc.value(key)
-            out.keys[path + (key,)] = Where(file, kline + 1, kcol + 1)
-            out.values[path + (key,)] = Where(file, vline + 1, vcol + 1)
+                raise RecipeError(f"{_dotted(path + (key,))}: keys must be strings", here)
+            key_at = _position(node.lc.key, key, here, file)
+            out.keys[path + (key,)] = key_at
+            # An empty value has no token of its own: point at its key, not the next line.
+            out.values[path + (key,)] = (
+                key_at if value is None else _position(node.lc.value, key, key_at, file)
+            )
             result[key] = _plain(value, file, path + (key,), out)
         return result
     if isinstance(node, CommentedSeq):
+        _reject_tag(node, path, out)
         items = []
         for i, value in enumerate(node):
-            line, col = node.lc.item(i)
-            out.values[path + (i,)] = Where(file, line + 1, col + 1)
+            out.values[path + (i,)] = _position(node.lc.item, i, here, file)
             items.append(_plain(value, file, path + (i,), out))
         return items
+    if isinstance(node, TaggedScalar):
+        if getattr(node.tag, "value", None) == _STR_TAG:
+            return str(node.value)
+        _reject_tag(node, path, out)
     if node is None or isinstance(node, (bool, int, float, str)):
         # ruamel's scalar subclasses (ScalarFloat, ...) become builtins
         for kind in (bool, int, float, str):
             if isinstance(node, kind):
                 return kind(node)
         return None
-    tag = getattr(getattr(node, "tag", None), "value", None) or type(node).__name__
-    where = out.values.get(path, Where(file))
-    raise RecipeError(
-        f"{'.'.join(map(str, path)) or 'document'}: unsupported YAML value {tag}", where
-    )
+    raise RecipeError(f"{_dotted(path)}: unsupported YAML value {type(node).__name__}", here)
+
+
+def _problem(err: MarkedYAMLError) -> str:
+    problem = (err.problem or "").strip()
+    if err.context and (not problem or problem.startswith("but ")):
+        return f"{err.context.strip()}, {problem}".rstrip(", ")  # "expected X, but found Y"
+    return problem or "invalid YAML"
 
 
 def load_yaml(file: Path) -> Located:
@@ -88,9 +123,16 @@ def load_yaml(file: Path) -> Located:
         node = _yaml().load(text)
     except MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
-        problem = (err.problem or err.context or "invalid YAML").strip()
         where = Where(name, mark.line + 1, mark.column + 1) if mark else Where(name)
-        raise RecipeError(f"invalid YAML: {problem}", where) from None
+        raise RecipeError(f"invalid YAML: {_problem(err)}", where) from None
+    except ReaderError as err:
+        before = text[: err.position]
+        where = Where(name, before.count("\n") + 1, len(before) - before.rfind("\n"))
+        code = err.character if isinstance(err.character, int) else ord(err.character)
+        raise RecipeError(
+            f"invalid YAML: unacceptable character #x{code:04x} (control characters are not allowed)",
+            where,
+        ) from None
     except YAMLError as err:
         raise RecipeError(f"invalid YAML: {str(err).splitlines()[0]}", name) from None
     out = Located(None)
@@ -103,8 +145,14 @@ def load_yaml(file: Path) -> Located:
     return out
 
 
-def parse_scalar(text: str) -> Any:
+def parse_scalar(text: str, where: Where) -> Any:
     """Type a command-line value as a YAML scalar or flow collection (`16`, `true`, `[a, b]`)."""
     located = Located(None)
-    node = YAML(typ="rt", pure=True).load(text) if text.strip() else None
-    return _plain(node, "-S", (), located)
+    located.values[()] = where
+    try:
+        node = YAML(typ="rt", pure=True).load(text) if text.strip() else None
+    except MarkedYAMLError as err:
+        raise RecipeError(f"value is not valid YAML ({_problem(err)})", where) from None
+    except YAMLError as err:
+        raise RecipeError(f"value is not valid YAML ({str(err).splitlines()[0]})", where) from None
+    return _plain(node, where.file, (), located)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from quantbuild.errors import RecipeError
 from quantbuild.recipe.load import Located, load_yaml
 from quantbuild.resources import preset_names, presets_dir
+from quantbuild.suggest import closest
 
 
 def _is_prefix(prefix: tuple, path: tuple) -> bool:
@@ -58,8 +58,8 @@ def _locate_base(ref: str, from_file: Path, where) -> Path:
         return path.resolve()
     names = preset_names()
     if ref not in names:
-        hint = difflib.get_close_matches(ref, names, n=1)
-        fix = f"did you mean {hint[0]!r}?" if hint else f"bundled presets: {', '.join(names)}"
+        hint = closest(ref, names)
+        fix = f"did you mean {hint!r}?" if hint else f"bundled presets: {', '.join(names)}"
         raise RecipeError(
             f"extends: unknown preset {ref!r}; {fix} (files must end in .yaml)", where
         )

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 
-from ruamel.yaml.error import YAMLError
-
 from quantbuild.errors import RecipeError, Where
 from quantbuild.recipe.load import Located, parse_scalar
 
@@ -18,12 +16,7 @@ def apply_overrides(doc: Located, overrides: list[str]) -> Located:
         dotted, sep, raw = text.partition("=")
         if not sep or not dotted.strip():
             raise RecipeError("expected -S path=value, e.g. -S quantization.bits=16", where)
-        try:
-            value = parse_scalar(raw)
-        except (YAMLError, RecipeError) as err:
-            raise RecipeError(
-                f"value is not valid YAML ({str(err).splitlines()[0]})", where
-            ) from None
+        value = parse_scalar(raw, where)
         parts = dotted.strip().split(".")
         node = out.data
         for depth, key in enumerate(parts[:-1]):

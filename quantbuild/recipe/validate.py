@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import difflib
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -11,6 +10,7 @@ from jsonschema.exceptions import ValidationError
 
 from quantbuild.errors import RecipeError
 from quantbuild.recipe.load import Located
+from quantbuild.suggest import closest
 
 
 class RecipeErrors(RecipeError):
@@ -48,8 +48,8 @@ def _explain(error: ValidationError, doc: Located, root: dict) -> list[RecipeErr
         extra = sorted(set(error.instance) - set(allowed))
         out = []
         for key in extra:
-            hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            fix = f"did you mean {hint[0]!r}?" if hint else f"allowed: {', '.join(allowed)}"
+            hint = closest(key, allowed)
+            fix = f"did you mean {hint!r}?" if hint else f"allowed: {', '.join(allowed)}"
             where = doc.keys.get(path + (key,)) or doc.where(path)
             out.append(RecipeError(f"{_dotted(path + (key,))}: unknown key; {fix}", where))
         return out

@@ -13,7 +13,7 @@ from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 
 NAME = "quantize"
-VERSION = 4
+VERSION = 5
 READS = (
     "/quantization/bits",
     "/quantization/scale",

@@ -10,7 +10,7 @@ from quantbuild.quant.ranges_io import dumps
 from quantbuild.stages.context import Context
 
 NAME = "ranges"
-VERSION = 1
+VERSION = 2
 READS = ("/quantization/bits", "/quantization/activations", "/quantization/scale")
 INPUTS = ("stats",)
 EXPORTS = {"ranges.yaml": "ranges.yaml"}
