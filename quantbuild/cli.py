@@ -60,13 +60,13 @@ def cmd_build(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from quantbuild.report.markdown import _scheme
+    from quantbuild.report.markdown import scheme_label
 
     project = _project(args)
     for name, recipe in project.recipes().items():
         q = recipe.data["quantization"]
         print(
-            f"{name:24} {recipe.file.name:24} {recipe.data.get('device') or '-':8} {q['bits']:>2}-bit  {_scheme(q)}"
+            f"{name:24} {recipe.file.name:24} {recipe.data.get('device') or '-':8} {q['bits']:>2}-bit  {scheme_label(q)}"
         )
     return 0
 

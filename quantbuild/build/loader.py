@@ -7,6 +7,7 @@ files match it; doit checks this just before the task would run, after its upstr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from doit.cmd_base import TaskLoader2
@@ -47,8 +48,6 @@ def _is_current(build: RecipeBuild, stage: str) -> bool:
 
 def report_text(builds: dict[str, RecipeBuild]) -> str | None:
     """The report for the current artifacts, or None while an evaluation is missing."""
-    import json
-
     rows = []
     for name, build in builds.items():
         metrics = None

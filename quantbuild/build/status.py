@@ -75,10 +75,11 @@ def recipe_status(build: RecipeBuild, db: Path) -> list[StageStatus]:
                 reasons += diff_fields(
                     last.get("fields", {}).get(pointer), current.get(pointer), dotted
                 )
+            upstream = {u: build.entry(u) for u in module.INPUTS}
             changed = [
                 u
-                for u in module.INPUTS
-                if (build.entry(u) and build.entry(u).digest) != last.get("inputs", {}).get(u)
+                for u, e in upstream.items()
+                if (e.digest if e else None) != last.get("inputs", {}).get(u)
             ]
             reasons += [f"input {u} changed" for u in changed]
             if not reasons and entry is None:

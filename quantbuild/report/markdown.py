@@ -17,7 +17,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _scheme(q: dict) -> str:
+def scheme_label(q: dict) -> str:
     weights = "per-channel" if q["weights"]["per_channel"] else "per-tensor"
     scale = "pow2" if q["scale"] == "power_of_2" else "float"
     return f"{q['activations'][:4]}, {scale}, {weights}"
@@ -41,7 +41,7 @@ def render(rows: list[Row]) -> str:
         ]
         cosines = [o["cosine"] for o in m.get("outputs", {}).values() if "cosine" in o]
         lines.append(
-            f"| {row.recipe} | {row.device or '–'} | {row.quantization['bits']} | {_scheme(row.quantization)} "
+            f"| {row.recipe} | {row.device or '–'} | {row.quantization['bits']} | {scheme_label(row.quantization)} "
             f"| {_fmt(f)} | {_fmt(q)} | {'–' if delta is None else f'{delta:+.4f}'} "
             f"| {_fmt(min(sqnrs) if sqnrs else None, 2)} | {_fmt(min(cosines) if cosines else None, 5)} "
             f"| {m.get('frames', '–')} |"

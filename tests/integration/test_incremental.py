@@ -87,3 +87,14 @@ def test_overrides_on_the_command_line_key_like_recipe_edits(project):
     built = run_cli("build", "-C", str(project), "-S", "quantization.bits=16")
     assert built.code == 0, built.stdout + built.stderr
     assert built.ran == {"ranges:base", "quantize:base", "evaluate:base", "report"}
+
+
+def test_overlapping_calibration_and_evaluation_frames_are_warned_about(project):
+    (project / "base.yaml").write_text(
+        RECIPE.format(extra="").replace(
+            "{tensors: val.npz, labels: labels}", "{tensors: calib.npz}"
+        )
+    )
+    built = run_cli("build", "-C", str(project))
+    assert built.code == 0
+    assert "warning: 8 evaluation frame(s) are also calibration frames" in built.stdout
