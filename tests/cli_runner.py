@@ -33,23 +33,9 @@ def _env(extra: dict | None) -> dict:
     return env
 
 
-def run_doit(root: Path, *args: str, env: dict | None = None) -> Run:
-    """`doit` in a project folder, through the project's doit.cfg loader plugin."""
+def _run(module: str, args: tuple[str, ...], cwd: Path | None, env: dict | None) -> Run:
     done = subprocess.run(
-        [sys.executable, "-m", "doit", *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=_env(env),
-        timeout=300,
-    )
-    return Run(done.returncode, done.stdout, done.stderr)
-
-
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> Run:
-    """The `quantbuild` command."""
-    done = subprocess.run(
-        [sys.executable, "-m", "quantbuild", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -57,6 +43,16 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> Run
         timeout=300,
     )
     return Run(done.returncode, done.stdout, done.stderr)
+
+
+def run_doit(root: Path, *args: str, env: dict | None = None) -> Run:
+    """`doit` in a project folder, through the project's doit.cfg loader plugin."""
+    return _run("doit", args, root, env)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> Run:
+    """The `quantbuild` command."""
+    return _run("quantbuild", args, cwd, env)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
