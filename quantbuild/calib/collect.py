@@ -52,8 +52,10 @@ def collect_statistics(model: onnx.ModelProto, dataset: Dataset) -> dict[str, np
     seen = elements > 0
     low[~seen] = 0.0
     high[~seen] = 0.0
+    outputs = {o.name for o in model.graph.output}
     return {
         "names": np.array(names),
+        "is_output": np.array([n in outputs for n in names]),
         "min": low,
         "max": high,
         "elements": elements,

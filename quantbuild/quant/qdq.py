@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from quantbuild.calib.weight_clip import clip_weights
 from quantbuild.graph.onnx_utils import opset_version
 from quantbuild.quant.params import QParams, bias_int32, fit_weights_to_bias, weight_qparams
 from quantbuild.quant.ranges_io import TensorRange
@@ -55,6 +56,7 @@ class WeightOptions:
     per_channel: bool
     power_of_2: bool
     bias_bits: int
+    clipping: str = "none"  # weight clipping method: none, tidl, mse
 
 
 def _weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
@@ -201,6 +203,7 @@ class QDQWriter:
                 if weight.dtype != np.float32:
                     continue
                 axis = _weight_axis(node, weight) if opts.per_channel else None
+                weight = clip_weights(weight, opts.clipping, opts.bits, axis, opts.power_of_2)
                 qp = weight_qparams(weight, opts.bits, axis is not None, opts.power_of_2, axis or 0)
                 b_name = node.input[2] if len(node.input) > 2 else ""
                 x_params = self._input_params(node.input[0], producer)
@@ -235,6 +238,8 @@ class QDQWriter:
                         "bits": bias_bits,
                         "scale": scale.tolist(),
                         "weight_scales_raised": raised,
+                        "layer": node.name,
+                        "output": node.output[0],
                     }
             elif node.op_type in ELEMENTWISE_CONSTANTS:
                 for name in node.input:

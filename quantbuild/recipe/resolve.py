@@ -24,6 +24,22 @@ PATH_FIELDS = [
 ]
 DATASETS = [("calibration", "data"), ("evaluation", "data")]
 
+# TIDL accuracy_level -> the switches it turns on (level 9: the same defaults, set explicitly).
+BIAS_CALIBRATION = {"frames": 50, "iterations": 50}
+ACCURACY_LEVELS = {
+    0: {"activation_clipping": "minmax", "weight_clipping": "none", "bias_calibration": False},
+    1: {
+        "activation_clipping": "percentile",
+        "weight_clipping": "tidl",
+        "bias_calibration": BIAS_CALIBRATION,
+    },
+    9: {
+        "activation_clipping": "percentile",
+        "weight_clipping": "tidl",
+        "bias_calibration": BIAS_CALIBRATION,
+    },
+}
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -73,6 +89,25 @@ def _base_dir(where: Where | None, fallback: Path) -> Path:
     if where is None or where.file.startswith("-S "):
         return Path.cwd() if where else fallback
     return Path(where.file).parent
+
+
+def _expand_accuracy_level(data: dict, doc: Located) -> None:
+    """Fill the switches that accuracy_level implies, unless the recipe sets them."""
+    q = data["quantization"]
+    level = q["accuracy_level"]
+    origin = Where(f"accuracy_level {level}")
+    for key, value in ACCURACY_LEVELS[level].items():
+        if key not in q:
+            q[key] = copy.deepcopy(value)
+            doc.values[("quantization", key)] = origin
+    bias = q["bias_calibration"]
+    if bias is True or isinstance(bias, dict):
+        q["bias_calibration"] = {**BIAS_CALIBRATION, **(bias if isinstance(bias, dict) else {})}
+        for key in BIAS_CALIBRATION:
+            doc.values.setdefault(
+                ("quantization", "bias_calibration", key),
+                doc.where(("quantization", "bias_calibration")),
+            )
 
 
 def _resolve_paths(data: dict, doc: Located, recipe_file: Path) -> None:
@@ -128,6 +163,7 @@ def load_recipe(file: Path, overrides: list[str] | tuple[str, ...] = ()) -> Reci
     schema = recipe_schema()
     validate(doc, schema)
     data = fill_defaults(copy.deepcopy(doc.data), schema)
+    _expand_accuracy_level(data, doc)
     if "evaluation" in data and "preprocess" not in doc.data["evaluation"]:
         data["evaluation"]["preprocess"] = copy.deepcopy(data["calibration"]["preprocess"])
         for p, w in list(doc.values.items()):

@@ -7,18 +7,23 @@ from pathlib import Path
 
 import onnx
 
+from quantbuild.calib.bias_runner import calibrate_biases
 from quantbuild.quant.qdq import WeightOptions, write_qdq
 from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 
 NAME = "quantize"
-VERSION = 5
+VERSION = 6
 READS = (
     "/quantization/bits",
     "/quantization/scale",
     "/quantization/weights",
     "/quantization/bias_bits",
+    "/quantization/weight_clipping",
+    "/quantization/bias_calibration",
+    "/calibration/data",
+    "/calibration/preprocess",
 )
 INPUTS = ("prepare", "ranges")
 EXPORTS = {"model.qdq.onnx": "model.qdq.onnx", "quant_params.json": "quant_params.json"}
@@ -33,8 +38,20 @@ def run(ctx: Context, out: Path) -> dict:
         per_channel=q["weights"]["per_channel"],
         power_of_2=q["scale"] == "power_of_2",
         bias_bits=q["bias_bits"],
+        clipping=q["weight_clipping"],
     )
     qdq, record = write_qdq(model, ranges, options)
+    bias = q["bias_calibration"]
+    if bias:
+        qdq = calibrate_biases(
+            model,
+            qdq,
+            record,
+            ctx.dataset("calibration"),
+            bias["frames"],
+            bias["iterations"],
+            ctx.log,
+        )
     onnx.checker.check_model(qdq)
     session(qdq)  # fails here, not in evaluate, if onnxruntime cannot run it
     (out / "model.qdq.onnx").write_bytes(qdq.SerializeToString())

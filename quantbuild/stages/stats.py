@@ -12,7 +12,7 @@ from quantbuild.calib.collect import collect_statistics
 from quantbuild.stages.context import Context
 
 NAME = "stats"
-VERSION = 1
+VERSION = 2
 READS = ("/calibration/data", "/calibration/preprocess")
 INPUTS = ("prepare",)
 EXPORTS: dict[str, str] = {}

@@ -60,7 +60,7 @@ def test_recipes_sharing_model_and_calibration_compute_stats_once(tmp_path):
     stats_ran = {t for t in first.ran if t.startswith("stats:")}
     assert stats_ran == {"stats:a_tda4vm"}
     assert "stats:b_am68a" in first.up_to_date
-    assert first.stdout.count("8 frames, ") == 1  # one statistics pass over the calibration frames
+    assert first.stdout.count("8 frames, 10 tensors") == 1  # one statistics pass over the frames
     # Both recipes still get their own ranges and models.
     assert {
         "ranges:a_tda4vm",

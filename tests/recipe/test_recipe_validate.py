@@ -36,7 +36,8 @@ def test_unknown_key_without_close_match_lists_allowed_keys(project):
     f, err = _error(project, HEAD + "quantization:\n  zzz: 1\n")
     assert str(err) == (
         f"{f}:6:3: quantization.zzz: unknown key; "
-        "allowed: activations, bias_bits, bits, scale, weights"
+        "allowed: accuracy_level, activation_clipping, activations, bias_bits, "
+        "bias_calibration, bits, percentile, scale, weight_clipping, weights"
     )
 
 
@@ -159,6 +160,11 @@ def test_defaults_are_filled(project):
             "activations": "symmetric",
             "weights": {"per_channel": False},
             "bias_bits": 32,
+            "accuracy_level": 1,
+            "activation_clipping": "percentile",
+            "percentile": 99.99,
+            "weight_clipping": "tidl",
+            "bias_calibration": {"frames": 50, "iterations": 50},
         },
     }
     assert recipe.name == "r"
@@ -226,12 +232,21 @@ def test_explicit_evaluation_preprocess_is_not_mixed_with_calibration(project):
     }
 
 
+# accuracy_level 1 (the default) expands to TIDL's advanced calibration switches.
+ADVANCED = {
+    "accuracy_level": 1,
+    "activation_clipping": "percentile",
+    "percentile": 99.99,
+    "weight_clipping": "tidl",
+    "bias_calibration": {"frames": 50, "iterations": 50},
+}
 TDA4VM = {
     "bits": 8,
     "scale": "power_of_2",
     "activations": "symmetric",
     "weights": {"per_channel": False},
     "bias_bits": 16,
+    **ADVANCED,
 }
 MMAV2 = {
     "bits": 8,
@@ -239,6 +254,7 @@ MMAV2 = {
     "activations": "asymmetric",
     "weights": {"per_channel": True},
     "bias_bits": 32,
+    **ADVANCED,
 }
 
 
@@ -379,3 +395,51 @@ def test_missing_labels_file_is_a_data_error(project):
         DataError,
     )
     assert str(err) == f"{f}:6:32: evaluation.data.labels: file not found: {project / 'lbl.txt'}"
+
+
+@pytest.mark.parametrize(
+    ("level", "expanded"),
+    [
+        (
+            0,
+            {"activation_clipping": "minmax", "weight_clipping": "none", "bias_calibration": False},
+        ),
+        (
+            1,
+            {
+                "activation_clipping": "percentile",
+                "weight_clipping": "tidl",
+                "bias_calibration": {"frames": 50, "iterations": 50},
+            },
+        ),
+        (
+            9,
+            {
+                "activation_clipping": "percentile",
+                "weight_clipping": "tidl",
+                "bias_calibration": {"frames": 50, "iterations": 50},
+            },
+        ),
+    ],
+)
+def test_accuracy_level_expands_to_the_tidl_switches(project, level, expanded):
+    recipe = load_recipe(_recipe(project, HEAD + f"quantization: {{accuracy_level: {level}}}\n"))
+    q = recipe.data["quantization"]
+    assert {k: q[k] for k in expanded} == expanded
+    assert str(recipe.where(("quantization", "activation_clipping"))) == f"accuracy_level {level}"
+
+
+def test_explicit_switches_win_over_accuracy_level(project):
+    text = "quantization: {accuracy_level: 1, activation_clipping: mse, bias_calibration: {iterations: 5}}\n"
+    q = load_recipe(_recipe(project, HEAD + text)).data["quantization"]
+    assert q["activation_clipping"] == "mse"
+    assert q["weight_clipping"] == "tidl"
+    assert q["bias_calibration"] == {"frames": 50, "iterations": 5}
+
+
+def test_bias_calibration_true_means_the_tidl_defaults(project):
+    q = load_recipe(
+        _recipe(project, HEAD + "quantization: {accuracy_level: 0, bias_calibration: true}\n")
+    ).data["quantization"]
+    assert q["bias_calibration"] == {"frames": 50, "iterations": 50}
+    assert q["activation_clipping"] == "minmax"

