@@ -9,6 +9,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference, version_converter
 
 from quantbuild.errors import ModelError
+from quantbuild.graph.fold import simplify
 from quantbuild.graph.onnx_utils import initializers, opset_version
 
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
@@ -143,14 +144,19 @@ def prepare_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     graph.input.extend(inputs)
     _name_nodes(graph)
     folded = _fold_batchnorm(graph)
+    model = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    graph = model.graph
+    rewrites = simplify(model)
+    if rewrites.get("fuse_hardswish") and opset_version(model) < 14:
+        # HardSwish is an opset-14 operator; nothing else in use changed meaning from 13 to 14.
+        for entry in model.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                entry.version = 14
     del graph.value_info[:]
     try:
         model = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as err:
         raise ModelError(f"shape inference failed ({str(err).splitlines()[0]})") from None
     onnx.checker.check_model(model)
-    return model, {
-        "opset": opset_version(model),
-        "batchnorm_folded": folded,
-        "nodes": len(graph.node),
-    }
+    summary = {"opset": opset_version(model), "batchnorm_folded": folded, "nodes": len(graph.node)}
+    return model, {**summary, **{name: n for name, n in rewrites.items() if n}}

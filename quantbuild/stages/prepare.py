@@ -11,7 +11,7 @@ from quantbuild.graph.prepare import prepare_model
 from quantbuild.stages.context import Context
 
 NAME = "prepare"
-VERSION = 1
+VERSION = 2
 READS = ("/model",)
 INPUTS = ()
 EXPORTS = {"layers.json": "layers.json"}
@@ -24,7 +24,11 @@ def run(ctx: Context, out: Path) -> dict:
     layers = layer_table(prepared)
     (out / "layers.json").write_text(json.dumps(layers, indent=1) + "\n", encoding="utf-8")
     inputs = [{"name": s.name, "shape": list(s.shape)} for s in graph_inputs(prepared)]
+    rewrites = ", ".join(
+        f"{k} {v}" for k, v in summary.items() if k not in ("nodes", "opset", "batchnorm_folded")
+    )
     ctx.log(
         f"{summary['nodes']} nodes, opset {summary['opset']}, {summary['batchnorm_folded']} BatchNorm folded"
+        + (f"; {rewrites}" if rewrites else "")
     )
     return {**summary, "inputs": inputs}
