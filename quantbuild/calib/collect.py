@@ -12,19 +12,25 @@ from quantbuild.calib.histogram import BINS, accumulate
 from quantbuild.data.dataset import Dataset
 from quantbuild.errors import DataError
 from quantbuild.graph.onnx_utils import graph_inputs
+from quantbuild.quant.qdq import activation_tensors
 from quantbuild.runtime import float_tensors, session, with_outputs
 
 
-def collect_statistics(model: onnx.ModelProto, dataset: Dataset) -> dict[str, np.ndarray]:
-    """Run the float model over every frame; per tensor: min, max, element count, histogram."""
-    names = float_tensors(model)
+def collect_statistics(
+    model: onnx.ModelProto, dataset: Dataset, histograms: bool = True
+) -> dict[str, np.ndarray]:
+    """Run the float model over every frame; per tensor: min, max, element count, histogram.
+
+    `histograms=False` collects min/max only (benchmarks measure what histograms cost)."""
+    # Only tensors that will get a grid: fused and value-preserving outputs never need ranges.
+    names = activation_tensors(model, set(float_tensors(model)))
     runner = session(with_outputs(model, names))
     inputs = graph_inputs(model)
     count = len(names)
     low = np.full(count, np.inf, dtype=np.float64)
     high = np.full(count, -np.inf, dtype=np.float64)
     elements = np.zeros(count, dtype=np.int64)
-    hist = np.zeros((count, BINS), dtype=np.int64)
+    hist = np.zeros((count, BINS if histograms else 0), dtype=np.int64)
     frames = 0
     for frame, feed in dataset.iterate(inputs):
         try:
@@ -47,7 +53,8 @@ def collect_statistics(model: onnx.ModelProto, dataset: Dataset) -> dict[str, np
             low[i] = min(low[i], float(value.min()))
             high[i] = max(high[i], float(value.max()))
             elements[i] += value.size
-            accumulate(hist[i], value)
+            if histograms:
+                accumulate(hist[i], value)
         frames += 1
     seen = elements > 0
     low[~seen] = 0.0

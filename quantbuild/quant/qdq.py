@@ -59,6 +59,41 @@ class WeightOptions:
     clipping: str = "none"  # weight clipping method: none, tidl, mse
 
 
+def activation_tensors(model: onnx.ModelProto, candidates: set[str]) -> list[str]:
+    """The tensors among `candidates` that get their own grid, in graph order (see module doc)."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    outputs = {o.name for o in graph.output}
+    chosen: list[str] = []
+    on_grid: set[str] = set()  # quantized tensors and value-preserving views of them
+    for name in [i.name for i in graph.input] + [o for n in graph.node for o in n.output]:
+        if name not in candidates or name in inits:
+            continue
+        if not consumers[name] and name not in outputs:
+            continue
+        node = producer.get(name)
+        if node is not None and name not in outputs:
+            users = consumers[name]
+            fused = (
+                node.op_type in FUSING_PRODUCERS
+                and len(users) == 1
+                and users[0].op_type in FUSED_ACTIVATIONS
+            )
+            if fused:
+                continue
+            if node.op_type in VALUE_PRESERVING and node.input and node.input[0] in on_grid:
+                on_grid.add(name)
+                continue
+        chosen.append(name)
+        on_grid.add(name)
+    return chosen
+
+
 def _weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
     """The output-channel axis of a weight, or None where per-channel does not apply."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -92,37 +127,6 @@ class QDQWriter:
         self.uses_contrib = False
 
     # -- decisions -------------------------------------------------------------------------
-    def _activation_tensors(self) -> list[str]:
-        graph = self.source.graph
-        producer = {o: n for n in graph.node for o in n.output}
-        consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in graph.node:
-            for i in n.input:
-                consumers[i].append(n)
-        outputs = {o.name for o in graph.output}
-        chosen: list[str] = []
-        on_grid: set[str] = set()  # quantized tensors and value-preserving views of them
-        candidates = [i.name for i in graph.input] + [o for n in graph.node for o in n.output]
-        for name in candidates:
-            if name not in self.ranges or name in self.inits:
-                continue
-            if not consumers[name] and name not in outputs:
-                continue
-            node = producer.get(name)
-            if node is not None and name not in outputs:
-                users = consumers[name]
-                if (
-                    node.op_type in FUSING_PRODUCERS
-                    and len(users) == 1
-                    and users[0].op_type in FUSED_ACTIVATIONS
-                ):
-                    continue
-                if node.op_type in VALUE_PRESERVING and node.input and node.input[0] in on_grid:
-                    on_grid.add(name)
-                    continue
-            chosen.append(name)
-            on_grid.add(name)
-        return chosen
 
     # -- node helpers ----------------------------------------------------------------------
     def _domain(self, dtype: str) -> str:
@@ -256,7 +260,7 @@ class QDQWriter:
     def write(self) -> onnx.ModelProto:
         """Build and return the QDQ model."""
         graph = self.source.graph
-        chosen = self._activation_tensors()
+        chosen = activation_tensors(self.source, set(self.ranges))
         chosen_names = set(chosen)
         for name in chosen:
             r = self.ranges[name]

@@ -12,7 +12,7 @@ from quantbuild.calib.collect import collect_statistics
 from quantbuild.stages.context import Context
 
 NAME = "stats"
-VERSION = 2
+VERSION = 3
 READS = ("/calibration/data", "/calibration/preprocess")
 INPUTS = ("prepare",)
 EXPORTS: dict[str, str] = {}
