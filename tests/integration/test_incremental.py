@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from builders import RECIPE, make_project, write_npz
 from cli_runner import run_cli, run_doit
 
@@ -60,7 +62,9 @@ def test_recipes_sharing_model_and_calibration_compute_stats_once(tmp_path):
     stats_ran = {t for t in first.ran if t.startswith("stats:")}
     assert stats_ran == {"stats:a_tda4vm"}
     assert "stats:b_am68a" in first.up_to_date
-    assert first.stdout.count("8 frames, 10 tensors") == 1  # one statistics pass over the frames
+    assert (
+        len(re.findall(r"^   8 frames, \d+ tensors", first.stdout, re.M)) == 1
+    )  # one statistics pass
     # Both recipes still get their own ranges and models.
     assert {
         "ranges:a_tda4vm",
