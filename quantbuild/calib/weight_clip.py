@@ -1,6 +1,9 @@
 """Weight clipping before quantization (numpy only).
 
-- tidl: TI's rule — when max|w| > 15 and max|w| > 16 * median|w|, clamp to ±16 * median|w|.
+- tidl: TI's rule — when max|w| > 15 and max|w| > 16 * median|w|, clamp to ±16 * median|w|,
+  applied per quantization group: the whole tensor for per-tensor weights, each output channel
+  for per-channel weights (a channel with its own scale gains nothing from a clip computed
+  over other channels, and BatchNorm folding legitimately gives channels very different sizes).
 - mse: per output channel (or per tensor), the clip threshold with the least squared error
   between the weights and their quantized values, searched over 1 % steps of max|w|.
 """
@@ -53,7 +56,11 @@ def mse_clip(weight: np.ndarray, bits: int, axis: int | None, power_of_2: bool) 
 def clip_weights(
     weight: np.ndarray, method: str, bits: int, axis: int | None, power_of_2: bool
 ) -> np.ndarray:
-    """Apply a weight clipping method ('none', 'tidl', 'mse')."""
+    """Apply a weight clipping method ('none', 'tidl', 'mse'); `axis` is the per-channel axis."""
+    if method == "tidl" and axis is not None:
+        moved = np.moveaxis(weight, axis, 0)
+        clipped = np.stack([tidl_clip(channel) for channel in moved])
+        return np.moveaxis(clipped, 0, axis).astype(weight.dtype)
     if method == "tidl":
         return tidl_clip(weight)
     if method == "mse":

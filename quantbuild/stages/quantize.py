@@ -14,7 +14,7 @@ from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 
 NAME = "quantize"
-VERSION = 6
+VERSION = 9
 READS = (
     "/quantization/bits",
     "/quantization/scale",

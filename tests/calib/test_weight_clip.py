@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from quantbuild.calib.weight_clip import clip_weights, mse_clip, tidl_clip
 from quantbuild.quant.params import weight_qparams
@@ -45,3 +46,12 @@ def test_mse_clip_never_increases_the_error():
 def test_none_returns_the_weights_unchanged():
     w = np.random.default_rng(3).normal(0, 1, (4, 4)).astype(np.float32)
     assert clip_weights(w, "none", 8, 0, False) is w
+
+
+def test_tidl_rule_is_applied_per_channel_for_per_channel_weights():
+    w = np.full((4, 9), 0.3, dtype=np.float32)
+    w[3] = np.linspace(-23.5, 23.5, 9)  # a legitimately large channel (folded BatchNorm)
+    per_tensor = clip_weights(w, "tidl", 8, None, False)
+    per_channel = clip_weights(w, "tidl", 8, 0, False)
+    assert float(np.abs(per_tensor[3]).max()) == pytest.approx(16 * 0.3)  # clamped with the tensor
+    assert np.array_equal(per_channel, w)  # each channel judged alone: nothing to clip

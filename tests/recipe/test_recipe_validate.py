@@ -163,7 +163,7 @@ def test_defaults_are_filled(project):
             "accuracy_level": 1,
             "activation_clipping": "percentile",
             "percentile": 99.99,
-            "weight_clipping": "tidl",
+            "weight_clipping": "mse",
             "bias_calibration": {"frames": 50, "iterations": 50},
         },
     }
@@ -237,7 +237,7 @@ ADVANCED = {
     "accuracy_level": 1,
     "activation_clipping": "percentile",
     "percentile": 99.99,
-    "weight_clipping": "tidl",
+    "weight_clipping": "mse",
     "bias_calibration": {"frames": 50, "iterations": 50},
 }
 TDA4VM = {
@@ -408,7 +408,7 @@ def test_missing_labels_file_is_a_data_error(project):
             1,
             {
                 "activation_clipping": "percentile",
-                "weight_clipping": "tidl",
+                "weight_clipping": "mse",
                 "bias_calibration": {"frames": 50, "iterations": 50},
             },
         ),
@@ -416,7 +416,7 @@ def test_missing_labels_file_is_a_data_error(project):
             9,
             {
                 "activation_clipping": "percentile",
-                "weight_clipping": "tidl",
+                "weight_clipping": "mse",
                 "bias_calibration": {"frames": 50, "iterations": 50},
             },
         ),
@@ -433,7 +433,7 @@ def test_explicit_switches_win_over_accuracy_level(project):
     text = "quantization: {accuracy_level: 1, activation_clipping: mse, bias_calibration: {iterations: 5}}\n"
     q = load_recipe(_recipe(project, HEAD + text)).data["quantization"]
     assert q["activation_clipping"] == "mse"
-    assert q["weight_clipping"] == "tidl"
+    assert q["weight_clipping"] == "mse"
     assert q["bias_calibration"] == {"frames": 50, "iterations": 5}
 
 
