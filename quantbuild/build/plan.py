@@ -79,6 +79,12 @@ class RecipeBuild:
         """The recipe with files and datasets replaced by their content digests."""
         data = copy.deepcopy(self.recipe.data)
         data["model"] = {"sha256": self.project.hasher.sha256(self.recipe.model)}
+        imported = self.recipe.get(("quantization", "ranges", "import"))
+        if imported:  # by content: a moved file with the same ranges rebuilds nothing
+            data["quantization"]["ranges"]["import"] = {
+                "sha256": self.project.hasher.sha256(Path(imported)),
+                "format": Path(imported).suffix.lower(),
+            }
         for section in ("calibration", "evaluation"):
             if section in data:
                 data[section]["data"] = {"frames": self._frames_digest(section)}

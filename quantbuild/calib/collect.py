@@ -17,13 +17,21 @@ from quantbuild.runtime import float_tensors, session, with_outputs
 
 
 def collect_statistics(
-    model: onnx.ModelProto, dataset: Dataset, histograms: bool = True
+    model: onnx.ModelProto,
+    dataset: Dataset,
+    histograms: bool = True,
+    known: frozenset[str] = frozenset(),
 ) -> dict[str, np.ndarray]:
     """Run the float model over every frame; per tensor: min, max, element count, histogram.
 
-    `histograms=False` collects min/max only (benchmarks measure what histograms cost)."""
+    Tensors in `known` (ranges imported from elsewhere) are skipped; when nothing is left, no
+    frame is run at all. `histograms=False` collects min/max only (benchmarks measure what
+    histograms cost)."""
     # Only tensors that will get a grid: fused and value-preserving outputs never need ranges.
-    names = activation_tensors(model, set(float_tensors(model)))
+    grid = activation_tensors(model, set(float_tensors(model)))
+    names = [n for n in grid if n not in known]
+    if not names:
+        return _result(model, names, np.zeros(0), np.zeros(0), np.zeros(0, np.int64), None, 0)
     runner = session(with_outputs(model, names))
     inputs = graph_inputs(model)
     count = len(names)
@@ -56,12 +64,26 @@ def collect_statistics(
             if histograms:
                 accumulate(hist[i], value)
         frames += 1
+    return _result(model, names, low, high, elements, hist, frames)
+
+
+def _result(
+    model: onnx.ModelProto,
+    names: list[str],
+    low: np.ndarray,
+    high: np.ndarray,
+    elements: np.ndarray,
+    hist: np.ndarray | None,
+    frames: int,
+) -> dict[str, np.ndarray]:
     seen = elements > 0
     low[~seen] = 0.0
     high[~seen] = 0.0
+    if hist is None:
+        hist = np.zeros((0, BINS), dtype=np.int64)
     outputs = {o.name for o in model.graph.output}
     return {
-        "names": np.array(names),
+        "names": np.array(names, dtype=str),
         "is_output": np.array([n in outputs for n in names]),
         "min": low,
         "max": high,

@@ -129,10 +129,11 @@ def _fold_batchnorm(graph: onnx.GraphProto) -> int:
     return folded
 
 
-def prepare_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+def prepare_model(model: onnx.ModelProto, rewrite: bool = True) -> tuple[onnx.ModelProto, dict]:
     """Return the canonical float model and a summary of what preparation changed.
 
-    The argument is left untouched."""
+    `rewrite=False` keeps every weight as it is (no BatchNorm folding or graph rewrites): the
+    parameters of a pre-quantized model name its weights. The argument is left untouched."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     model = _upgrade_opset(copy)
@@ -143,10 +144,10 @@ def prepare_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     del graph.input[:]
     graph.input.extend(inputs)
     _name_nodes(graph)
-    folded = _fold_batchnorm(graph)
+    folded = _fold_batchnorm(graph) if rewrite else 0
     model = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     graph = model.graph
-    rewrites = simplify(model)
+    rewrites = simplify(model) if rewrite else {}
     if rewrites.get("fuse_hardswish") and opset_version(model) < 14:
         # HardSwish is an opset-14 operator; nothing else in use changed meaning from 13 to 14.
         for entry in model.opset_import:

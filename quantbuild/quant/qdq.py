@@ -13,7 +13,7 @@ Placement follows how TIDL executes a network:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -57,6 +57,26 @@ class WeightOptions:
     power_of_2: bool
     bias_bits: int
     clipping: str = "none"  # weight clipping method: none, tidl, mse
+    # Grids stated by a pre-quantized model, used as they are where they fit the target.
+    given: dict[str, QParams] = field(default_factory=dict)
+
+    def stated(self, name: str, axis: int | None, symmetric: bool = True) -> QParams | None:
+        """The given grid of a constant if it fits these options (bits, axis, power-of-2).
+
+        Weights must be symmetric; an element-wise operand (`symmetric=False`) may have a
+        zero point, as onnxruntime quantizes them like activations."""
+        qp = self.given.get(name)
+        if qp is None or qp.dtype.lstrip("u") != f"int{self.bits}":
+            return None
+        if symmetric and (qp.dtype.startswith("u") or np.any(qp.zero_point != 0)):
+            return None
+        if qp.axis != (axis if self.per_channel else None):
+            return None
+        if self.power_of_2:
+            exponent = np.log2(qp.scale.astype(np.float64))
+            if np.any(exponent != np.round(exponent)):
+                return None
+        return qp
 
 
 def activation_tensors(model: onnx.ModelProto, candidates: set[str]) -> list[str]:
@@ -207,8 +227,14 @@ class QDQWriter:
                 if weight.dtype != np.float32:
                     continue
                 axis = _weight_axis(node, weight) if opts.per_channel else None
-                weight = clip_weights(weight, opts.clipping, opts.bits, axis, opts.power_of_2)
-                qp = weight_qparams(weight, opts.bits, axis is not None, opts.power_of_2, axis or 0)
+                stated = opts.stated(w_name, axis)
+                if stated is None:
+                    weight = clip_weights(weight, opts.clipping, opts.bits, axis, opts.power_of_2)
+                    qp = weight_qparams(
+                        weight, opts.bits, axis is not None, opts.power_of_2, axis or 0
+                    )
+                else:
+                    qp = stated
                 b_name = node.input[2] if len(node.input) > 2 else ""
                 x_params = self._input_params(node.input[0], producer)
                 bias = None
@@ -224,7 +250,7 @@ class QDQWriter:
                     # with a shift where needed, the weights untouched.
                     bias_bits = opts.bias_bits if opts.bits == 8 else 32
                     raised = 0
-                    if opts.bits == 8:
+                    if opts.bits == 8 and stated is None:
                         qp, raised = fit_weights_to_bias(
                             qp, bias, x_params.scale, bias_bits, opts.power_of_2
                         )
@@ -252,7 +278,9 @@ class QDQWriter:
                     value = numpy_helper.to_array(self.inits[name])
                     if value.dtype != np.float32:
                         continue
-                    qp = weight_qparams(value, opts.bits, False, opts.power_of_2)
+                    qp = opts.stated(name, None, symmetric=False) or weight_qparams(
+                        value, opts.bits, False, opts.power_of_2
+                    )
                     self._dequantized_constant(name, qp.quantize(value), qp)
                     self.record["weights"][name] = _describe(qp)
 

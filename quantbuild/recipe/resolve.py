@@ -21,6 +21,7 @@ PATH_FIELDS = [
     ("calibration", "data", "tensors"),
     ("evaluation", "data", "images"),
     ("evaluation", "data", "tensors"),
+    ("quantization", "ranges", "import"),
 ]
 DATASETS = [("calibration", "data"), ("evaluation", "data")]
 
@@ -42,6 +43,8 @@ ACCURACY_LEVELS = {
         "bias_calibration": BIAS_CALIBRATION,
     },
 }
+
+PREQUANTIZED = {"weight_clipping": "none", "bias_calibration": False}
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,12 @@ def _expand_accuracy_level(data: dict, doc: Located) -> None:
     q = data["quantization"]
     level = q["accuracy_level"]
     origin = Where(f"accuracy_level {level}")
-    for key, value in ACCURACY_LEVELS[level].items():
+    implied = dict(ACCURACY_LEVELS[level])
+    if q["prequantized"]:
+        # TIDL skips calibration for a pre-quantized model: its weights and biases are kept.
+        implied.update(PREQUANTIZED)
+        origin = Where(f"accuracy_level {level}, prequantized")
+    for key, value in implied.items():
         if key not in q:
             q[key] = copy.deepcopy(value)
             doc.values[("quantization", key)] = origin
@@ -132,6 +140,13 @@ def _check_inputs(recipe: Recipe) -> None:
         raise ModelError(
             f"model: file not found: {recipe.model}; fix the path (relative to the file that sets it)",
             recipe.where(("model",)),
+        )
+    imported = recipe.get(("quantization", "ranges", "import"))
+    if imported and not Path(imported).is_file():
+        raise RecipeError(
+            f"quantization.ranges.import: file not found: {imported}; fix the path (relative to "
+            "the file that sets it)",
+            recipe.where(("quantization", "ranges", "import")),
         )
     for dataset in DATASETS:
         section = recipe.get(dataset)

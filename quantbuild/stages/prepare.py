@@ -5,30 +5,82 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
+from quantbuild.errors import ModelError
 from quantbuild.graph.layers import layer_table
 from quantbuild.graph.onnx_utils import graph_inputs, load_model
 from quantbuild.graph.prepare import prepare_model
+from quantbuild.graph.qdq_strip import is_qdq, strip_qdq
+from quantbuild.quant.params import QParams
+from quantbuild.quant.ranges_io import TensorRange, dumps
 from quantbuild.stages.context import Context
 
 NAME = "prepare"
-VERSION = 2
-READS = ("/model",)
+VERSION = 3
+READS = ("/model", "/quantization/prequantized")
 INPUTS = ()
 EXPORTS = {"layers.json": "layers.json"}
+PREQUANTIZED_RANGES = "prequantized.ranges.yaml"  # activation grids, in the ranges format
+PREQUANTIZED_WEIGHTS = "prequantized.weights.json"
 
 
 def run(ctx: Context, out: Path) -> dict:
-    model = load_model(ctx.recipe.model, ctx.recipe.where(("model",)))
-    prepared, summary = prepare_model(model)
+    where = ctx.recipe.where(("model",))
+    model = load_model(ctx.recipe.model, where)
+    prequantized = ctx.recipe.data["quantization"]["prequantized"]
+    if is_qdq(model) != prequantized:
+        raise ModelError(
+            f"{ctx.recipe.model.name}: the model is already quantized (QuantizeLinear/"
+            "DequantizeLinear nodes); set quantization.prequantized: true to take its scales"
+            if prequantized is False
+            else f"{ctx.recipe.model.name}: quantization.prequantized is true but the model has "
+            "no QuantizeLinear/DequantizeLinear nodes; remove the setting",
+            where,
+        )
+    found = None
+    if prequantized:
+        model, found = strip_qdq(model)
+    prepared, summary = prepare_model(model, rewrite=not prequantized)
+    if found is not None:
+        write_prequantized(found, out)
+        summary["prequantized_activations"] = len(found.activations)
+        summary["prequantized_weights"] = len(found.weights)
     (out / "model.onnx").write_bytes(prepared.SerializeToString())
     layers = layer_table(prepared)
     (out / "layers.json").write_text(json.dumps(layers, indent=1) + "\n", encoding="utf-8")
     inputs = [{"name": s.name, "shape": list(s.shape)} for s in graph_inputs(prepared)]
     rewrites = ", ".join(
-        f"{k} {v}" for k, v in summary.items() if k not in ("nodes", "opset", "batchnorm_folded")
+        f"{k.replace('_', ' ')} {v}"
+        for k, v in summary.items()
+        if k not in ("nodes", "opset", "batchnorm_folded")
     )
     ctx.log(
         f"{summary['nodes']} nodes, opset {summary['opset']}, {summary['batchnorm_folded']} BatchNorm folded"
         + (f"; {rewrites}" if rewrites else "")
     )
     return {**summary, "inputs": inputs}
+
+
+def write_prequantized(found, out: Path) -> None:
+    """The pre-quantized model's grids: activations as a ranges file, weights as JSON."""
+    ranges = {}
+    for name, qp in found.activations.items():
+        if qp.axis is not None:
+            raise ModelError(f"activation {name!r}: per-channel activation grids are not supported")
+        low, high = qp.dequantize(np.array([qp.qmin, qp.qmax], dtype=np.int64))
+        scalar = QParams(np.float32(qp.scale), np.asarray(qp.zero_point).reshape(()), qp.dtype)
+        ranges[name] = TensorRange(float(low), float(high), scalar)
+    (out / PREQUANTIZED_RANGES).write_text(
+        dumps(ranges, {"source": "pre-quantized model"}), encoding="utf-8"
+    )
+    weights = {
+        name: {
+            "dtype": qp.dtype,
+            "axis": qp.axis,
+            "scale": np.asarray(qp.scale).tolist(),
+            "zero_point": np.asarray(qp.zero_point).tolist(),
+        }
+        for name, qp in found.weights.items()
+    }
+    (out / PREQUANTIZED_WEIGHTS).write_text(json.dumps(weights, indent=1) + "\n", encoding="utf-8")

@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from quantbuild.calib.bias_runner import calibrate_biases
+from quantbuild.quant import ort_overrides, tidl_proto
+from quantbuild.quant.params import DTYPES, QParams
 from quantbuild.quant.qdq import WeightOptions, write_qdq
 from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
+from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
 
 NAME = "quantize"
-VERSION = 9
+VERSION = 10
 READS = (
+    "/quantization/prequantized",
     "/quantization/bits",
     "/quantization/scale",
     "/quantization/weights",
@@ -26,7 +31,13 @@ READS = (
     "/calibration/preprocess",
 )
 INPUTS = ("prepare", "ranges")
-EXPORTS = {"model.qdq.onnx": "model.qdq.onnx", "quant_params.json": "quant_params.json"}
+EXPORTS = {
+    "model.qdq.onnx": "model.qdq.onnx",
+    "quant_params.json": "quant_params.json",
+    # The same parameters for other tools: TIDL quant_params_proto_path, onnxruntime overrides.
+    "quant_params.prototxt": "quant_params.prototxt",
+    "tensor_quant_overrides.json": "tensor_quant_overrides.json",
+}
 
 
 def run(ctx: Context, out: Path) -> dict:
@@ -39,6 +50,7 @@ def run(ctx: Context, out: Path) -> dict:
         power_of_2=q["scale"] == "power_of_2",
         bias_bits=q["bias_bits"],
         clipping=q["weight_clipping"],
+        given=_prequantized_weights(ctx) if q["prequantized"] else {},
     )
     qdq, record = write_qdq(model, ranges, options)
     bias = q["bias_calibration"]
@@ -56,6 +68,10 @@ def run(ctx: Context, out: Path) -> dict:
     session(qdq)  # fails here, not in evaluate, if onnxruntime cannot run it
     (out / "model.qdq.onnx").write_bytes(qdq.SerializeToString())
     (out / "quant_params.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    proto = tidl_proto.dumps(tidl_proto.from_record(record, model))
+    (out / "quant_params.prototxt").write_text(proto, encoding="utf-8")
+    overrides = ort_overrides.dumps(record)
+    (out / "tensor_quant_overrides.json").write_text(overrides, encoding="utf-8")
     raised = sum(b["weight_scales_raised"] for b in record["biases"].values())
     ctx.log(
         f"{len(record['activations'])} activations, {len(record['weights'])} weights, "
@@ -67,3 +83,18 @@ def run(ctx: Context, out: Path) -> dict:
         "biases": len(record["biases"]),
         "weight_scales_raised": raised,
     }
+
+
+def _prequantized_weights(ctx: Context) -> dict[str, QParams]:
+    """The weight grids the pre-quantized model states (prepare wrote them)."""
+    path = ctx.inputs["prepare"].path(PREQUANTIZED_WEIGHTS)
+    out = {}
+    for name, w in json.loads(path.read_text(encoding="utf-8")).items():
+        zero_type = DTYPES.get(w["dtype"], np.int32)
+        out[name] = QParams(
+            np.asarray(w["scale"], dtype=np.float32),
+            np.asarray(w["zero_point"], dtype=zero_type),
+            w["dtype"],
+            w["axis"],
+        )
+    return out

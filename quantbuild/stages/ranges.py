@@ -1,16 +1,21 @@
-"""ranges: activation ranges from cached statistics -> the quant-proto ranges file."""
+"""ranges: activation ranges from cached statistics and imported ranges -> the ranges file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
+
 from quantbuild.build.files import load_npz
 from quantbuild.calib.policy import activation_ranges
+from quantbuild.quant.imported import to_ranges
+from quantbuild.quant.qdq import activation_tensors
 from quantbuild.quant.ranges_io import dumps
 from quantbuild.stages.context import Context
+from quantbuild.stages.imports import imported_ranges
 
 NAME = "ranges"
-VERSION = 4
+VERSION = 5
 READS = (
     "/quantization/bits",
     "/quantization/activations",
@@ -18,8 +23,10 @@ READS = (
     "/quantization/accuracy_level",
     "/quantization/activation_clipping",
     "/quantization/percentile",
+    "/quantization/ranges/import",
+    "/quantization/prequantized",
 )
-INPUTS = ("stats",)
+INPUTS = ("prepare", "stats")
 EXPORTS = {"ranges.yaml": "ranges.yaml"}
 
 
@@ -28,10 +35,15 @@ def run(ctx: Context, out: Path) -> dict:
     stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
     # TIDL's simple calibration (accuracy_level 0) always uses power-of-2 feature maps.
     power_of_2 = q["scale"] == "power_of_2" or q["accuracy_level"] == 0
+    symmetric = q["activations"] == "symmetric"
     policy = q["activation_clipping"]
-    ranges = activation_ranges(
-        stats, policy, q["bits"], q["activations"] == "symmetric", power_of_2, q["percentile"]
-    )
+    ranges = activation_ranges(stats, policy, q["bits"], symmetric, power_of_2, q["percentile"])
+    model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
+    imported, requantized = to_ranges(imported_ranges(ctx, model), q["bits"], symmetric, power_of_2)
+    ranges.update(imported)
+    # One order whatever the source: the graph's (imported names that get no grid go last).
+    order = {n: i for i, n in enumerate(activation_tensors(model, set(ranges)))}
+    ranges = dict(sorted(ranges.items(), key=lambda item: order.get(item[0], len(order))))
     info = {
         "policy": policy,
         "bits": q["bits"],
@@ -41,8 +53,16 @@ def run(ctx: Context, out: Path) -> dict:
     }
     if policy == "percentile":
         info["percentile"] = q["percentile"]
+    if imported:
+        info["imported"] = len(imported)
     (out / "ranges.yaml").write_text(dumps(ranges, info), encoding="utf-8")
-    ctx.log(
-        f"{len(ranges)} tensor ranges ({policy}, {q['bits']}-bit, {q['activations']}, {info['scale']} scales)"
+    note = (
+        f"; {len(imported)} imported ({requantized} re-quantized for the target)"
+        if imported
+        else ""
     )
-    return {"tensors": len(ranges)}
+    ctx.log(
+        f"{len(ranges)} tensor ranges ({policy}, {q['bits']}-bit, {q['activations']}, "
+        f"{info['scale']} scales){note}"
+    )
+    return {"tensors": len(ranges), "imported": len(imported), "requantized": requantized}

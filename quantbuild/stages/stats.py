@@ -10,23 +10,35 @@ import onnx
 from quantbuild.build.files import npz_bytes
 from quantbuild.calib.collect import collect_statistics
 from quantbuild.stages.context import Context
+from quantbuild.stages.imports import imported_ranges
 
 NAME = "stats"
-VERSION = 3
-READS = ("/calibration/data", "/calibration/preprocess")
+VERSION = 4
+READS = (
+    "/calibration/data",
+    "/calibration/preprocess",
+    "/quantization/ranges/import",
+    "/quantization/prequantized",
+)
 INPUTS = ("prepare",)
 EXPORTS: dict[str, str] = {}
 
 
 def run(ctx: Context, out: Path) -> dict:
     model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
+    known = frozenset(imported_ranges(ctx, model))
     dataset = ctx.dataset("calibration")
     start = time.perf_counter()
-    stats = collect_statistics(model, dataset)
+    stats = collect_statistics(model, dataset, known=known)
     seconds = time.perf_counter() - start
     (out / "stats.npz").write_bytes(npz_bytes(stats))
     frames = int(stats["frames"])
-    ctx.log(
-        f"{frames} frames, {len(stats['names'])} tensors, {seconds:.2f} s ({frames / max(seconds, 1e-9):.1f} frames/s)"
-    )
-    return {"frames": frames, "tensors": len(stats["names"])}
+    if known and not len(stats["names"]):
+        ctx.log(f"no forward pass: all {len(known)} ranges imported")
+    else:
+        ctx.log(
+            f"{frames} frames, {len(stats['names'])} tensors"
+            + (f" ({len(known)} imported)" if known else "")
+            + f", {seconds:.2f} s ({frames / max(seconds, 1e-9):.1f} frames/s)"
+        )
+    return {"frames": frames, "tensors": len(stats["names"]), "imported": len(known)}

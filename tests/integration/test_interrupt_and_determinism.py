@@ -70,6 +70,8 @@ def test_two_clean_builds_are_bit_identical(tmp_path):
         "base/layers.json",
         "base/ranges.yaml",
         "base/model.qdq.onnx",
+        "base/quant_params.prototxt",
+        "base/tensor_quant_overrides.json",
         "base/quant_params.json",
         "base/metrics.json",
         "report.md",

@@ -37,7 +37,7 @@ def test_unknown_key_without_close_match_lists_allowed_keys(project):
     assert str(err) == (
         f"{f}:6:3: quantization.zzz: unknown key; "
         "allowed: accuracy_level, activation_clipping, activations, bias_bits, "
-        "bias_calibration, bits, percentile, scale, weight_clipping, weights"
+        "bias_calibration, bits, percentile, prequantized, ranges, scale, weight_clipping, weights"
     )
 
 
@@ -165,6 +165,8 @@ def test_defaults_are_filled(project):
             "percentile": 99.99,
             "weight_clipping": "mse",
             "bias_calibration": {"frames": 50, "iterations": 50},
+            "prequantized": False,
+            "ranges": {},
         },
     }
     assert recipe.name == "r"
@@ -239,6 +241,8 @@ ADVANCED = {
     "percentile": 99.99,
     "weight_clipping": "mse",
     "bias_calibration": {"frames": 50, "iterations": 50},
+    "prequantized": False,
+    "ranges": {},
 }
 TDA4VM = {
     "bits": 8,
