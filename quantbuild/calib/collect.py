@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from quantbuild.calib.histogram import BINS, accumulate
+from quantbuild.calib.histogram import BINS, accumulate, sample
 from quantbuild.data.dataset import Dataset
 from quantbuild.errors import DataError
 from quantbuild.graph.onnx_utils import graph_inputs
@@ -62,7 +62,7 @@ def collect_statistics(
             high[i] = max(high[i], float(value.max()))
             elements[i] += value.size
             if histograms:
-                accumulate(hist[i], value)
+                accumulate(hist[i], sample(value))
         frames += 1
     return _result(model, names, low, high, elements, hist, frames)
 

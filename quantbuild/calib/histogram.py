@@ -3,18 +3,37 @@
 A float32's top 16 bits are its bfloat16 bucket, so the bucket of a value never depends on the
 data seen before it: histograms are exact, order-independent and mergeable by addition, and
 their relative resolution is 2**-7 (0.8 %) at every magnitude.
+
+Large tensors are histogrammed on an evenly strided sample of SAMPLE_CAP elements per frame:
+a scatter-add costs ~10x a min/max pass, and 2**16 samples per frame put hundreds of
+values in a 0.01 % tail over a calibration set. Minimum and maximum stay exact (collect.py).
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 BINS = 1 << 16
+SAMPLE_CAP = 1 << 16
+
+
+def sample(x: np.ndarray) -> np.ndarray:
+    """At most about SAMPLE_CAP elements of `x`, evenly strided (all of them when it is small)."""
+    flat = x.reshape(-1)
+    step = -(-flat.size // SAMPLE_CAP)
+    if step <= 1:
+        return flat
+    return flat[:: step | 1]  # an odd stride does not lock onto even row widths
 
 
 def bucket_indices(x: np.ndarray) -> np.ndarray:
     """The bfloat16 bucket of every element (float32 bits >> 16)."""
-    return (np.ascontiguousarray(x, dtype=np.float32).view(np.uint32) >> 16).ravel()
+    bits = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    if sys.byteorder == "little":  # the high half-word, without a shifted copy
+        return bits.view(np.uint16)[1::2]
+    return bits.view(np.uint32) >> 16
 
 
 def accumulate(hist: np.ndarray, x: np.ndarray) -> None:

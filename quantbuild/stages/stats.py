@@ -13,7 +13,7 @@ from quantbuild.stages.context import Context
 from quantbuild.stages.imports import imported_ranges
 
 NAME = "stats"
-VERSION = 4
+VERSION = 5
 READS = (
     "/calibration/data",
     "/calibration/preprocess",

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantbuild.calib.histogram import BINS, accumulate, bucket_bounds, bucket_indices
+from quantbuild.calib.histogram import (
+    BINS,
+    SAMPLE_CAP,
+    accumulate,
+    bucket_bounds,
+    bucket_indices,
+    sample,
+)
 
 
 def _values(seed: int = 0, n: int = 5000) -> np.ndarray:
@@ -105,3 +112,14 @@ def test_bucket_bounds_hand_values():
     # finite buckets are non-empty intervals
     finite = np.isfinite(low) & np.isfinite(high)
     assert np.all(low[finite] <= high[finite])
+
+
+def test_sample_keeps_small_tensors_whole_and_strides_large_ones_evenly():
+    small = np.arange(SAMPLE_CAP, dtype=np.float32)
+    assert sample(small).size == SAMPLE_CAP
+    large = np.arange(10 * SAMPLE_CAP + 6, dtype=np.float32).reshape(2, -1)
+    picked = sample(large)
+    assert picked.size <= SAMPLE_CAP + 1
+    steps = np.diff(picked)
+    assert (steps == steps[0]).all() and steps[0] % 2 == 1  # one odd stride, over all of it
+    assert picked[-1] > large.size - 2 * steps[0]
