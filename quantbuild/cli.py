@@ -129,6 +129,70 @@ def cmd_clean(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from quantbuild.build import cache
+
+    for flag, action in (("fix", "verify"), ("keep_days", "gc"), ("dry_run", "gc")):
+        if getattr(args, flag) and args.action != action:
+            option = "--" + flag.replace("_", "-")
+            raise RecipeError(f"{option} applies to `quantbuild cache {action}` only")
+    project = _project(args)
+    if args.action == "ls":
+        cache.ls(project)
+    elif args.action == "verify":
+        cache.verify(project, fix=args.fix)
+    else:
+        cache.gc(project, keep_days=args.keep_days or 0.0, dry_run=args.dry_run)
+    return 0
+
+
+def cmd_import_config(args) -> int:
+    from quantbuild.recipe.tidl_config import import_config, read_config, render_recipe
+
+    out = Path(args.output) if args.output else None
+    imported = import_config(
+        read_config(Path(args.file)),
+        source=args.file,
+        out_dir=(out.parent if out else Path(".")).resolve(),
+        device=args.device,
+        model=args.model,
+        data=args.data,
+    )
+    for line in imported.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    _write_output(render_recipe(imported), out)
+    return 0
+
+
+def cmd_export_config(args) -> int:
+    from quantbuild.recipe import load_recipe
+    from quantbuild.recipe.tidl_config import export_config
+
+    out = Path(args.output) if args.output else None
+    fmt = args.format or ("edgeai" if out and out.suffix in (".yaml", ".yml") else "tidl")
+    ref = Path(args.recipe)
+    if ref.is_file():
+        recipe = load_recipe(ref, tuple(args.set or ()))
+    else:
+        recipe = _project(args).find(args.recipe)
+    out_dir = (out.parent if out else Path(".")).resolve()
+    text, warnings = export_config(recipe.data, fmt, out_dir=out_dir, source=args.recipe)
+    for line in warnings:
+        print(f"warning: {args.recipe}: {line}", file=sys.stderr)
+    _write_output(text, out)
+    return 0
+
+
+def _write_output(text: str, out: Path | None) -> None:
+    """`text` to the file `out`, or to stdout."""
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="quantbuild", description=__doc__)
     top.add_argument("--version", action="version", version=f"quantbuild {__version__}")
@@ -180,6 +244,43 @@ def parser() -> argparse.ArgumentParser:
     p = add("clean", cmd_clean, "remove exported results (and with --store the artifact store)")
     p.add_argument("recipes", nargs="*", metavar="RECIPE")
     p.add_argument("--store", action="store_true", help="also delete the whole artifact store")
+    overrides(p)
+    p = add("cache", cmd_cache, "list, verify or garbage-collect the artifact store")
+    p.add_argument("action", choices=["ls", "verify", "gc"], help="what to do")
+    p.add_argument("--fix", action="store_true", help="verify: remove bad entries")
+    p.add_argument(
+        "--keep-days",
+        type=float,
+        metavar="N",
+        help="gc: keep unused entries used within the last N days",
+    )
+    p.add_argument("--dry-run", action="store_true", help="gc: only list what would be removed")
+    overrides(p)
+    p = add(
+        "import-config", cmd_import_config, "write a recipe from TIDL / edgeai-benchmark options"
+    )
+    p.add_argument("file", metavar="FILE", help="TIDL runtime options (JSON/YAML) or edgeai config")
+    p.add_argument(
+        "-o", "--output", metavar="RECIPE", help="recipe file to write (default: stdout)"
+    )
+    p.add_argument(
+        "--device",
+        choices=["tda4vm", "am62a", "am67a", "am68a", "am69a"],
+        help="device preset to extend (default: a device the config names)",
+    )
+    p.add_argument("--model", help="ONNX model (default: the config's session.model_path)")
+    p.add_argument("--data", help="calibration images folder or .npz/.npy (default: data/calib)")
+    p = add(
+        "export-config", cmd_export_config, "write TIDL options or an edgeai config for a recipe"
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe file or name")
+    p.add_argument("-o", "--output", metavar="FILE", help="file to write (default: stdout)")
+    p.add_argument(
+        "--format",
+        choices=["tidl", "edgeai"],
+        help="tidl: runtime options JSON; edgeai: edgeai-benchmark config YAML "
+        "(default: from the -o suffix, else tidl)",
+    )
     overrides(p)
     return top
 

@@ -15,7 +15,13 @@ from quantbuild.recipe.validate import RecipeErrors
 
 CONFIG = "doit.cfg"
 STATE = ".quantbuild"
-DEFAULTS = {"recipes": "*.yaml *.yml", "out": "build", "store": f"{STATE}/store"}
+DEFAULTS = {
+    "recipes": "*.yaml *.yml",
+    "out": "build",
+    "store": f"{STATE}/store",
+    "store_readonly": "false",
+}
+READONLY_ENV = "QUANTBUILD_CACHE_READONLY"
 
 CONFIG_TEXT = """\
 # quantbuild project: `doit` (or `quantbuild build`) here builds every recipe.
@@ -34,6 +40,8 @@ recipes = *.yaml *.yml
 out = build
 # Content-addressed artifact store; the QUANTBUILD_CACHE environment variable overrides it.
 store = .quantbuild/store
+# true: only read that store, build misses into .quantbuild/store (QUANTBUILD_CACHE_READONLY=1).
+store_readonly = false
 """
 
 
@@ -60,6 +68,15 @@ def read_settings(root: Path) -> dict[str, str]:
     return settings
 
 
+def _flag(value: str, name: str, where: str | None = None) -> bool:
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise RecipeError(f"{name}: {value!r} is not a boolean; use true or false (1 or 0)", where)
+
+
 @dataclass
 class Project:
     """Everything a build needs to know about a project folder."""
@@ -71,12 +88,28 @@ class Project:
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
         self.settings = read_settings(self.root)
-        store_root = os.environ.get("QUANTBUILD_CACHE") or self.settings["store"]
-        self.store = Store((self.root / store_root).resolve())
+        store_root = (
+            self.root / (os.environ.get("QUANTBUILD_CACHE") or self.settings["store"])
+        ).resolve()
+        local = (self.root / DEFAULTS["store"]).resolve()
+        if self.store_readonly() and store_root != local:
+            # Pull-request CI: hits come from the shared store, misses are built locally.
+            self.store = Store(local, read_only=store_root)
+        else:
+            self.store = Store(store_root)
         self.out = (self.root / self.settings["out"]).resolve()
         self.state = self.root / STATE
         self.hasher = FileHasher(self.state / "filehashes.json")
         self._recipes: dict[str, Recipe] | None = None
+
+    def store_readonly(self) -> bool:
+        """QUANTBUILD_CACHE_READONLY when set, else the `store_readonly` setting."""
+        value = os.environ.get(READONLY_ENV, "").strip()
+        if value:
+            return _flag(value, READONLY_ENV)
+        return _flag(
+            self.settings["store_readonly"], "[quantbuild] store_readonly", str(self.root / CONFIG)
+        )
 
     def recipe_files(self) -> list[Path]:
         files: set[Path] = set()

@@ -1,14 +1,18 @@
 """Content-addressed artifact store: `<root>/<stage>/<key[:2]>/<key>/` with a manifest.json.
 
-Entries are published atomically (written in a temporary folder, then renamed into place);
-an entry that cannot be read is a cache miss, never a crash.
+Entries are published atomically (written in a staging folder, then renamed into place) and
+never change afterwards. An entry whose files do not match the sha256 in its manifest is a
+cache miss, never a crash; several processes may build into one store at the same time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +22,13 @@ from quantbuild.build.keys import canonical_json, digest, file_sha256
 from quantbuild.errors import StoreError
 
 MANIFEST = "manifest.json"
+STAGING = ".tmp-"  # <root>/<stage>/.tmp-<host>-<pid>-<hex>: a build in progress
+TRASH = ".trash-"  # <root>/<stage>/<xx>/.trash-<hex>: an entry being deleted
+
+READ_ONLY_HINT = (
+    "fix its permissions, or set QUANTBUILD_CACHE_READONLY=1 to build misses into the "
+    "project's own store"
+)
 
 
 @dataclass(frozen=True)
@@ -40,37 +51,61 @@ class Entry:
         return self.manifest.get("meta", {})
 
 
+class BadEntry(Exception):
+    """Why an entry folder cannot be used (a miss for builds, a report for `cache verify`)."""
+
+
 class Store:
-    """The artifact store rooted at `root`."""
+    """The artifact store rooted at `root`; with `read_only`, a shared store searched first
+    and never written (misses are built into `root`)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, read_only: Path | None = None):
         self.root = Path(root)
+        self.read_only = Path(read_only) if read_only else None
+        # entry folder -> stamp of its files when their hashes last matched, in this process
+        self._verified: dict[Path, tuple] = {}
 
-    def entry_dir(self, stage: str, key: str) -> Path:
-        return self.root / stage / key[:2] / key
+    @property
+    def roots(self) -> list[Path]:
+        """Where entries are looked up, in order."""
+        return [self.read_only, self.root] if self.read_only else [self.root]
+
+    def entry_dir(self, stage: str, key: str, root: Path | None = None) -> Path:
+        return (root or self.root) / stage / key[:2] / key
 
     def lookup(self, stage: str, key: str) -> Entry | None:
         """The entry for (stage, key) if present and intact, else None."""
-        folder = self.entry_dir(stage, key)
+        for root in self.roots:
+            entry = self._load(self.entry_dir(stage, key, root), stage, key, root == self.root)
+            if entry is not None:
+                return entry
+        return None
+
+    def _load(self, folder: Path, stage: str, key: str, writable: bool = True) -> Entry | None:
+        """The entry in `folder`, its files hashed once per process (re-hashed when their size,
+        mtime or inode change: a large model is not re-read on every lookup)."""
         try:
-            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-            if manifest.get("key") != key or manifest.get("stage") != stage:
-                return None
-            for name, info in manifest["files"].items():
-                if (folder / name).stat().st_size != info["size"]:
-                    return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            manifest = read_manifest(folder, stage, key)
+            stamp = file_stamp(folder, manifest)
+            if self._verified.get(folder) != stamp:
+                verify_files(folder, manifest)
+                self._verified[folder] = stamp
+                if writable:
+                    _touch(folder)  # the folder's mtime is its last use, for `cache gc`
+        except BadEntry:
             return None
         return Entry(folder, manifest)
 
     def publish(self, stage: str, key: str, build: Callable[[Path], dict], record: dict) -> Entry:
         """Run `build(tmpdir) -> meta` and publish the files it wrote as (stage, key)."""
-        final = self.entry_dir(stage, key)
-        staging = self.root / stage / f".tmp-{uuid.uuid4().hex}"
+        staging = self.root / stage / f"{STAGING}{socket.gethostname()}-{os.getpid()}-{_unique()}"
         try:
             staging.mkdir(parents=True)
         except OSError as err:
-            raise StoreError(f"cannot write the artifact store: {err}", str(self.root)) from None
+            raise StoreError(
+                f"cannot write the artifact store ({err.strerror}); {READ_ONLY_HINT}",
+                str(self.root),
+            ) from None
         try:
             meta = build(staging)
             files = {}
@@ -88,22 +123,139 @@ class Store:
             }
             (staging / MANIFEST).write_text(canonical_json(manifest) + "\n", encoding="utf-8")
             _fsync_tree(staging)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():
-                existing = self.lookup(stage, key)
-                if existing is not None:  # another writer got there first: same content
-                    shutil.rmtree(staging, ignore_errors=True)
-                    return existing
-                _discard(final)
-            os.rename(staging, final)
+            return self._install(staging, stage, key, manifest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return Entry(final, manifest)
+
+    def _install(self, staging: Path, stage: str, key: str, manifest: dict) -> Entry:
+        """Rename `staging` into place. When another writer got there first, keep its entry:
+        same key, same inputs. A bad entry in the way is discarded, then the rename retried."""
+        final = self.entry_dir(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                os.rename(staging, final)
+            except OSError as err:
+                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise StoreError(
+                        f"cannot write the artifact store ({err.strerror}); {READ_ONLY_HINT}",
+                        str(final),
+                    ) from None
+            else:
+                # These bytes were hashed a moment ago: no need to read them again.
+                with contextlib.suppress(BadEntry):
+                    self._verified[final] = file_stamp(final, manifest)
+                return Entry(final, manifest)
+            try:
+                judged = final.stat().st_ino
+            except FileNotFoundError:
+                continue  # discarded meanwhile by another process: the path is free again
+            existing = self._load(final, stage, key)
+            if existing is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+                return existing
+            discard(final, judged)
+        raise StoreError(
+            f"other processes keep replacing this entry; check what else writes to {self.root}",
+            str(final),
+        )
 
     def remove(self) -> None:
-        """Delete the whole store."""
+        """Delete the whole (writable) store."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def read_manifest(folder: Path, stage: str, key: str) -> dict:
+    """The manifest of the entry in `folder`, checked for shape, stage and key."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadEntry("no manifest") from None
+    except (OSError, ValueError) as err:
+        raise BadEntry(f"unreadable manifest ({err})") from None
+    if not isinstance(manifest, dict):
+        raise BadEntry("malformed manifest")
+    if manifest.get("stage") != stage or manifest.get("key") != key:
+        raise BadEntry("manifest names another stage or key")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(i, dict) and isinstance(i.get("size"), int) and isinstance(i.get("sha256"), str)
+        for i in files.values()
+    ):
+        raise BadEntry("malformed manifest")
+    if manifest.get("digest") != digest({n: i["sha256"] for n, i in files.items()}):
+        raise BadEntry("manifest digest does not match its file list")
+    return manifest
+
+
+def file_stamp(folder: Path, manifest: dict) -> tuple:
+    """Size, mtime and inode of every file of an entry; a missing or resized file is bad."""
+    stamp = []
+    for name, info in sorted(manifest["files"].items()):
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            raise BadEntry(f"{name}: missing") from None
+        if st.st_size != info["size"]:
+            raise BadEntry(f"{name}: {st.st_size} bytes, the manifest says {info['size']}")
+        stamp.append((name, info["sha256"], st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(stamp)
+
+
+def verify_files(folder: Path, manifest: dict) -> None:
+    """Hash every file of an entry against its manifest."""
+    for name, info in manifest["files"].items():
+        try:
+            actual = file_sha256(folder / name)
+        except OSError as err:
+            raise BadEntry(f"{name}: unreadable ({err.strerror})") from None
+        if actual != info["sha256"]:
+            raise BadEntry(f"{name}: content does not match its sha256")
+
+
+def check_entry(folder: Path, stage: str, key: str) -> dict:
+    """Re-read and re-hash an entry from scratch; raises BadEntry. Returns its manifest."""
+    manifest = read_manifest(folder, stage, key)
+    file_stamp(folder, manifest)
+    verify_files(folder, manifest)
+    return manifest
+
+
+def discard(folder: Path, judged: int) -> bool:
+    """Delete the entry folder whose inode is `judged`. Entries never change in place, so a
+    folder with another inode is a fresh entry another writer published after our check: it
+    is put back, never deleted. Returns whether the judged folder was removed."""
+    trash = folder.with_name(f"{TRASH}{_unique()}")
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        return False  # gone already: another process discarded it
+    inode = trash.stat().st_ino
+    if inode != judged:
+        try:
+            os.rename(trash, folder)
+            return False
+        except OSError:
+            pass  # yet another writer published meanwhile: this copy is redundant
+    shutil.rmtree(trash, ignore_errors=True)
+    return inode == judged
+
+
+def staging_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of the process that made a staging folder, from its name."""
+    host, _, rest = name.removeprefix(STAGING).rpartition("-")[0].rpartition("-")
+    return (host, int(rest)) if host and rest.isdigit() else None
+
+
+def _unique() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _touch(folder: Path) -> None:
+    # Best effort: in a store we may read but not write, an entry's age is only informative.
+    with contextlib.suppress(OSError):
+        os.utime(folder)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -111,12 +263,3 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-
-
-def _discard(folder: Path) -> None:
-    trash = folder.with_name(f".trash-{uuid.uuid4().hex}")
-    try:
-        os.rename(folder, trash)
-    except OSError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)

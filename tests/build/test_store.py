@@ -1,16 +1,24 @@
-"""The content-addressed store: publish, lookup, damaged entries as misses, atomic publishing."""
+"""The content-addressed store: publish, lookup, damaged entries as misses, atomic publishing,
+concurrent writers, a read-only shared store, and what maintenance may touch."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from quantbuild.build import store as store_module
+from quantbuild.build.cache import leftovers, scan
 from quantbuild.build.keys import digest
-from quantbuild.build.store import MANIFEST, Store
+from quantbuild.build.store import MANIFEST, Store, discard
+from quantbuild.errors import StoreError
 
 KEY = "ab" + "0" * 62
 OTHER_KEY = "cd" + "1" * 62
@@ -192,3 +200,200 @@ def test_remove_deletes_the_store(tmp_path):
     store.remove()
     assert not store.root.exists()
     assert store.lookup("stats", KEY) is None
+
+
+# -- integrity: sha256 against the manifest, hashed once per process --------------------------
+
+
+def test_changed_byte_of_the_same_size_is_a_miss(tmp_path):
+    store = Store(tmp_path / "store")
+    entry = store.publish("stats", KEY, _writer(FILES), {})
+    target = entry.path("model.onnx")
+    data = bytearray(target.read_bytes())
+    data[3] ^= 0xFF
+    target.write_bytes(bytes(data))
+    assert Store(store.root).lookup("stats", KEY) is None  # a fresh process: sizes still match
+    again = store.publish("stats", KEY, _writer(FILES), {})
+    assert again.path("model.onnx").read_bytes() == FILES["model.onnx"]
+    assert Store(store.root).lookup("stats", KEY) is not None
+    assert _leftovers(store.root) == []
+
+
+def test_an_entry_is_hashed_once_per_process_until_its_files_change(tmp_path, monkeypatch):
+    hashed: list[str] = []
+    real = store_module.file_sha256
+    monkeypatch.setattr(
+        store_module, "file_sha256", lambda path: hashed.append(Path(path).name) or real(path)
+    )
+    writer = Store(tmp_path / "store")
+    entry = writer.publish("stats", KEY, _writer(FILES), {})
+    hashed.clear()
+    assert writer.lookup("stats", KEY) is not None
+    assert hashed == []  # the writer hashed these bytes while publishing
+
+    reader = Store(tmp_path / "store")  # another process
+    for _ in range(3):
+        assert reader.lookup("stats", KEY) is not None
+    assert sorted(hashed) == ["model.onnx", "stats.npz"]
+
+    hashed.clear()
+    target = entry.path("model.onnx")
+    target.write_bytes(b"\x08\x07model bytez")  # same size, new mtime
+    stamp = target.stat().st_mtime_ns + 1_000_000_000  # coarse clocks: make the change visible
+    os.utime(target, ns=(stamp, stamp))
+    assert reader.lookup("stats", KEY) is None
+    assert "model.onnx" in hashed
+
+
+def test_a_lookup_marks_the_entry_as_used_for_gc(tmp_path):
+    store = Store(tmp_path / "store")
+    entry = store.publish("stats", KEY, _writer(FILES), {})
+    os.utime(entry.dir, (1_000_000, 1_000_000))
+    assert Store(store.root).lookup("stats", KEY) is not None
+    assert entry.dir.stat().st_mtime > 1_000_000
+
+
+# -- concurrent writers ------------------------------------------------------------------------
+
+
+def test_a_writer_that_finishes_second_keeps_the_first_writers_entry(tmp_path):
+    ours, theirs = Store(tmp_path / "store"), Store(tmp_path / "store")
+    won = {}
+
+    def build(folder: Path) -> dict:
+        # Another process publishes the same key while we are still building.
+        won["entry"] = theirs.publish("stats", KEY, _writer(FILES, {"by": "them"}), {})
+        return _writer(FILES, {"by": "us"})(folder)
+
+    entry = ours.publish("stats", KEY, build, {})
+    assert entry.dir == won["entry"].dir and entry.meta == {"by": "them"}
+    assert entry.path("sub/stats.npz").read_bytes() == FILES["sub/stats.npz"]
+    assert Store(tmp_path / "store").lookup("stats", KEY).meta == {"by": "them"}
+    assert _leftovers(ours.root) == []
+
+
+def test_a_bad_entry_replaced_by_another_writer_meanwhile_is_kept(tmp_path):
+    ours, theirs = Store(tmp_path / "store"), Store(tmp_path / "store")
+    bad = ours.publish("stats", KEY, _writer(FILES), {})
+    bad.path("model.onnx").write_bytes(b"\x08\x07model bytez")
+
+    def build(folder: Path) -> dict:
+        theirs.publish("stats", KEY, _writer(FILES, {"by": "them"}), {})  # discards the bad one
+        return _writer(FILES, {"by": "us"})(folder)
+
+    entry = Store(tmp_path / "store").publish("stats", KEY, build, {})
+    assert entry.meta == {"by": "them"}
+    assert entry.path("model.onnx").read_bytes() == FILES["model.onnx"]
+    assert _leftovers(ours.root) == []
+
+
+def test_discard_removes_only_the_folder_it_judged(tmp_path):
+    store = Store(tmp_path / "store")
+    entry = store.publish("stats", KEY, _writer(FILES), {})
+    judged_earlier = entry.dir.stat().st_ino + 1  # the bad folder that was there before
+    # A fresh entry published after the check is put back, not deleted.
+    assert discard(entry.dir, judged_earlier) is False
+    assert Store(store.root).lookup("stats", KEY) is not None
+    assert discard(entry.dir, entry.dir.stat().st_ino) is True
+    assert not entry.dir.exists()
+    assert discard(entry.dir, 0) is False  # already gone
+    assert _leftovers(store.root) == []
+
+
+@pytest.mark.parametrize("round_", range(3))  # a lost race shows in nearly every round
+def test_many_writers_racing_over_a_bad_entry_all_succeed(tmp_path, round_):
+    root = tmp_path / "store"
+    Store(root).publish("stats", KEY, _writer({"model.onnx": b"bad"}), {})
+    (root / "stats" / "ab" / KEY / MANIFEST).write_text("{broken", encoding="utf-8")
+    start = threading.Barrier(8)
+
+    def build(folder: Path) -> dict:
+        start.wait()  # finish together: every rename races
+        return _writer(FILES)(folder)
+
+    def publish(_: int):
+        return Store(root).publish("stats", KEY, build, {})  # one Store per writer process
+
+    with ThreadPoolExecutor(8) as pool:
+        entries = list(pool.map(publish, range(8)))
+    assert {e.dir for e in entries} == {root / "stats" / "ab" / KEY}
+    assert len({e.digest for e in entries}) == 1
+    found = Store(root).lookup("stats", KEY)
+    assert found is not None and found.path("model.onnx").read_bytes() == FILES["model.onnx"]
+    assert os.listdir(root / "stats" / "ab") == [KEY]
+    assert _leftovers(root) == []
+
+
+def test_an_unwritable_store_is_a_one_line_store_error(tmp_path):
+    (tmp_path / "store").write_text("not a folder")
+    with pytest.raises(StoreError, match="QUANTBUILD_CACHE_READONLY=1") as err:
+        Store(tmp_path / "store").publish("stats", KEY, _writer(FILES), {})
+    assert "\n" not in str(err.value) and str(tmp_path / "store") in str(err.value)
+
+
+# -- read-only shared store ---------------------------------------------------------------------
+
+
+def _listing(root: Path) -> dict[str, tuple]:
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_read_only_store_serves_hits_and_misses_go_to_the_local_store(tmp_path):
+    shared = Store(tmp_path / "shared")
+    shared.publish("stats", KEY, _writer(FILES, {"from": "shared"}), {})
+    os.utime(shared.entry_dir("stats", KEY), (1_000_000, 1_000_000))
+    before = _listing(shared.root)
+
+    layered = Store(tmp_path / "local", read_only=shared.root)
+    hit = layered.lookup("stats", KEY)
+    assert hit is not None and hit.dir == shared.entry_dir("stats", KEY)
+    assert layered.lookup("stats", OTHER_KEY) is None
+    built = layered.publish("stats", OTHER_KEY, _writer(FILES, {"from": "local"}), {})
+    assert built.dir == tmp_path / "local" / "stats" / "cd" / OTHER_KEY
+    assert Store(tmp_path / "local", read_only=shared.root).lookup("stats", OTHER_KEY).meta == {
+        "from": "local"
+    }
+    # the shared store first, even when the local one has the key too
+    layered.publish("stats", KEY, _writer(FILES, {"from": "local"}), {})
+    assert Store(tmp_path / "local", read_only=shared.root).lookup("stats", KEY).meta == {
+        "from": "shared"
+    }
+    assert _listing(shared.root) == before  # not even an mtime changed
+
+
+# -- maintenance: what `quantbuild cache gc` may touch ------------------------------------------
+
+
+def test_scan_lists_only_entry_folders_of_known_stages(tmp_path):
+    store = Store(tmp_path / "store")
+    store.publish("stats", KEY, _writer(FILES), {})
+    store.publish("ranges", OTHER_KEY, _writer(FILES), {})
+    for stray in ("stats/ab/notakey", "stats/zz/" + KEY, "mystage/ab/" + KEY, "stats/.tmp-x"):
+        (store.root / stray).mkdir(parents=True)
+    found = [(e.stage, e.key, e.size) for e in scan(store.root)]
+    size = sum(len(d) for d in FILES.values())
+    manifest_size = (store.entry_dir("stats", KEY) / MANIFEST).stat().st_size
+    assert found == [("stats", KEY, size + manifest_size), ("ranges", OTHER_KEY, found[1][2])]
+
+
+def test_leftovers_are_old_staging_and_trash_folders_of_gone_writers(tmp_path):
+    root = tmp_path / "store"
+    host = socket.gethostname()
+    now = time.time()
+    folders = {
+        "dead": root / "stats" / f".tmp-{host}-999999999-abc",
+        "live": root / "stats" / f".tmp-{host}-{os.getpid()}-abc",
+        "young": root / "stats" / f".tmp-{host}-999999998-abc",
+        "elsewhere": root / "ranges" / ".tmp-other-host-1-abc",
+        "trash": root / "stats" / "ab" / ".trash-abc",
+        "unknown_stage": root / "mystage" / ".tmp-x-1-abc",
+    }
+    for name, folder in folders.items():
+        folder.mkdir(parents=True)
+        if name != "young":
+            os.utime(folder, (now - 7200, now - 7200))
+    found = set(leftovers(root, now))
+    assert found == {folders["dead"], folders["elsewhere"], folders["trash"]}
