@@ -439,6 +439,9 @@ def main() -> None:
         help="JSON merged into the recipes' quantization: (default: %(default)s)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--no-ort", action="store_true", help="quantbuild only (e.g. a second recipe setting)"
+    )
     args = parser.parse_args()
     frames = args.frames or (QUICK_FRAMES if args.quick else 64)
     work = args.work.resolve()
@@ -474,8 +477,9 @@ def main() -> None:
         results["rows"].append(add_eval(entry, model, MODELS[model].path, root))
         eval_float = results["rows"][-1]["eval"]
         results["meta"].setdefault("float", {})[model] = eval_float
-        print(f"{model}: onnxruntime quantize_static")
-        results["rows"] += ort_rows(model, root, calib, frames, work)
+        if not args.no_ort:
+            print(f"{model}: onnxruntime quantize_static")
+            results["rows"] += ort_rows(model, root, calib, frames, work)
         print(f"{model}: quantbuild")
         rows, info = quantbuild_rows(model, root, calib, frames, work, args.quantization)
         results["rows"] += rows

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from quantbuild.calib.bias_runner import calibrate_biases
 from quantbuild.quant import ort_overrides, tidl_proto
@@ -18,7 +19,7 @@ from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
 
 NAME = "quantize"
-VERSION = 10
+VERSION = 11
 READS = (
     "/quantization/prequantized",
     "/quantization/bits",
@@ -68,7 +69,7 @@ def run(ctx: Context, out: Path) -> dict:
     session(qdq)  # fails here, not in evaluate, if onnxruntime cannot run it
     (out / "model.qdq.onnx").write_bytes(qdq.SerializeToString())
     (out / "quant_params.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    proto = tidl_proto.dumps(tidl_proto.from_record(record, model))
+    proto = tidl_proto.dumps(tidl_proto.from_record(record, _with_final_biases(model, qdq, record)))
     (out / "quant_params.prototxt").write_text(proto, encoding="utf-8")
     overrides = ort_overrides.dumps(record)
     (out / "tensor_quant_overrides.json").write_text(overrides, encoding="utf-8")
@@ -98,3 +99,16 @@ def _prequantized_weights(ctx: Context) -> dict[str, QParams]:
             w["axis"],
         )
     return out
+
+
+def _with_final_biases(model: onnx.ModelProto, qdq: onnx.ModelProto, record: dict):
+    """The float model with the biases the QDQ model uses (bias calibration changed them)."""
+    inits = {t.name: t for t in qdq.graph.initializer}
+    final = onnx.ModelProto()
+    final.CopyFrom(model)
+    for tensor in final.graph.initializer:
+        if tensor.name in record["biases"]:
+            q = numpy_helper.to_array(inits[f"{tensor.name}_quantized"]).astype(np.float32)
+            scale = np.asarray(record["biases"][tensor.name]["scale"], dtype=np.float32)
+            tensor.CopyFrom(numpy_helper.from_array((q * scale).astype(np.float32), tensor.name))
+    return final

@@ -222,3 +222,24 @@ def test_onnxruntime_and_tidl_exports_import_back(project):
         assert got[name].qparams.dtype == r.qparams.dtype
         np.testing.assert_allclose(float(got[name].qparams.scale), float(r.qparams.scale), 1e-6)
         assert int(got[name].qparams.zero_point) == int(r.qparams.zero_point)
+
+
+def test_tidl_export_carries_the_biases_the_quantized_model_uses(project):
+    from onnx import numpy_helper
+
+    from quantbuild.quant import tidl_proto
+
+    assert run_doit(project).code == 0
+    base = project / "build" / "base"
+    net = tidl_proto.loads((base / "quant_params.prototxt").read_text(), "proto")
+    exported = sorted(v for layer in net.layers for b in layer.bias for v in b.value)
+    qdq = onnx.load(str(base / "model.qdq.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    used = []
+    for node in qdq.graph.node:
+        stored = inits.get(node.input[0])
+        if node.op_type == "DequantizeLinear" and stored is not None and stored.dtype == np.int32:
+            scale = inits[node.input[1]].astype(np.float32)
+            used += (stored.astype(np.float32) * scale).tolist()
+    assert exported and len(exported) == len(used)
+    np.testing.assert_allclose(exported, sorted(used), rtol=1e-6)  # calibrated, not the float ones
