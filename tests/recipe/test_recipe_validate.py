@@ -282,7 +282,16 @@ def test_recipe_values_override_the_preset(project):
     recipe = load_recipe(
         _recipe(project, "extends: devices/tda4vm\n" + HEAD + "quantization: {bits: 16}\n")
     )
-    assert recipe.data["quantization"] == {**TDA4VM, "bits": 16}
+    # 16 bits: no activation clipping unless asked for (resolution to spare)
+    assert recipe.data["quantization"] == {**TDA4VM, "bits": 16, "activation_clipping": "minmax"}
+
+
+def test_explicit_clipping_wins_at_16_bits(project):
+    text = HEAD + "quantization: {bits: 16, activation_clipping: percentile}\n"
+    recipe = load_recipe(_recipe(project, text))
+    assert recipe.data["quantization"]["activation_clipping"] == "percentile"
+    implied = load_recipe(_recipe(project, HEAD + "quantization: {bits: 16}\n"))
+    assert str(implied.where(("quantization", "activation_clipping"))) == "accuracy_level 1, 16-bit"
 
 
 def test_missing_model_is_a_model_error_at_the_model_line(project):
