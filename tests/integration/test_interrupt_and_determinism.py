@@ -15,7 +15,7 @@ from cli_runner import run_cli, tree_bytes
 def _heavy_project(root):
     make_project(root)
     write_model(root / "model.onnx", heavy_cnn())
-    write_npz(root / "calib.npz", 200, shape=(1, 3, 64, 64), seed=1)
+    write_npz(root / "calib.npz", 600, shape=(1, 3, 64, 64), seed=1)  # a ~3 s statistics pass
     write_npz(root / "val.npz", 4, shape=(1, 3, 64, 64), seed=2, labels=5)
     return root
 
@@ -36,7 +36,7 @@ def test_sigterm_during_stats_then_rebuild_gives_the_same_artifacts(tmp_path):
         seen.append(line)
         if line.startswith(".  stats:base"):
             break
-    time.sleep(1.0)  # well inside the ~4 s statistics pass
+    time.sleep(0.5)  # well inside the ~3 s statistics pass
     build.send_signal(signal.SIGTERM)
     build.wait(timeout=60)
     assert build.returncode == 128 + signal.SIGTERM, "".join(seen)
