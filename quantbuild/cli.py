@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import sys
@@ -110,7 +111,24 @@ def cmd_show(args) -> int:
         entry = build.entry(module.NAME)
         where = entry.dir if entry else "not built"
         print(f"{module.NAME:9}{where}")
+    quantized = build.entry("quantize")
+    if quantized is not None and quantized.path("precision.json").is_file():
+        _print_precision(json.loads(quantized.path("precision.json").read_text(encoding="utf-8")))
     return 0
+
+
+def _print_precision(precision: dict) -> None:
+    """The per-layer precision table: 16-bit layers listed, the rest counted."""
+    rows = precision["layers"]
+    wide = [r for r in rows if r["output_bits"] == 16 or r.get("weight_bits") == 16]
+    latency = precision.get("latency") or {}
+    ratio = f"; estimated T_MP / T_8 = {latency['ratio']:.3f}" if latency.get("t8") else ""
+    print(f"precision {len(wide)} of {len(rows)} layers with 16-bit outputs or weights{ratio}")
+    if 0 < len(wide) < len(rows):
+        print(f"  {'layer':32} {'op':20} {'output':>6} {'weights':>7}  why")
+        for r in wide:
+            weights = r.get("weight_bits") or "-"
+            print(f"  {r['layer']:32} {r['op']:20} {r['output_bits']:>6} {weights:>7}  {r['why']}")
 
 
 def cmd_clean(args) -> int:

@@ -56,9 +56,12 @@ def report_text(builds: dict[str, RecipeBuild]) -> str | None:
             if entry is None:
                 return None
             metrics = json.loads(entry.path("metrics.json").read_text(encoding="utf-8"))
-        rows.append(
-            Row(name, build.recipe.data.get("device"), build.recipe.data["quantization"], metrics)
-        )
+        quantized = build.entry("quantize")
+        precision = None
+        if quantized is not None and quantized.path("precision.json").is_file():
+            precision = json.loads(quantized.path("precision.json").read_text(encoding="utf-8"))
+        q = build.recipe.data["quantization"]
+        rows.append(Row(name, build.recipe.data.get("device"), q, metrics, precision))
     return render(rows)
 
 

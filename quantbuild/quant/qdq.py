@@ -13,7 +13,7 @@ Placement follows how TIDL executes a network:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -59,6 +59,12 @@ class WeightOptions:
     clipping: str = "none"  # weight clipping method: none, tidl, mse
     # Grids stated by a pre-quantized model, used as they are where they fit the target.
     given: dict[str, QParams] = field(default_factory=dict)
+    # Mixed precision: nodes whose weights (or element-wise constants) are 16-bit.
+    wide_layers: frozenset[str] = frozenset()
+
+    def for_layer(self, node: onnx.NodeProto) -> WeightOptions:
+        """These options, in 16 bits when mixed precision widens this node's parameters."""
+        return replace(self, bits=16) if node.name in self.wide_layers else self
 
     def stated(self, name: str, axis: int | None, symmetric: bool = True) -> QParams | None:
         """The given grid of a constant if it fits these options (bits, axis, power-of-2).
@@ -217,8 +223,8 @@ class QDQWriter:
     def _quantize_parameters(self, uses: dict[str, int]) -> None:
         graph = self.source.graph
         producer = {o: n for n in graph.node for o in n.output}
-        opts = self.options
         for node in graph.node:
+            opts = self.options.for_layer(node)
             if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1:
                 w_name = node.input[1]
                 if w_name not in self.inits or w_name in self.removed_inits or uses[w_name] != 1:

@@ -11,6 +11,19 @@ class Row:
     device: str | None
     quantization: dict
     metrics: dict | None  # evaluate's metrics.json, None when not evaluated
+    precision: dict | None = None  # quantize's precision.json
+
+
+def precision_label(precision: dict | None) -> str:
+    """ "–", "all", or how many layers mixed precision widened and the latency it costs."""
+    if not precision:
+        return "–"
+    rows = precision["layers"]
+    wide = sum(r["output_bits"] == 16 or r.get("weight_bits") == 16 for r in rows)
+    if precision["bits"] == 16 or wide == 0:
+        return "all" if precision["bits"] == 16 else "none"
+    ratio = (precision.get("latency") or {}).get("ratio")
+    return f"{wide}/{len(rows)}" + (f", T_MP/T_8 {ratio:.2f}" if ratio else "")
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -28,8 +41,8 @@ def render(rows: list[Row]) -> str:
     lines = [
         "# quantbuild report",
         "",
-        "| recipe | device | bits | scheme | float top-1 | quant top-1 | Δ top-1 | min SQNR (dB) | min cosine | frames |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | device | bits | 16-bit layers | scheme | float top-1 | quant top-1 | Δ top-1 | min SQNR (dB) | min cosine | frames |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: r.recipe):
         m = row.metrics or {}
@@ -41,7 +54,8 @@ def render(rows: list[Row]) -> str:
         ]
         cosines = [o["cosine"] for o in m.get("outputs", {}).values() if "cosine" in o]
         lines.append(
-            f"| {row.recipe} | {row.device or '–'} | {row.quantization['bits']} | {scheme_label(row.quantization)} "
+            f"| {row.recipe} | {row.device or '–'} | {row.quantization['bits']} | {precision_label(row.precision)} "
+            f"| {scheme_label(row.quantization)} "
             f"| {_fmt(f)} | {_fmt(q)} | {'–' if delta is None else f'{delta:+.4f}'} "
             f"| {_fmt(min(sqnrs) if sqnrs else None, 2)} | {_fmt(min(cosines) if cosines else None, 5)} "
             f"| {m.get('frames', '–')} |"

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from quantbuild.build.files import load_npz
 from quantbuild.calib.bias_runner import calibrate_biases
+from quantbuild.graph.onnx_utils import graph_inputs, static_shape
+from quantbuild.mixed.apply import wide_layers, widen_ranges
+from quantbuild.mixed.latency import estimate
+from quantbuild.mixed.precision import Assignment, assign
 from quantbuild.quant import ort_overrides, tidl_proto
 from quantbuild.quant.params import DTYPES, QParams
 from quantbuild.quant.qdq import WeightOptions, write_qdq
@@ -19,9 +25,10 @@ from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
 
 NAME = "quantize"
-VERSION = 11
+VERSION = 12
 READS = (
     "/quantization/prequantized",
+    "/quantization/mixed_precision",
     "/quantization/bits",
     "/quantization/scale",
     "/quantization/weights",
@@ -31,13 +38,14 @@ READS = (
     "/calibration/data",
     "/calibration/preprocess",
 )
-INPUTS = ("prepare", "ranges")
+INPUTS = ("prepare", "stats", "ranges")
 EXPORTS = {
     "model.qdq.onnx": "model.qdq.onnx",
     "quant_params.json": "quant_params.json",
     # The same parameters for other tools: TIDL quant_params_proto_path, onnxruntime overrides.
     "quant_params.prototxt": "quant_params.prototxt",
     "tensor_quant_overrides.json": "tensor_quant_overrides.json",
+    "precision.json": "precision.json",  # every layer's bits and why
 }
 
 
@@ -53,6 +61,31 @@ def run(ctx: Context, out: Path) -> dict:
         clipping=q["weight_clipping"],
         given=_prequantized_weights(ctx) if q["prequantized"] else {},
     )
+    assignment = _assignment(ctx, model)
+    if q["bits"] == 8 and (assignment.tensors_16bit or assignment.weights_16bit):
+        stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
+        symmetric = q["activations"] == "symmetric"
+        power_of_2 = q["scale"] == "power_of_2" or q["accuracy_level"] == 0
+        ranges = widen_ranges(ranges, stats, assignment, symmetric, power_of_2)
+        options = replace(options, wide_layers=wide_layers(assignment))
+        wide = sum(info["output_bits"] == 16 for info in assignment.layers.values())
+        ctx.log(
+            f"mixed precision: {wide} layers with 16-bit outputs, {len(options.wide_layers)} with 16-bit parameters"
+        )
+    latency = estimate(model, assignment, _observed_shapes(ctx, model))
+    precision = {
+        "bits": q["bits"],
+        # TIDL's latency model: T_MP / T_8 is what mixed_precision_factor bounds.
+        "latency": {
+            "t8": latency.t8,
+            "t16": latency.t16,
+            "t_mp": latency.t_mp,
+            "ratio": latency.ratio,
+            "unit": latency.unit,
+        },
+        "layers": _table(assignment, q["bits"]),
+    }
+    (out / "precision.json").write_text(json.dumps(precision, indent=1) + "\n", encoding="utf-8")
     qdq, record = write_qdq(model, ranges, options)
     bias = q["bias_calibration"]
     if bias:
@@ -112,3 +145,52 @@ def _with_final_biases(model: onnx.ModelProto, qdq: onnx.ModelProto, record: dic
             scale = np.asarray(record["biases"][tensor.name]["scale"], dtype=np.float32)
             tensor.CopyFrom(numpy_helper.from_array((q * scale).astype(np.float32), tensor.name))
     return final
+
+
+def _assignment(ctx: Context, model: onnx.ModelProto) -> Assignment:
+    """The recipe's manual mixed precision (everything at `bits` without one)."""
+    q = ctx.recipe.data["quantization"]
+    mp = q["mixed_precision"]
+    where = ctx.recipe.where(("quantization", "mixed_precision"))
+    if q["bits"] == 16 or not any(mp.get(k) for k in ("output_16bit", "params_16bit", "ranges")):
+        return assign(model, where=where)
+    return assign(
+        model,
+        mp.get("output_16bit", []),
+        mp.get("params_16bit", []),
+        [tuple(pair) for pair in mp.get("ranges", [])],
+        where=where,
+    )
+
+
+def _table(assignment: Assignment, bits: int) -> list[dict]:
+    """Every layer's output and weight bits (a 16-bit build is 16-bit throughout)."""
+    rows = assignment.table()
+    if bits == 16:
+        for row in rows:
+            row["output_bits"] = 16
+            row["weight_bits"] = 16 if row.get("weight_bits") else None
+            row["why"] = "bits: 16"
+    return rows
+
+
+def _observed_shapes(ctx: Context, model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every tensor for the first calibration frame (symbolic H/W resolved)."""
+    inputs = graph_inputs(model)
+    dataset = ctx.dataset("calibration")
+    feed = dataset.load(dataset.frames[0], inputs)
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        if value.name in feed:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, feed[value.name].shape):
+                dim.ClearField("dim_param")
+                dim.dim_value = size
+    del fixed.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
+    values = (
+        list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
+    )
+    shapes = {v.name: static_shape(v.type) for v in values}
+    return {name: shape for name, shape in shapes.items() if shape is not None}

@@ -71,6 +71,7 @@ def test_two_clean_builds_are_bit_identical(tmp_path):
         "base/ranges.yaml",
         "base/model.qdq.onnx",
         "base/quant_params.prototxt",
+        "base/precision.json",
         "base/tensor_quant_overrides.json",
         "base/quant_params.json",
         "base/metrics.json",

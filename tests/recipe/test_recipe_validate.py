@@ -37,7 +37,8 @@ def test_unknown_key_without_close_match_lists_allowed_keys(project):
     assert str(err) == (
         f"{f}:6:3: quantization.zzz: unknown key; "
         "allowed: accuracy_level, activation_clipping, activations, bias_bits, "
-        "bias_calibration, bits, percentile, prequantized, ranges, scale, weight_clipping, weights"
+        "bias_calibration, bits, mixed_precision, percentile, prequantized, ranges, scale, "
+        "weight_clipping, weights"
     )
 
 
@@ -167,6 +168,7 @@ def test_defaults_are_filled(project):
             "bias_calibration": {"frames": 50, "iterations": 50},
             "prequantized": False,
             "ranges": {},
+            "mixed_precision": {"output_16bit": [], "params_16bit": [], "ranges": []},
         },
     }
     assert recipe.name == "r"
@@ -243,6 +245,7 @@ ADVANCED = {
     "bias_calibration": {"frames": 50, "iterations": 50},
     "prequantized": False,
     "ranges": {},
+    "mixed_precision": {"output_16bit": [], "params_16bit": [], "ranges": []},
 }
 TDA4VM = {
     "bits": 8,

@@ -341,7 +341,10 @@ def test_edgeai_config_imports(folder, edgeai):
             "scale": [0.017429, 0.017507, 0.017125],
         },
     }
-    assert recipe["quantization"] == {"bias_calibration": {"frames": 12, "iterations": 12}}
+    expected = {"bias_calibration": {"frames": 12, "iterations": 12}}
+    if _has_field(("quantization", "mixed_precision", "output_16bit")):
+        expected["mixed_precision"] = {"output_16bit": ["1033", "711", "712"]}
+    assert recipe["quantization"] == expected
     skipped = {s.key: s.reason for s in imported.skipped}
     assert (
         "did you mean 'advanced_options:calibration_iterations'"
@@ -350,11 +353,11 @@ def test_edgeai_config_imports(folder, edgeai):
     assert "preprocess.backend" in skipped
     assert "object_detection:meta_arch_type" in skipped
     assert "advanced_options:params_16bit_names_list" not in skipped  # empty: nothing to do
-    for key in (
-        "advanced_options:output_feature_16bit_names_list",
-        "advanced_options:mixed_precision_factor",
+    for key, field in (
+        ("advanced_options:output_feature_16bit_names_list", "output_16bit"),
+        ("advanced_options:mixed_precision_factor", "factor"),
     ):
-        assert (key in skipped) != _has_field(("quantization", "mixed_precision"))
+        assert (key in skipped) != _has_field(("quantization", "mixed_precision", field))
     assert {"task_type", "postprocess", "metric", "info"} <= set(imported.ignored)
     assert not list(Draft202012Validator(recipe_schema()).iter_errors(recipe))
 

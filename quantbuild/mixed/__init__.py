@@ -1,0 +1,1 @@
+"""TIDL mixed precision: which layers run in 16 bits, and what that costs on the target."""

@@ -1,0 +1,60 @@
+"""Manual mixed precision: TIDL's lists in a recipe, applied to the QDQ model."""
+
+from __future__ import annotations
+
+import json
+
+from builders import RECIPE
+from cli_runner import run_cli, run_doit
+
+from quantbuild.quant.ranges_io import read
+
+MP = "quantization: {{mixed_precision: {{output_16bit: [{names}]}}}}\n"
+
+
+def _record(project) -> dict:
+    return json.loads((project / "build" / "base" / "quant_params.json").read_text())
+
+
+def test_listed_conv_gets_16bit_output_and_weights_and_only_quantize_reruns(project):
+    assert run_doit(project).code == 0
+    before = _record(project)
+    assert before["weights"]["w2"]["dtype"] == "int8"
+    (project / "base.yaml").write_text(RECIPE.format(extra=MP.format(names="conv2")))
+    rebuilt = run_doit(project)
+    assert rebuilt.code == 0, rebuilt.stdout + rebuilt.stderr
+    assert rebuilt.ran == {"quantize:base", "evaluate:base", "report"}
+    after = _record(project)
+    assert after["weights"]["w2"]["dtype"] == "int16"  # listed: 16-bit weights
+    assert after["weights"]["w1"]["dtype"] == "int8"  # the producer stays 8-bit
+    assert after["activations"]["r2"]["dtype"].endswith("16")  # conv2+relu2 output
+    assert (
+        after["activations"]["p1"]["dtype"].endswith("8") if "p1" in after["activations"] else True
+    )
+    assert after["biases"]["bias2"]["bits"] == 32
+    ranges, _ = read(project / "build" / "base" / "ranges.yaml")
+    assert ranges["r2"].qparams.dtype.endswith("8")  # ranges.yaml keeps the recipe-wide grids
+    table = json.loads((project / "build" / "base" / "precision.json").read_text())["layers"]
+    conv2 = next(row for row in table if row["layer"] == "conv2")
+    assert conv2["output_bits"] == 16 and conv2["weight_bits"] == 16 and conv2["why"] == "listed"
+    shown = run_cli("show", "-C", str(project), "base")
+    assert "conv2" in shown.stdout and "16" in shown.stdout
+
+
+def test_16bit_layer_improves_fidelity(project):
+    assert run_doit(project).code == 0
+    eight = json.loads((project / "build" / "base" / "metrics.json").read_text())
+    (project / "base.yaml").write_text(RECIPE.format(extra=MP.format(names="conv1, conv2, fc")))
+    assert run_doit(project).code == 0
+    mixed = json.loads((project / "build" / "base" / "metrics.json").read_text())
+    sqnr = lambda m: m["outputs"]["logits"]["sqnr_db"]  # noqa: E731
+    assert sqnr(mixed) > sqnr(eight) + 1  # +2 dB here: calibration ranges bound the rest
+
+
+def test_unknown_layer_name_suggests_the_closest(project):
+    (project / "base.yaml").write_text(RECIPE.format(extra=MP.format(names="conv22")))
+    built = run_cli("build", "-C", str(project))
+    output = built.stdout + built.stderr
+    assert built.code == 2, output
+    assert "quantization.mixed_precision.output_16bit[0]" in output
+    assert "did you mean 'conv2'" in output and "Traceback" not in output
