@@ -147,7 +147,7 @@ class RecipeLoader(TaskLoader2):
                 "name": name,
                 "actions": [(_execute, [build, stage])],
                 "uptodate": [(_is_current, [build, stage])],
-                "task_dep": [f"{upstream}:{name}" for upstream in module.INPUTS],
+                "task_dep": [f"{upstream}:{name}" for upstream in build.inputs(stage)],
                 "targets": [str(p) for p in build.export_paths(stage)],
                 "doc": f"{stage} {build.recipe.file.name}",
                 "verbosity": 2,

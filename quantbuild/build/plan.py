@@ -49,8 +49,17 @@ class RecipeBuild:
     def stages(self) -> list[ModuleType]:
         from quantbuild.stages import PIPELINE
 
-        has_eval = "evaluation" in self.recipe.data
-        return [s for s in PIPELINE if has_eval or s.NAME != "evaluate"]
+        skip = set()
+        if "evaluation" not in self.recipe.data:
+            skip.add("evaluate")
+        if not self.recipe.data["quantization"]["mixed_precision"].get("factor"):
+            skip.add("sensitivity")  # only automatic mixed precision needs it
+        return [s for s in PIPELINE if s.NAME not in skip]
+
+    def inputs(self, stage: str) -> tuple[str, ...]:
+        """The upstream stages of `stage` that this recipe builds."""
+        names = {s.NAME for s in self.stages}
+        return tuple(u for u in BY_NAME[stage].INPUTS if u in names)
 
     # -- inputs -------------------------------------------------------------------------------
     def dataset(self, section: str) -> Dataset:
@@ -107,7 +116,7 @@ class RecipeBuild:
         """The stage's key now, or None while an upstream artifact is missing."""
         module = BY_NAME[stage]
         inputs = {}
-        for upstream in module.INPUTS:
+        for upstream in self.inputs(stage):
             entry = self.entry(upstream)
             if entry is None:
                 return None
@@ -172,14 +181,14 @@ class RecipeBuild:
         module = BY_NAME[stage]
         key = self.key(stage)
         if key is None:
-            missing = [u for u in module.INPUTS if self.entry(u) is None]
+            missing = [u for u in self.inputs(stage) if self.entry(u) is None]
             raise DataError(f"{stage}: upstream stage(s) not built: {', '.join(missing)}")
         entry = self.project.store.lookup(stage, key)
         hit = entry is not None
         if entry is None:
             if stage == "evaluate" and self.overlap():
                 log(f"warning: {self.overlap()} evaluation frame(s) are also calibration frames")
-            inputs = {u: self.entry(u) for u in module.INPUTS}
+            inputs = {u: self.entry(u) for u in self.inputs(stage)}
             ctx = Context(self.recipe, inputs, self.dataset, log)
             record = {
                 "stage": stage,

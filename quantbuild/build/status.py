@@ -75,7 +75,7 @@ def recipe_status(build: RecipeBuild, db: Path) -> list[StageStatus]:
                 reasons += diff_fields(
                     last.get("fields", {}).get(pointer), current.get(pointer), dotted
                 )
-            upstream = {u: build.entry(u) for u in module.INPUTS}
+            upstream = {u: build.entry(u) for u in build.inputs(stage)}
             changed = [
                 u
                 for u, e in upstream.items()

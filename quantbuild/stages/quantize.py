@@ -16,6 +16,7 @@ from quantbuild.graph.onnx_utils import graph_inputs, static_shape
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.latency import estimate
 from quantbuild.mixed.precision import Assignment, assign
+from quantbuild.mixed.select import select_layers
 from quantbuild.quant import ort_overrides, tidl_proto
 from quantbuild.quant.params import DTYPES, QParams
 from quantbuild.quant.qdq import WeightOptions, write_qdq
@@ -23,9 +24,10 @@ from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
+from quantbuild.stages.sensitivity import PARAMS
 
 NAME = "quantize"
-VERSION = 12
+VERSION = 14
 READS = (
     "/quantization/prequantized",
     "/quantization/mixed_precision",
@@ -38,7 +40,7 @@ READS = (
     "/calibration/data",
     "/calibration/preprocess",
 )
-INPUTS = ("prepare", "stats", "ranges")
+INPUTS = ("prepare", "stats", "ranges", "sensitivity")  # sensitivity: with a factor only
 EXPORTS = {
     "model.qdq.onnx": "model.qdq.onnx",
     "quant_params.json": "quant_params.json",
@@ -152,15 +154,24 @@ def _assignment(ctx: Context, model: onnx.ModelProto) -> Assignment:
     q = ctx.recipe.data["quantization"]
     mp = q["mixed_precision"]
     where = ctx.recipe.where(("quantization", "mixed_precision"))
-    if q["bits"] == 16 or not any(mp.get(k) for k in ("output_16bit", "params_16bit", "ranges")):
+    chosen = _auto_selection(ctx, model) if mp.get("factor") and q["bits"] == 8 else []
+    promoted, promoted_params = _split(chosen)
+    lists = ("output_16bit", "params_16bit", "ranges")
+    if q["bits"] == 16 or not (chosen or any(mp.get(k) for k in lists)):
         return assign(model, where=where)
-    return assign(
+    listed = list(mp.get("output_16bit", []))
+    weights = list(mp.get("params_16bit", []))
+    assignment = assign(
         model,
-        mp.get("output_16bit", []),
-        mp.get("params_16bit", []),
+        listed + [p for p in promoted if p not in listed],
+        weights + [p for p in promoted_params if p not in weights],
         [tuple(pair) for pair in mp.get("ranges", [])],
         where=where,
     )
+    for name in (set(promoted) - set(listed)) | (set(promoted_params) - set(weights)):
+        if name in assignment.layers:  # chosen by the latency budget, not by the recipe
+            assignment.layers[name]["why"] = f"promoted (factor {mp['factor']})"
+    return assignment
 
 
 def _table(assignment: Assignment, bits: int) -> list[dict]:
@@ -194,3 +205,36 @@ def _observed_shapes(ctx: Context, model: onnx.ModelProto) -> dict[str, tuple[in
     )
     shapes = {v.name: static_shape(v.type) for v in values}
     return {name: shape for name, shape in shapes.items() if shape is not None}
+
+
+def _auto_selection(ctx: Context, model: onnx.ModelProto) -> list[str]:
+    """Layers promoted under `mixed_precision.factor`, from the cached sensitivities."""
+    mp = ctx.recipe.data["quantization"]["mixed_precision"]
+    sensitivity = json.loads(ctx.inputs["sensitivity"].path("sensitivity.json").read_text())
+    shapes = _observed_shapes(ctx, model)
+    manual = assign(model, mp.get("output_16bit", []), mp.get("params_16bit", []))
+
+    def ratio_of(chosen: list[str]) -> float:
+        outputs, params = _split(chosen)
+        listed = list(mp.get("output_16bit", [])) + outputs
+        weights = list(mp.get("params_16bit", [])) + params
+        return estimate(model, assign(model, listed, weights), shapes).ratio
+
+    chosen = select_layers(sensitivity["gains"], ratio_of, float(mp["factor"]))
+    ctx.log(
+        f"automatic mixed precision (factor {mp['factor']}): {len(chosen)} layers promoted, "
+        f"estimated T_MP / T_8 {ratio_of(chosen):.3f} (manual lists alone "
+        f"{estimate(model, manual, shapes).ratio:.3f})"
+    )
+    return chosen
+
+
+def _split(chosen: list[str]) -> tuple[list[str], list[str]]:
+    """Selected candidates as (output_16bit layers, params_16bit layers)."""
+    outputs = [c for c in chosen if not c.endswith(PARAMS)]
+    params = [
+        c.removesuffix(PARAMS)
+        for c in chosen
+        if c.endswith(PARAMS) and c.removesuffix(PARAMS) not in outputs
+    ]
+    return outputs, params

@@ -58,3 +58,31 @@ def test_unknown_layer_name_suggests_the_closest(project):
     assert built.code == 2, output
     assert "quantization.mixed_precision.output_16bit[0]" in output
     assert "did you mean 'conv2'" in output and "Traceback" not in output
+
+
+def test_automatic_selection_under_a_factor_and_factor_change_reruns_only_the_selection(project):
+    (project / "base.yaml").write_text(
+        RECIPE.format(extra="quantization: {mixed_precision: {factor: 1.5}}\n")
+    )
+    first = run_doit(project)
+    assert first.code == 0, first.stdout + first.stderr
+    assert "sensitivity:base" in first.ran
+    precision = json.loads((project / "build" / "base" / "precision.json").read_text())
+    promoted = [r for r in precision["layers"] if r["why"].startswith("promoted")]
+    assert promoted and precision["latency"]["ratio"] <= 1.5
+    (project / "base.yaml").write_text(
+        RECIPE.format(extra="quantization: {mixed_precision: {factor: 1.1}}\n")
+    )
+    second = run_doit(project)
+    assert second.code == 0, second.stdout + second.stderr
+    assert second.ran == {"quantize:base", "evaluate:base", "report"}
+    assert {"stats:base", "sensitivity:base"} <= second.up_to_date
+    tighter = json.loads((project / "build" / "base" / "precision.json").read_text())
+    assert tighter["latency"]["ratio"] <= 1.1
+    assert sum(r["why"].startswith("promoted") for r in tighter["layers"]) < len(promoted)
+
+
+def test_without_a_factor_there_is_no_sensitivity_stage(project):
+    built = run_doit(project)
+    assert built.code == 0
+    assert not any(task.startswith("sensitivity") for task in built.ran | built.up_to_date)

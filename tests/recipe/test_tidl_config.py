@@ -344,6 +344,8 @@ def test_edgeai_config_imports(folder, edgeai):
     expected = {"bias_calibration": {"frames": 12, "iterations": 12}}
     if _has_field(("quantization", "mixed_precision", "output_16bit")):
         expected["mixed_precision"] = {"output_16bit": ["1033", "711", "712"]}
+    if _has_field(("quantization", "mixed_precision", "factor")):
+        expected.setdefault("mixed_precision", {})["factor"] = 1.2
     assert recipe["quantization"] == expected
     skipped = {s.key: s.reason for s in imported.skipped}
     assert (
