@@ -12,8 +12,8 @@ def ratio_of(layers: list[str]) -> float:
 
 
 def test_picks_by_gain_per_cost_within_the_budget():
-    gains = {"a": 1.0, "b": 0.9, "c": 3.0, "d": 0.0}
-    # gain per cost: b 18, a 10, c 10 (a before c by name); d gains nothing
+    gains = {"a": 1.0, "b": 0.9, "c": 2.5, "d": 0.0}
+    # gain per cost: b 18, a 10, c 8.3; d gains nothing
     assert select_layers(gains, ratio_of, 1.16) == ["b", "a"]
     assert select_layers(gains, ratio_of, 1.5) == ["b", "a", "c"]
 
