@@ -75,14 +75,16 @@ def run(ctx: Context, out: Path) -> dict:
             f"mixed precision: {wide} layers with 16-bit outputs, {len(options.wide_layers)} with 16-bit parameters"
         )
     latency = estimate(model, assignment, _observed_shapes(ctx, model))
+    # A 16-bit build runs every layer at the 16-bit rate.
+    t_mp = latency.t16 if q["bits"] == 16 else latency.t_mp
     precision = {
         "bits": q["bits"],
         # TIDL's latency model: T_MP / T_8 is what mixed_precision_factor bounds.
         "latency": {
             "t8": latency.t8,
             "t16": latency.t16,
-            "t_mp": latency.t_mp,
-            "ratio": latency.ratio,
+            "t_mp": t_mp,
+            "ratio": t_mp / latency.t8 if latency.t8 else latency.ratio,
             "unit": latency.unit,
         },
         "layers": _table(assignment, q["bits"]),
