@@ -27,7 +27,7 @@ from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
 from quantbuild.stages.sensitivity import PARAMS
 
 NAME = "quantize"
-VERSION = 14
+VERSION = 15
 READS = (
     "/quantization/prequantized",
     "/quantization/mixed_precision",
