@@ -9,7 +9,8 @@ import onnx
 from quantbuild.graph.onnx_utils import initializers, static_shape, tensor_types
 
 
-def _macs(node: onnx.NodeProto, types: dict, inits: dict) -> int | None:
+def layer_macs(node: onnx.NodeProto, types: dict, inits: dict) -> int | None:
+    """Multiply-accumulates of one node (None while a shape it needs is unknown)."""
     out = static_shape(types.get(node.output[0])) if node.output else None
     if node.op_type in ("Conv", "ConvTranspose") and node.input[1] in inits:
         w = list(inits[node.input[1]].dims)
@@ -46,7 +47,7 @@ def layer_table(model: onnx.ModelProto) -> list[dict]:
                 "inputs": list(node.input),
                 "outputs": list(node.output),
                 "output_shape": list(shape) if shape else None,
-                "macs": _macs(node, types, inits),
+                "macs": layer_macs(node, types, inits),
                 "params": sum(math.prod(inits[i].dims) for i in node.input if i in inits),
             }
         )

@@ -35,7 +35,7 @@ import onnx
 from onnx import helper
 
 from quantbuild.errors import RecipeError, Where
-from quantbuild.graph.layers import _macs  # one definition of a layer's MACs
+from quantbuild.graph.layers import layer_macs
 from quantbuild.graph.onnx_utils import initializers, static_shape, tensor_types
 from quantbuild.mixed.precision import Assignment, Network
 
@@ -111,7 +111,7 @@ def _layers(
     for name, node in net.nodes.items():
         inputs = [(t, count(t)) for t in net.inputs[name]]
         outputs = [(t, count(t)) for t in net.outputs[name]]
-        macs = _macs(node, types, inits)
+        macs = layer_macs(node, types, inits)
         known = macs is not None and all(n is not None for _, n in inputs + outputs)
         weight = net.weight.get(name)
         layers[name] = _Layer(

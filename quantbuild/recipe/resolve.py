@@ -97,7 +97,7 @@ def _base_dir(where: Where | None, fallback: Path) -> Path:
     return Path(where.file).parent
 
 
-def _expand_accuracy_level(data: dict, doc: Located) -> None:
+def expand_accuracy_level(data: dict, doc: Located) -> None:
     """Fill the switches that accuracy_level implies, unless the recipe sets them."""
     q = data["quantization"]
     level = q["accuracy_level"]
@@ -186,7 +186,7 @@ def load_recipe(file: Path, overrides: list[str] | tuple[str, ...] = ()) -> Reci
     schema = recipe_schema()
     validate(doc, schema)
     data = fill_defaults(copy.deepcopy(doc.data), schema)
-    _expand_accuracy_level(data, doc)
+    expand_accuracy_level(data, doc)
     if "evaluation" in data and "preprocess" not in doc.data["evaluation"]:
         data["evaluation"]["preprocess"] = copy.deepcopy(data["calibration"]["preprocess"])
         for p, w in list(doc.values.items()):

@@ -42,8 +42,8 @@ from ruamel.yaml.error import YAMLError
 
 from quantbuild.errors import RecipeError
 from quantbuild.recipe.load import Located, load_yaml
-from quantbuild.recipe.resolve import BIAS_CALIBRATION, PATH_FIELDS, _expand_accuracy_level
-from quantbuild.recipe.validate import _subschema, fill_defaults
+from quantbuild.recipe.resolve import BIAS_CALIBRATION, PATH_FIELDS, expand_accuracy_level
+from quantbuild.recipe.validate import fill_defaults, subschema
 from quantbuild.resources import presets_dir, recipe_schema
 from quantbuild.suggest import closest
 
@@ -558,7 +558,7 @@ def _has_field(path: Field) -> bool:
     nodes = [root]
     for part in path:
         # A field may sit in one of several alternatives (bias_calibration: false | {frames}).
-        nodes = [_subschema(n, root) for n in nodes]
+        nodes = [subschema(n, root) for n in nodes]
         nodes = [a for n in nodes for a in [n, *n.get("oneOf", []), *n.get("anyOf", [])]]
         nodes = [n["properties"][part] for n in nodes if part in n.get("properties", {})]
     return bool(path and nodes)
@@ -567,7 +567,7 @@ def _has_field(path: Field) -> bool:
 def _implied(quantization: dict) -> dict:
     """The switches the resolver derives from accuracy_level (and whatever else it uses)."""
     data = {"quantization": {k: v for k, v in quantization.items() if k not in SWITCHES}}
-    _expand_accuracy_level(data, Located({}))
+    expand_accuracy_level(data, Located({}))
     return {k: data["quantization"][k] for k in SWITCHES}
 
 

@@ -31,7 +31,7 @@ def _dotted(path: tuple) -> str:
     return out or "recipe"
 
 
-def _subschema(schema: dict, root: dict) -> dict:
+def subschema(schema: dict, root: dict) -> dict:
     while "$ref" in schema:
         ref = schema["$ref"]
         node = root
@@ -44,7 +44,7 @@ def _subschema(schema: dict, root: dict) -> dict:
 def _explain(error: ValidationError, doc: Located, root: dict) -> list[RecipeError]:
     path = tuple(error.absolute_path)
     if error.validator == "additionalProperties":
-        allowed = sorted(_subschema(error.schema, root).get("properties", {}))
+        allowed = sorted(subschema(error.schema, root).get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         out = []
         for key in extra:
@@ -61,7 +61,7 @@ def _explain(error: ValidationError, doc: Located, root: dict) -> list[RecipeErr
         best = max(error.context, key=lambda e: len(e.absolute_path))
         if best.absolute_path:
             return _explain(best, doc, root)
-        kinds = [_subschema(s, root).get("type", "?") for s in error.validator_value]
+        kinds = [subschema(s, root).get("type", "?") for s in error.validator_value]
         return [
             RecipeError(
                 f"{_dotted(path)}: {error.instance!r} is not valid; expected one of: {', '.join(map(str, kinds))}",
@@ -90,12 +90,12 @@ def validate(doc: Located, schema: dict) -> None:
 def fill_defaults(data: Any, schema: dict, root: dict | None = None) -> Any:
     """Return `data` with schema defaults filled in for absent object properties."""
     root = root or schema
-    schema = _subschema(schema, root)
+    schema = subschema(schema, root)
     if not isinstance(data, dict):
         return data
     out = dict(data)
     for key, sub in schema.get("properties", {}).items():
-        sub = _subschema(sub, root)
+        sub = subschema(sub, root)
         if key not in out and "default" in sub:
             out[key] = copy.deepcopy(sub["default"])
         if key in out:

@@ -19,12 +19,13 @@ from quantbuild.mixed.precision import Assignment, assign
 from quantbuild.mixed.select import select_layers
 from quantbuild.quant import ort_overrides, tidl_proto
 from quantbuild.quant.params import DTYPES, QParams
-from quantbuild.quant.qdq import WeightOptions, write_qdq
+from quantbuild.quant.qdq import write_qdq
 from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
 from quantbuild.stages.sensitivity import PARAMS
+from quantbuild.stages.settings import feature_map_grid, weight_options
 
 NAME = "quantize"
 VERSION = 15
@@ -55,26 +56,20 @@ def run(ctx: Context, out: Path) -> dict:
     q = ctx.recipe.data["quantization"]
     model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
     ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
-    options = WeightOptions(
-        bits=q["bits"],
-        per_channel=q["weights"]["per_channel"],
-        power_of_2=q["scale"] == "power_of_2",
-        bias_bits=q["bias_bits"],
-        clipping=q["weight_clipping"],
-        given=_prequantized_weights(ctx) if q["prequantized"] else {},
-    )
-    assignment = _assignment(ctx, model)
+    options = weight_options(q)
+    if q["prequantized"]:
+        options = replace(options, given=_prequantized_weights(ctx))
+    shapes = _observed_shapes(ctx, model)
+    assignment = _assignment(ctx, model, shapes)
     if q["bits"] == 8 and (assignment.tensors_16bit or assignment.weights_16bit):
         stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
-        symmetric = q["activations"] == "symmetric"
-        power_of_2 = q["scale"] == "power_of_2" or q["accuracy_level"] == 0
-        ranges = widen_ranges(ranges, stats, assignment, symmetric, power_of_2)
+        ranges = widen_ranges(ranges, stats, assignment, *feature_map_grid(q))
         options = replace(options, wide_layers=wide_layers(assignment))
         wide = sum(info["output_bits"] == 16 for info in assignment.layers.values())
         ctx.log(
             f"mixed precision: {wide} layers with 16-bit outputs, {len(options.wide_layers)} with 16-bit parameters"
         )
-    latency = estimate(model, assignment, _observed_shapes(ctx, model))
+    latency = estimate(model, assignment, shapes)
     # A 16-bit build runs every layer at the 16-bit rate.
     t_mp = latency.t16 if q["bits"] == 16 else latency.t_mp
     precision = {
@@ -151,12 +146,12 @@ def _with_final_biases(model: onnx.ModelProto, qdq: onnx.ModelProto, record: dic
     return final
 
 
-def _assignment(ctx: Context, model: onnx.ModelProto) -> Assignment:
+def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict) -> Assignment:
     """The recipe's manual mixed precision (everything at `bits` without one)."""
     q = ctx.recipe.data["quantization"]
     mp = q["mixed_precision"]
     where = ctx.recipe.where(("quantization", "mixed_precision"))
-    chosen = _auto_selection(ctx, model) if mp.get("factor") and q["bits"] == 8 else []
+    chosen = _auto_selection(ctx, model, shapes) if mp.get("factor") and q["bits"] == 8 else []
     promoted, promoted_params = _split(chosen)
     lists = ("output_16bit", "params_16bit", "ranges")
     if q["bits"] == 16 or not (chosen or any(mp.get(k) for k in lists)):
@@ -209,11 +204,10 @@ def _observed_shapes(ctx: Context, model: onnx.ModelProto) -> dict[str, tuple[in
     return {name: shape for name, shape in shapes.items() if shape is not None}
 
 
-def _auto_selection(ctx: Context, model: onnx.ModelProto) -> list[str]:
+def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[str]:
     """Layers promoted under `mixed_precision.factor`, from the cached sensitivities."""
     mp = ctx.recipe.data["quantization"]["mixed_precision"]
     sensitivity = json.loads(ctx.inputs["sensitivity"].path("sensitivity.json").read_text())
-    shapes = _observed_shapes(ctx, model)
     manual = assign(model, mp.get("output_16bit", []), mp.get("params_16bit", []))
 
     def ratio_of(chosen: list[str]) -> float:

@@ -13,6 +13,7 @@ from quantbuild.quant.qdq import activation_tensors
 from quantbuild.quant.ranges_io import dumps
 from quantbuild.stages.context import Context
 from quantbuild.stages.imports import imported_ranges
+from quantbuild.stages.settings import feature_map_grid
 
 NAME = "ranges"
 VERSION = 5
@@ -33,9 +34,7 @@ EXPORTS = {"ranges.yaml": "ranges.yaml"}
 def run(ctx: Context, out: Path) -> dict:
     q = ctx.recipe.data["quantization"]
     stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
-    # TIDL's simple calibration (accuracy_level 0) always uses power-of-2 feature maps.
-    power_of_2 = q["scale"] == "power_of_2" or q["accuracy_level"] == 0
-    symmetric = q["activations"] == "symmetric"
+    symmetric, power_of_2 = feature_map_grid(q)
     policy = q["activation_clipping"]
     ranges = activation_ranges(stats, policy, q["bits"], symmetric, power_of_2, q["percentile"])
     model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))

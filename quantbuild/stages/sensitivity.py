@@ -20,10 +20,11 @@ from quantbuild.build.files import load_npz
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.precision import WEIGHTED, assign
-from quantbuild.quant.qdq import WeightOptions, write_qdq
+from quantbuild.quant.qdq import write_qdq
 from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
+from quantbuild.stages.settings import feature_map_grid, weight_options
 
 NAME = "sensitivity"
 VERSION = 2
@@ -58,20 +59,14 @@ def run(ctx: Context, out: Path) -> dict:
     model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
     ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
     stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
-    options = WeightOptions(
-        bits=q["bits"],
-        per_channel=q["weights"]["per_channel"],
-        power_of_2=q["scale"] == "power_of_2",
-        bias_bits=q["bias_bits"],
-        clipping=q["weight_clipping"],
-    )
-    symmetric = q["activations"] == "symmetric"
-    power_of_2 = q["scale"] == "power_of_2" or q["accuracy_level"] == 0
+    options = weight_options(q)
+    symmetric, power_of_2 = feature_map_grid(q)
     dataset = ctx.dataset("calibration")
     inputs = graph_inputs(model)
     feeds = [dataset.load(frame, inputs) for frame in dataset.frames[:FRAMES]]
     names = [o.name for o in model.graph.output]
-    reference = [session(model).run(names, feed) for feed in feeds]
+    float_runner = session(model)
+    reference = [float_runner.run(names, feed) for feed in feeds]
 
     def error_with(promoted: list[str]) -> float:
         outputs = [c for c in promoted if not c.endswith(PARAMS)]

@@ -1,0 +1,23 @@
+"""How a recipe's quantization fields become grid settings, shared by the stages that use them."""
+
+from __future__ import annotations
+
+from quantbuild.quant.qdq import WeightOptions
+
+
+def feature_map_grid(q: dict) -> tuple[bool, bool]:
+    """(symmetric, power_of_2) of activation grids.
+
+    TIDL's simple calibration (accuracy_level 0) always uses power-of-2 feature maps."""
+    return q["activations"] == "symmetric", q["scale"] == "power_of_2" or q["accuracy_level"] == 0
+
+
+def weight_options(q: dict) -> WeightOptions:
+    """Weight and bias quantization settings of a recipe's `quantization` section."""
+    return WeightOptions(
+        bits=q["bits"],
+        per_channel=q["weights"]["per_channel"],
+        power_of_2=q["scale"] == "power_of_2",
+        bias_bits=q["bias_bits"],
+        clipping=q["weight_clipping"],
+    )
