@@ -75,6 +75,57 @@ def small_cnn(
     return model
 
 
+def separable(seed: int = 0, shared_weight: bool = False, size: int = 8) -> onnx.ModelProto:
+    """x -> Conv(3->4) -> Conv dw(4) -> HardSwish -> BN (affine) -> Conv dw(4) -> Conv(4->2) -> y.
+
+    The depthwise weights span two orders of magnitude across channels, as in PP-OCRv4."""
+    rng = np.random.default_rng(seed)
+    spread = np.array([0.05, 0.5, 2.0, 8.0])[:, None, None, None]
+    inits = [
+        _init("w0", rng.normal(0, 0.5, (4, 3, 3, 3))),
+        _init("b0", rng.normal(0, 0.1, 4)),
+        _init("wd1", rng.normal(0, 1, (4, 1, 3, 3)) * spread),
+        _init("bd1", rng.normal(0, 0.1, 4)),
+        _init("scale", rng.uniform(0.2, 3.0, 4)),
+        _init("shift", rng.normal(0, 0.3, 4)),
+        _init("mean", np.zeros(4)),
+        _init("var", np.ones(4) - 1e-5),
+        _init("wd2", rng.normal(0, 1, (4, 1, 3, 3)) * spread[::-1]),
+        _init("bd2", rng.normal(0, 0.1, 4)),
+        _init("w3", rng.normal(0, 0.5, (2, 4, 1, 1))),
+        _init("b3", rng.normal(0, 0.1, 2)),
+    ]
+    pads = [1, 1, 1, 1]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=pads),
+        helper.make_node("Conv", ["c0", "wd1", "bd1"], ["d1"], name="dw1", pads=pads, group=4),
+        helper.make_node("HardSwish", ["d1"], ["h1"], name="hswish"),
+        helper.make_node(
+            "BatchNormalization", ["h1", "scale", "shift", "mean", "var"], ["a1"], name="affine"
+        ),
+        helper.make_node(
+            "Conv",
+            ["a1", "wd1" if shared_weight else "wd2", "bd2"],
+            ["d2"],
+            name="dw2",
+            pads=pads,
+            group=4,
+        ),
+        helper.make_node("Conv", ["d2", "w3", "b3"], ["y"], name="pw3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "separable",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, size, size])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def write_model(path: Path, model: onnx.ModelProto | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model or small_cnn(), str(path))

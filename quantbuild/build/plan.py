@@ -52,6 +52,8 @@ class RecipeBuild:
         skip = set()
         if "evaluation" not in self.recipe.data:
             skip.add("evaluate")
+        if not self.recipe.data["quantization"]["equalization"]:
+            skip.add("equalize")
         if not self.recipe.data["quantization"]["mixed_precision"].get("factor"):
             skip.add("sensitivity")  # only automatic mixed precision needs it
         return [s for s in PIPELINE if s.NAME not in skip]

@@ -11,6 +11,7 @@ from onnx import helper, numpy_helper
 from quantbuild.calib.bias_correction import BiasedLayer, channel_means, step_size, update
 from quantbuild.data.dataset import Dataset
 from quantbuild.graph.onnx_utils import graph_inputs
+from quantbuild.progress import track
 from quantbuild.runtime import session, with_outputs
 
 
@@ -80,7 +81,7 @@ def calibrate_biases(
     calibration = _with_bias_inputs(qdq, layers)
     runner = session(with_outputs(calibration, [layer.output for layer in layers]))
     first_gap = last_gap = 0.0
-    for t in range(iterations):
+    for t in track(range(iterations), "bias calibration", iterations, unit="iterations"):
         index = t % len(chosen)
         # Frames are re-read rather than kept: memory stays flat in the number of frames.
         feed = {

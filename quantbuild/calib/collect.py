@@ -12,6 +12,7 @@ from quantbuild.calib.histogram import BINS, accumulate, sample
 from quantbuild.data.dataset import Dataset
 from quantbuild.errors import DataError
 from quantbuild.graph.onnx_utils import graph_inputs
+from quantbuild.progress import track
 from quantbuild.quant.qdq import activation_tensors
 from quantbuild.runtime import float_tensors, session, with_outputs
 
@@ -40,24 +41,10 @@ def collect_statistics(
     elements = np.zeros(count, dtype=np.int64)
     hist = np.zeros((count, BINS if histograms else 0), dtype=np.int64)
     frames = 0
-    for frame, feed in dataset.iterate(inputs):
-        try:
-            values = runner.run(names, feed)
-        except Exception as err:
-            raise DataError(
-                f"{dataset.field}: the model failed on {dataset.describe(frame)}: {str(err).splitlines()[0]}",
-                dataset.where,
-            ) from None
-        for i, value in enumerate(values):
+    for frame, feed in track(dataset.iterate(inputs), "statistics", len(dataset.frames)):
+        for i, value in enumerate(_run(runner, names, feed, dataset, frame)):
             if value.size == 0:
                 continue
-            finite = np.isfinite(value)
-            if not finite.all():
-                raise DataError(
-                    f"{dataset.field}: tensor {names[i]!r} is not finite on {dataset.describe(frame)}; "
-                    "check the preprocessing (mean/scale) and the model",
-                    dataset.where,
-                )
             low[i] = min(low[i], float(value.min()))
             high[i] = max(high[i], float(value.max()))
             elements[i] += value.size
@@ -65,6 +52,47 @@ def collect_statistics(
                 accumulate(hist[i], sample(value))
         frames += 1
     return _result(model, names, low, high, elements, hist, frames)
+
+
+def channel_ranges(
+    model: onnx.ModelProto, dataset: Dataset, tensors: list[str], frames: int
+) -> dict[str, np.ndarray]:
+    """Per-channel (axis 1) max |x| of `tensors` over the first `frames` calibration frames."""
+    if not tensors:
+        return {}
+    runner = session(with_outputs(model, tensors))
+    inputs = graph_inputs(model)
+    peak: dict[str, np.ndarray] = {}
+    chosen = dataset.frames[:frames]
+    for frame in track(chosen, "equalization ranges", len(chosen)):
+        feed = dataset.load(frame, inputs)
+        for name, value in zip(tensors, _run(runner, tensors, feed, dataset, frame)):
+            if value.ndim < 2 or value.size == 0:
+                continue
+            axes = (0,) + tuple(range(2, value.ndim))
+            channel = np.abs(value).max(axis=axes).astype(np.float64)
+            peak[name] = channel if name not in peak else np.maximum(peak[name], channel)
+    return peak
+
+
+def _run(runner, names: list[str], feed: dict, dataset: Dataset, frame) -> list[np.ndarray]:
+    """The named tensors on one frame; a clear DataError when the model fails or they are not
+    finite."""
+    try:
+        values = runner.run(names, feed)
+    except Exception as err:
+        raise DataError(
+            f"{dataset.field}: the model failed on {dataset.describe(frame)}: {str(err).splitlines()[0]}",
+            dataset.where,
+        ) from None
+    for name, value in zip(names, values):
+        if value.size and not np.isfinite(value).all():
+            raise DataError(
+                f"{dataset.field}: tensor {name!r} is not finite on {dataset.describe(frame)}; "
+                "check the preprocessing (mean/scale) and the model",
+                dataset.where,
+            )
+    return values
 
 
 def _result(

@@ -244,6 +244,10 @@ class QDQWriter:
                 b_name = node.input[2] if len(node.input) > 2 else ""
                 x_params = self._input_params(node.input[0], producer)
                 bias = None
+                # 16-bit weights or a 16-bit input (mixed precision) accumulate wider: 32-bit
+                # biases, shifted where needed. At 16-bit input scales a 16-bit bias would
+                # force the weight scale up by ~256x and wipe out an 8-bit layer's weights.
+                wide = opts.bits == 16 or (x_params is not None and x_params.dtype.endswith("16"))
                 if (
                     b_name in self.inits
                     and uses[b_name] == 1
@@ -252,11 +256,10 @@ class QDQWriter:
                 ):
                     bias = numpy_helper.to_array(self.inits[b_name])
                     # 8-bit layers: a bias must fit bias_bits at s_x * s_w, so the weight scale
-                    # grows where it would not. 16-bit layers accumulate wider: 32-bit biases
-                    # with a shift where needed, the weights untouched.
-                    bias_bits = opts.bias_bits if opts.bits == 8 else 32
+                    # grows where it would not; wide layers keep their weights.
+                    bias_bits = 32 if wide else opts.bias_bits
                     raised = 0
-                    if opts.bits == 8 and stated is None:
+                    if not wide and stated is None:
                         qp, raised = fit_weights_to_bias(
                             qp, bias, x_params.scale, bias_bits, opts.power_of_2
                         )
@@ -264,9 +267,7 @@ class QDQWriter:
                 self.record["weights"][w_name] = _describe(qp)
                 if bias is not None:
                     w_scale = qp.scale if qp.axis is not None else np.full(bias.shape, qp.scale)
-                    q, scale = bias_int32(
-                        bias, x_params.scale, w_scale, bias_bits, shift=opts.bits == 16
-                    )
+                    q, scale = bias_int32(bias, x_params.scale, w_scale, bias_bits, shift=wide)
                     bqp = QParams(scale, np.zeros(scale.shape, np.int32), "int32", 0)
                     self._dequantized_constant(b_name, q, bqp)
                     self.record["biases"][b_name] = {

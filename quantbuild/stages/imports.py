@@ -6,10 +6,12 @@ from pathlib import Path
 
 import onnx
 
+from quantbuild.errors import RecipeError
 from quantbuild.quant.imported import ImportedRange, activations_only, read_imported
 from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import float_tensors
 from quantbuild.stages.context import Context
+from quantbuild.stages.equalize import stamp_of
 from quantbuild.stages.prepare import PREQUANTIZED_RANGES
 
 
@@ -23,7 +25,38 @@ def imported_ranges(ctx: Context, model: onnx.ModelProto) -> dict[str, ImportedR
     if source:
         weights = {t.name for t in model.graph.initializer}
         where = ctx.recipe.where(("quantization", "ranges", "import"))
+        _check_equalization(Path(source), model, where)
         out.update(
             activations_only(read_imported(Path(source)), float_tensors(model), weights, where)
         )
     return out
+
+
+def _check_equalization(source: Path, model: onnx.ModelProto, where) -> None:
+    """Ranges fit only the float model they were taken on: equalization rescales channels."""
+    if source.suffix.lower() not in (".yaml", ".yml"):
+        return  # TIDL and onnxruntime files cannot say which model they describe
+    _, info = read(source)
+    theirs = (info.get("equalization") or {}).get("digest")
+    ours = stamp_of(model)
+    if theirs == ours:
+        return
+    field = "quantization.ranges.import"
+    if ours is None:
+        raise RecipeError(
+            f"{field}: {source.name} was calibrated on an equalized float model; set "
+            "quantization.equalization as in the recipe that wrote it (same calibration data), "
+            "or set model: to that recipe's build/<recipe>/model.float.onnx",
+            where,
+        )
+    if theirs is None:
+        raise RecipeError(
+            f"{field}: {source.name} holds ranges of the model without equalization; set "
+            "quantization.equalization: false",
+            where,
+        )
+    raise RecipeError(
+        f"{field}: {source.name} was calibrated on a differently equalized model (other "
+        "calibration data or equalization.frames); use the settings of the recipe that wrote it",
+        where,
+    )

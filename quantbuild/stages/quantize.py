@@ -25,10 +25,10 @@ from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
 from quantbuild.stages.sensitivity import PARAMS
-from quantbuild.stages.settings import feature_map_grid, weight_options
+from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "quantize"
-VERSION = 15
+VERSION = 16  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs
 READS = (
     "/quantization/prequantized",
     "/quantization/mixed_precision",
@@ -41,7 +41,13 @@ READS = (
     "/calibration/data",
     "/calibration/preprocess",
 )
-INPUTS = ("prepare", "stats", "ranges", "sensitivity")  # sensitivity: with a factor only
+INPUTS = (
+    "prepare",
+    "equalize",
+    "stats",
+    "ranges",
+    "sensitivity",
+)  # sensitivity: with a factor only
 EXPORTS = {
     "model.qdq.onnx": "model.qdq.onnx",
     "quant_params.json": "quant_params.json",
@@ -54,7 +60,7 @@ EXPORTS = {
 
 def run(ctx: Context, out: Path) -> dict:
     q = ctx.recipe.data["quantization"]
-    model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
+    model = onnx.load(str(float_model_path(ctx)))
     ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
     options = weight_options(q)
     if q["prequantized"]:

@@ -12,8 +12,9 @@ from quantbuild.quant.imported import to_ranges
 from quantbuild.quant.qdq import activation_tensors
 from quantbuild.quant.ranges_io import dumps
 from quantbuild.stages.context import Context
+from quantbuild.stages.equalize import stamp_of
 from quantbuild.stages.imports import imported_ranges
-from quantbuild.stages.settings import feature_map_grid
+from quantbuild.stages.settings import feature_map_grid, float_model_path
 
 NAME = "ranges"
 VERSION = 5
@@ -26,8 +27,9 @@ READS = (
     "/quantization/percentile",
     "/quantization/ranges/import",
     "/quantization/prequantized",
+    "/quantization/equalization",  # recorded in the file, for recipes that import it
 )
-INPUTS = ("prepare", "stats")
+INPUTS = ("prepare", "equalize", "stats")
 EXPORTS = {"ranges.yaml": "ranges.yaml"}
 
 
@@ -37,7 +39,7 @@ def run(ctx: Context, out: Path) -> dict:
     symmetric, power_of_2 = feature_map_grid(q)
     policy = q["activation_clipping"]
     ranges = activation_ranges(stats, policy, q["bits"], symmetric, power_of_2, q["percentile"])
-    model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
+    model = onnx.load(str(float_model_path(ctx)))
     imported, requantized = to_ranges(imported_ranges(ctx, model), q["bits"], symmetric, power_of_2)
     ranges.update(imported)
     # One order whatever the source: the graph's (imported names that get no grid go last).
@@ -54,6 +56,11 @@ def run(ctx: Context, out: Path) -> dict:
         info["percentile"] = q["percentile"]
     if imported:
         info["imported"] = len(imported)
+    stamp = stamp_of(model)
+    if stamp:  # these ranges fit only the equalized model (build/<recipe>/model.float.onnx)
+        info["equalization"] = {"digest": stamp}
+        if q["equalization"]:  # an importing recipe re-equalizes the same way by default
+            info["equalization"]["frames"] = q["equalization"]["frames"]
     (out / "ranges.yaml").write_text(dumps(ranges, info), encoding="utf-8")
     note = (
         f"; {len(imported)} imported ({requantized} re-quantized for the target)"

@@ -20,14 +20,15 @@ from quantbuild.build.files import load_npz
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.precision import WEIGHTED, assign
+from quantbuild.progress import track
 from quantbuild.quant.qdq import write_qdq
 from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
-from quantbuild.stages.settings import feature_map_grid, weight_options
+from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "sensitivity"
-VERSION = 2
+VERSION = 3  # 3: 32-bit biases for 8-bit layers fed 16-bit inputs
 READS = (
     "/quantization/bits",
     "/quantization/scale",
@@ -39,7 +40,7 @@ READS = (
     "/calibration/data",
     "/calibration/preprocess",
 )
-INPUTS = ("prepare", "stats", "ranges")
+INPUTS = ("prepare", "equalize", "stats", "ranges")
 EXPORTS = {"sensitivity.json": "sensitivity.json"}
 FRAMES = 8  # calibration frames per measurement
 PARAMS = ":params"  # candidate suffix: the layer's weights only in 16 bits
@@ -56,7 +57,7 @@ def _error(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -
 
 def run(ctx: Context, out: Path) -> dict:
     q = ctx.recipe.data["quantization"]
-    model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
+    model = onnx.load(str(float_model_path(ctx)))
     ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
     stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
     options = weight_options(q)
@@ -82,7 +83,8 @@ def run(ctx: Context, out: Path) -> dict:
     # Each layer twice: 16-bit outputs and weights, or 16-bit weights only (TIDL
     # params_16bit), which costs far less where the weights are the problem.
     candidates = layers + [f"{name}{PARAMS}" for name in layers]
-    gains = {name: base - error_with([name]) for name in candidates}
+    measured = track(candidates, "sensitivity", len(candidates), unit="candidates")
+    gains = {name: base - error_with([name]) for name in measured}
     result = {"frames": len(feeds), "error_8bit": base, "gains": gains}
     (out / "sensitivity.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     best = sorted(gains, key=gains.get, reverse=True)[:3]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from quantbuild.quant.qdq import WeightOptions
+from quantbuild.stages.context import Context
 
 
 def feature_map_grid(q: dict) -> tuple[bool, bool]:
@@ -21,3 +24,9 @@ def weight_options(q: dict) -> WeightOptions:
         bias_bits=q["bias_bits"],
         clipping=q["weight_clipping"],
     )
+
+
+def float_model_path(ctx: Context) -> Path:
+    """The float model the build quantizes: the equalized one when the recipe equalizes."""
+    source = "equalize" if "equalize" in ctx.inputs else "prepare"
+    return ctx.inputs[source].path("model.onnx")

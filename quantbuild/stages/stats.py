@@ -11,6 +11,7 @@ from quantbuild.build.files import npz_bytes
 from quantbuild.calib.collect import collect_statistics
 from quantbuild.stages.context import Context
 from quantbuild.stages.imports import imported_ranges
+from quantbuild.stages.settings import float_model_path
 
 NAME = "stats"
 VERSION = 5
@@ -20,12 +21,12 @@ READS = (
     "/quantization/ranges/import",
     "/quantization/prequantized",
 )
-INPUTS = ("prepare",)
+INPUTS = ("prepare", "equalize")
 EXPORTS: dict[str, str] = {}
 
 
 def run(ctx: Context, out: Path) -> dict:
-    model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
+    model = onnx.load(str(float_model_path(ctx)))
     known = frozenset(imported_ranges(ctx, model))
     dataset = ctx.dataset("calibration")
     start = time.perf_counter()

@@ -7,7 +7,9 @@ import re
 from builders import RECIPE, make_project, write_npz
 from cli_runner import run_cli, run_doit
 
-ALL = {f"{s}:base" for s in ("prepare", "stats", "ranges", "quantize", "evaluate")} | {"report"}
+ALL = {f"{s}:base" for s in ("prepare", "equalize", "stats", "ranges", "quantize", "evaluate")} | {
+    "report"
+}
 
 
 def test_first_build_runs_every_stage_and_noop_rebuild_runs_none(project):
@@ -39,7 +41,7 @@ def test_changing_calibration_data_reruns_stats_and_everything_after(project):
     assert "calibration.data: content changed" in why.stdout
     rebuilt = run_doit(project)
     assert rebuilt.code == 0
-    assert rebuilt.ran == ALL - {"prepare:base"}
+    assert rebuilt.ran == ALL - {"prepare:base"}  # equalization measures on calibration data
 
 
 def test_changing_only_evaluation_data_reruns_evaluate_and_report(project):

@@ -199,14 +199,17 @@ def test_float_model_with_prequantized_flag_is_a_clear_error(project, tmp_path):
 def test_onnxruntime_and_tidl_exports_import_back(project):
     _build_base(project)
     base = project / "build" / "base"
-    for name in ("tensor_quant_overrides.json", "quant_params.prototxt"):
+    # The exports describe the model that was quantized: the equalized float model.
+    for name in ("tensor_quant_overrides.json", "quant_params.prototxt", "model.float.onnx"):
         shutil.copyfile(base / name, project / "shared" / name)
     for recipe, source in (
         ("ort", "tensor_quant_overrides.json"),
         ("tidl", "quant_params.prototxt"),
     ):
         (project / f"{recipe}.yaml").write_text(
-            RECIPE.format(extra=f"quantization: {{ranges: {{import: shared/{source}}}}}\n")
+            RECIPE.format(extra=f"quantization: {{ranges: {{import: shared/{source}}}}}\n").replace(
+                "model: model.onnx", "model: shared/model.float.onnx"
+            )
         )
     built = run_doit(project)
     assert built.code == 0, built.stdout + built.stderr

@@ -19,7 +19,9 @@ from pathlib import Path
 from builders import RECIPE, make_project
 from cli_runner import run_cli, run_doit, tree_bytes
 
-ALL = {f"{s}:base" for s in ("prepare", "stats", "ranges", "quantize", "evaluate")} | {"report"}
+ALL = {f"{s}:base" for s in ("prepare", "equalize", "stats", "ranges", "quantize", "evaluate")} | {
+    "report"
+}
 STATS_PASS = re.compile(r"^   \d+ frames, \d+ tensors", re.M)  # stats ran forward passes
 
 
@@ -44,7 +46,7 @@ def test_a_second_checkout_builds_from_the_shared_store_without_forward_passes(t
     assert "stats:base" in reused.up_to_date  # no exports: nothing to copy, nothing to run
     assert not STATS_PASS.search(reused.stdout)
     assert reused.ran == ALL - {"stats:base"}  # exporting results from the store
-    assert reused.stdout.count("store hit") == 4
+    assert reused.stdout.count("store hit") == 5
     assert tree_bytes(second / "build") == tree_bytes(first / "build")
     assert not (second / ".quantbuild" / "store").exists()
 
@@ -68,7 +70,7 @@ def test_two_checkouts_building_into_one_store_at_once_both_succeed(tmp_path):
     assert tree_bytes(first / "build") == tree_bytes(second / "build")
     verified = run_cli("cache", "verify", "-C", str(first), env={"QUANTBUILD_CACHE": str(cache)})
     assert verified.code == 0, verified.stdout + verified.stderr
-    assert verified.stdout.splitlines()[-1] == f"verified 5 entries in {cache}: 0 bad"
+    assert verified.stdout.splitlines()[-1] == f"verified 6 entries in {cache}: 0 bad"
     assert _leftovers(cache) == []
 
 
@@ -158,11 +160,11 @@ def test_cache_ls_gc_and_verify(project):
     assert listed.code == 0, listed.stderr
     rows = _entry_lines(listed.stdout)
     twice = ["ranges", "ranges", "quantize", "quantize", "evaluate", "evaluate"]
-    assert [r[0] for r in rows] == ["prepare", "stats", *twice]  # pipeline order
+    assert [r[0] for r in rows] == ["prepare", "equalize", "stats", *twice]  # pipeline order
     unused = {(r[0], r[1]) for r in rows if r[-1] == "-"}
     assert {s for s, _ in unused} == {"ranges", "quantize", "evaluate"} and len(unused) == 3
-    assert sum(r[-1] == "base" for r in rows) == 5
-    assert listed.stdout.splitlines()[-1].startswith("8 entries, ")
+    assert sum(r[-1] == "base" for r in rows) == 6
+    assert listed.stdout.splitlines()[-1].startswith("9 entries, ")
 
     stats_dir = project / ".quantbuild" / "store" / "stats"
     killed = stats_dir / f".tmp-{socket.gethostname()}-999999999-0123456789ab"
@@ -175,7 +177,7 @@ def test_cache_ls_gc_and_verify(project):
     assert dry.code == 0, dry.stderr
     assert {tuple(line.split()[2:4]) for line in dry.stdout.splitlines()[:3]} == unused
     assert f"would remove stats/{killed.name}" in dry.stdout
-    assert killed.exists() and run_cli("cache", "ls", *cache).stdout.count("\n") == 9
+    assert killed.exists() and run_cli("cache", "ls", *cache).stdout.count("\n") == 10
 
     recent = run_cli("cache", "gc", "--keep-days", "1", *cache)
     assert recent.stdout.splitlines()[-1].startswith("removed 0 entries (0B) and 1 leftover")
@@ -185,7 +187,7 @@ def test_cache_ls_gc_and_verify(project):
     assert collected.code == 0, collected.stderr
     assert {tuple(line.split()[1:3]) for line in collected.stdout.splitlines()[:3]} == unused
     rows = _entry_lines(run_cli("cache", "ls", *cache).stdout)
-    assert len(rows) == 5 and all(r[-1] == "base" for r in rows)
+    assert len(rows) == 6 and all(r[-1] == "base" for r in rows)
     assert run_doit(project).ran == set()  # nothing the project uses was removed
 
     (model,) = project.glob(".quantbuild/store/quantize/*/*/model.qdq.onnx")

@@ -531,6 +531,20 @@ def test_8_bit_layers_with_32_bit_biases_keep_weight_scales(huge_bias):
     )
 
 
+def test_8_bit_weights_on_a_16_bit_input_get_32_bit_biases_not_raised_weights(huge_bias):
+    # Mixed precision: the producer went 16-bit, this 8-bit layer did not. At the 16-bit
+    # input scale a 16-bit bias would need ~256x coarser weights; it gets 32 bits instead.
+    prepared, stats, frames = huge_bias
+    ranges = minmax_ranges(stats, 8, True, False)
+    ranges["input"] = minmax_ranges(stats, 16, True, False)["input"]
+    qdq, record = write_qdq(prepared, ranges, WeightOptions(8, True, False, bias_bits=16))
+    assert record["biases"]["b"]["bits"] == 32
+    assert record["biases"]["b"]["weight_scales_raised"] == 0
+    w = numpy_helper.to_array(_inits(prepared)["w"])
+    expected = (np.abs(w.astype(np.float64)).max(axis=(1, 2, 3)) / 127).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(record["weights"]["w"]["scale"], np.float32), expected)
+
+
 @pytest.mark.parametrize("bias_bits", [16, 32])
 def test_16_bit_layers_shift_overflowing_biases(huge_bias, bias_bits):
     built = _build(huge_bias, bits=16, bias_bits=bias_bits, per_channel=True)

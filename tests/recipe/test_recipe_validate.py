@@ -37,8 +37,8 @@ def test_unknown_key_without_close_match_lists_allowed_keys(project):
     assert str(err) == (
         f"{f}:6:3: quantization.zzz: unknown key; "
         "allowed: accuracy_level, activation_clipping, activations, bias_bits, "
-        "bias_calibration, bits, mixed_precision, percentile, prequantized, ranges, scale, "
-        "weight_clipping, weights"
+        "bias_calibration, bits, equalization, mixed_precision, percentile, prequantized, "
+        "ranges, scale, weight_clipping, weights"
     )
 
 
@@ -166,6 +166,7 @@ def test_defaults_are_filled(project):
             "percentile": 99.99,
             "weight_clipping": "mse",
             "bias_calibration": {"frames": 50, "iterations": 50},
+            "equalization": {"frames": 16},
             "prequantized": False,
             "ranges": {},
             "mixed_precision": {"output_16bit": [], "params_16bit": [], "ranges": []},
@@ -243,6 +244,7 @@ ADVANCED = {
     "percentile": 99.99,
     "weight_clipping": "mse",
     "bias_calibration": {"frames": 50, "iterations": 50},
+    "equalization": {"frames": 16},
     "prequantized": False,
     "ranges": {},
     "mixed_precision": {"output_16bit": [], "params_16bit": [], "ranges": []},
