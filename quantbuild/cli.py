@@ -139,7 +139,8 @@ def cmd_clean(args) -> int:
     for name in names:
         shutil.rmtree(project.out / name, ignore_errors=True)
     if not args.recipes:
-        (project.out / "report.md").unlink(missing_ok=True)
+        for report in ("report.md", "report.html"):
+            (project.out / report).unlink(missing_ok=True)
         (project.state / "doit.db").unlink(missing_ok=True)
     if args.store:
         project.store.remove()
@@ -198,6 +199,35 @@ def cmd_export_config(args) -> int:
     for line in warnings:
         print(f"warning: {args.recipe}: {line}", file=sys.stderr)
     _write_output(text, out)
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from quantbuild.doctor import diagnose_model, diagnose_recipe
+    from quantbuild.doctor.render import render_json, render_text
+
+    target = Path(args.target)
+    if target.suffix.lower() == ".onnx" or (
+        target.is_file() and target.suffix.lower() not in (".yaml", ".yml")
+    ):
+        report = diagnose_model(target)
+    else:
+        from quantbuild.build.plan import RecipeBuild
+
+        project = _project(args)
+        build = RecipeBuild(project, project.find(args.target))
+        report = diagnose_recipe(build, log=lambda line: print(line, file=sys.stderr))
+    sys.stdout.write(render_json(report) if args.json else render_text(report, args.all))
+    return 0  # findings are a diagnosis, not a failure
+
+
+def cmd_diagnose(args) -> int:
+    from quantbuild.diagnose import diagnose, render_json, render_text
+
+    result = diagnose(
+        _project(args), args.recipe, args.factor, log=lambda line: print(line, file=sys.stderr)
+    )
+    sys.stdout.write(render_json(result) if args.json else render_text(result))
     return 0
 
 
@@ -275,6 +305,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="gc: only list what would be removed")
     overrides(p)
     p = add(
+        "diagnose",
+        cmd_diagnose,
+        "TI's workflow in one build: 16-bit, 8-bit and mixed precision vs float, with a verdict",
+    )
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument(
+        "--factor",
+        type=float,
+        default=1.2,
+        help="mixed_precision_factor of the mixed-precision step (T_MP / T_8, default 1.2)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    overrides(p)
+    p = add(
         "import-config", cmd_import_config, "write a recipe from TIDL / edgeai-benchmark options"
     )
     p.add_argument("file", metavar="FILE", help="TIDL runtime options (JSON/YAML) or edgeai config")
@@ -299,6 +343,16 @@ def parser() -> argparse.ArgumentParser:
         help="tidl: runtime options JSON; edgeai: edgeai-benchmark config YAML "
         "(default: from the -o suffix, else tidl)",
     )
+    overrides(p)
+    p = add(
+        "doctor",
+        cmd_doctor,
+        "check a float model (or a recipe's model and calibration statistics) against TI's "
+        "quantization guidelines",
+    )
+    p.add_argument("target", metavar="MODEL|RECIPE", help="an .onnx file, or a recipe name or file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="list every finding (default: 10 per check)")
     overrides(p)
     return top
 

@@ -1,6 +1,7 @@
 """doit loader plugin: plain `doit` in a project folder builds every recipe.
 
-Tasks are `<stage>:<recipe>` (prepare, stats, ranges, quantize, evaluate) plus `report`.
+Tasks are `<stage>:<recipe>` (prepare, stats, ranges, quantize, evaluate) plus `report`
+(report.md and report.html).
 A task is up to date when the store holds the artifact for its current key and its exported
 files match it; doit checks this just before the task would run, after its upstream tasks.
 """
@@ -15,13 +16,18 @@ from doit.exceptions import InvalidDodoFile, TaskFailed
 from doit.loader import generate_tasks
 
 from quantbuild.build import failures
-from quantbuild.build.files import write_atomic
+from quantbuild.build.files import load_npz, write_atomic
 from quantbuild.build.plan import RecipeBuild, load_builds
 from quantbuild.build.project import Project
 from quantbuild.build.reporter import QuantbuildReporter
 from quantbuild.errors import QuantbuildError
+from quantbuild.quant.ranges_io import read as read_ranges
+from quantbuild.report import html
+from quantbuild.report.html import RecipeDetails
 from quantbuild.report.markdown import Row, render
 from quantbuild.stages import BY_NAME, PIPELINE
+
+REPORTS = ("report.md", "report.html")
 
 
 def _execute(build: RecipeBuild, stage: str):
@@ -46,44 +52,71 @@ def _is_current(build: RecipeBuild, stage: str) -> bool:
         return False  # the action will run and report the error properly
 
 
-def report_text(builds: dict[str, RecipeBuild]) -> str | None:
-    """The report for the current artifacts, or None while an evaluation is missing."""
-    rows = []
+def report_files(builds: dict[str, RecipeBuild]) -> dict[str, bytes] | None:
+    """report.md and report.html for the current artifacts, or None while an evaluation is
+    missing."""
+    rows, details = [], []
+    stats_cache: dict[str, dict] = {}  # recipes that share calibration share one stats entry
     for name, build in builds.items():
-        metrics = None
+        metrics = layers = None
         if "evaluation" in build.recipe.data:
             entry = build.entry("evaluate")
             if entry is None:
                 return None
-            metrics = json.loads(entry.path("metrics.json").read_text(encoding="utf-8"))
+            metrics = _json(entry.path("metrics.json"))
+            layers = _json(entry.path("layers.json"))["layers"]
         quantized = build.entry("quantize")
         precision = None
         if quantized is not None and quantized.path("precision.json").is_file():
-            precision = json.loads(quantized.path("precision.json").read_text(encoding="utf-8"))
+            precision = _json(quantized.path("precision.json"))
         q = build.recipe.data["quantization"]
-        rows.append(Row(name, build.recipe.data.get("device"), q, metrics, precision))
-    return render(rows)
+        row = Row(name, build.recipe.data.get("device"), q, metrics, precision)
+        rows.append(row)
+        details.append(RecipeDetails(row, layers, _histograms(build, layers, stats_cache)))
+    return {
+        "report.md": render(rows).encode("utf-8"),
+        "report.html": html.render(details).encode("utf-8"),
+    }
 
 
-def _write_report(builds: dict[str, RecipeBuild], target: Path):
+def _json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _histograms(build: RecipeBuild, layers: list[dict] | None, cache: dict) -> list[html.Histogram]:
+    """Histograms of the worst layers' activations, with the ranges the recipe chose."""
+    tensors = html.worst_tensors(layers)
+    stats, chosen = build.entry("stats"), build.entry("ranges")
+    if not tensors or stats is None or chosen is None:
+        return []
+    if stats.digest not in cache:
+        cache[stats.digest] = load_npz(stats.path("stats.npz"))
+    ranges, _ = read_ranges(chosen.path("ranges.yaml"))
+    return html.display_histograms(cache[stats.digest], ranges, tensors)
+
+
+def _write_report(builds: dict[str, RecipeBuild], out: Path):
     try:
-        text = report_text(builds)
+        files = report_files(builds)
     except QuantbuildError as err:
         failures.record("report", err)
         return TaskFailed(str(err))
-    if text is None:
+    if files is None:
         return TaskFailed("an evaluation is missing; build the evaluate tasks first")
-    write_atomic(target, text.encode("utf-8"))
-    print(f"   {target}", flush=True)
+    for name, data in files.items():
+        write_atomic(out / name, data)
+        print(f"   {out / name}", flush=True)
     return None
 
 
-def _report_current(builds: dict[str, RecipeBuild], target: Path) -> bool:
+def _report_current(builds: dict[str, RecipeBuild], out: Path) -> bool:
     try:
-        text = report_text(builds)
+        files = report_files(builds)
     except QuantbuildError:
         return False
-    return text is not None and target.is_file() and target.read_text(encoding="utf-8") == text
+    return files is not None and all(
+        (out / name).is_file() and (out / name).read_bytes() == data for name, data in files.items()
+    )
 
 
 class RecipeLoader(TaskLoader2):
@@ -117,18 +150,18 @@ class RecipeLoader(TaskLoader2):
         tasks = []
         for module in PIPELINE:
             tasks.extend(generate_tasks(module.NAME, self._stage_tasks(builds, module.NAME)))
-        report = self.project.out / "report.md"
+        out = self.project.out
         tasks.extend(
             generate_tasks(
                 "report",
                 {
-                    "actions": [(_write_report, [builds, report])],
-                    "uptodate": [(_report_current, [builds, report])],
+                    "actions": [(_write_report, [builds, out])],
+                    "uptodate": [(_report_current, [builds, out])],
                     "task_dep": [
                         f"evaluate:{n}" for n, b in builds.items() if "evaluation" in b.recipe.data
                     ],
-                    "targets": [str(report)],
-                    "doc": "Markdown table across all recipes",
+                    "targets": [str(out / name) for name in REPORTS],
+                    "doc": "Markdown and HTML reports across all recipes",
                     "verbosity": 2,
                     "clean": True,
                 },

@@ -50,3 +50,39 @@ class Fidelity:
         if denominator:
             return self.dot / denominator
         return 1.0 if self.signal == self.quant_energy == 0.0 else 0.0  # both zero: identical
+
+
+def sqnr_db(signal: float, noise: float) -> float | None:
+    """10·log10(signal / noise); None when undefined (no noise or no signal)."""
+    if noise == 0.0 or signal == 0.0:
+        return None
+    return 10.0 * math.log10(signal / noise)
+
+
+def _sum_squares(v: np.ndarray) -> float:
+    """Σv² with float64 products and sums, without a float64 copy of `v` (einsum casts in
+    small buffers): 5-10x faster than astype(float64) on large activations."""
+    return float(np.einsum("i,i->", v, v, dtype=np.float64))
+
+
+class ErrorSums:
+    """Σx² of a float tensor and Σ(x−q)² of each of its quantized versions, over frames.
+
+    Sums are float64 and memory does not grow with frames."""
+
+    def __init__(self, versions: int) -> None:
+        self.signal = 0.0
+        self.noise = [0.0] * versions
+
+    def update(self, reference: np.ndarray, *quantized: np.ndarray | None) -> None:
+        """Add one frame; a None version is skipped (it has no value for this tensor)."""
+        x = np.asarray(reference).ravel()
+        self.signal += _sum_squares(x)
+        for i, q in enumerate(quantized):
+            if q is not None:
+                # x − q in the inputs' precision: its rounding (2^-24 relative for float32)
+                # is far below any quantization error.
+                self.noise[i] += _sum_squares(np.subtract(np.asarray(q).ravel(), x))
+
+    def sqnr_db(self) -> list[float | None]:
+        return [sqnr_db(self.signal, noise) for noise in self.noise]

@@ -68,6 +68,7 @@ def test_two_clean_builds_are_bit_identical(tmp_path):
     built = tree_bytes(first / "build")
     assert set(built) == {
         "base/layers.json",
+        "base/model.float.onnx",
         "base/ranges.yaml",
         "base/model.qdq.onnx",
         "base/quant_params.prototxt",
@@ -75,7 +76,9 @@ def test_two_clean_builds_are_bit_identical(tmp_path):
         "base/tensor_quant_overrides.json",
         "base/quant_params.json",
         "base/metrics.json",
+        "base/layer_errors.json",
         "report.md",
+        "report.html",
     }
     assert built == tree_bytes(second / "build")
     assert tree_bytes(first / ".quantbuild" / "store") == tree_bytes(

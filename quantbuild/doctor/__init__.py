@@ -1,0 +1,126 @@
+"""`quantbuild doctor`: why a float model may lose accuracy when quantized, from the model itself.
+
+`diagnose_model` checks a model file; `diagnose_recipe` also reads the recipe's calibration
+statistics (built, or reused from the store) for the activation check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from quantbuild.doctor.checks import (
+    CheckResult,
+    Finding,
+    activation_tail_check,
+    batchnorm_checks,
+    float_check,
+    weight_checks,
+)
+from quantbuild.errors import ModelError
+from quantbuild.graph.onnx_utils import load_model
+from quantbuild.graph.prepare import prepare_model
+from quantbuild.graph.qdq_strip import is_qdq
+
+__all__ = ["CheckResult", "Finding", "Report", "diagnose_model", "diagnose_recipe"]
+
+
+@dataclass
+class Report:
+    """Every check's result for one model (and recipe)."""
+
+    model: str
+    recipe: str | None
+    facts: dict  # what the model is: node and layer counts, what preparation changed
+    checks: list[CheckResult] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # check -> why it did not run
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ModelError(
+            f"{path}: no such model file; pass a float ONNX model (.onnx) or a recipe of the "
+            "project (-C DIR)"
+        )
+    model = load_model(path)
+    if is_qdq(model):
+        raise ModelError(
+            f"{path.name}: the model is already quantized (QuantizeLinear/DequantizeLinear "
+            "nodes); run doctor on the float model it came from"
+        )
+    return model
+
+
+def _static_checks(
+    model: onnx.ModelProto, path: Path, per_channel: bool | None, clipping: str | None
+) -> tuple[Report, onnx.ModelProto, onnx.ModelProto]:
+    """Checks 1 and 2; returns the report so far, the original and the prepared model."""
+    # Same node names as the prepared model, but BatchNorm not folded yet: the BN view.
+    original, _ = prepare_model(model, rewrite=False)
+    prepared, summary = prepare_model(model)
+    convs = sum(n.op_type in ("Conv", "ConvTranspose") for n in original.graph.node)
+    facts = {
+        "nodes": len(model.graph.node),
+        "convolutions": convs,
+        "batchnorm_nodes": sum(n.op_type == "BatchNormalization" for n in original.graph.node),
+        "prepared": summary,
+    }
+    report = Report(str(path), None, facts)
+    report.checks += batchnorm_checks(original)
+    report.checks += weight_checks(prepared, per_channel, clipping)
+    return report, original, prepared
+
+
+def diagnose_model(path: Path) -> Report:
+    """All checks that need only the model; the activation check is skipped."""
+    report, original, prepared = _static_checks(_load(path), path, None, None)
+    report.checks.append(float_check(prepared, original))
+    report.skipped["activation-tails"] = (
+        "needs calibration statistics: run `quantbuild doctor -C PROJECT RECIPE`"
+    )
+    return report
+
+
+def diagnose_recipe(build, log: Callable[[str], None]) -> Report:
+    """All checks, the activation check on the recipe's calibration statistics.
+
+    `build` is a quantbuild.build.plan.RecipeBuild; the stages up to `stats` are run, or
+    their artifacts reused from the store."""
+    from quantbuild.build.files import load_npz
+
+    recipe = build.recipe
+    q = recipe.data["quantization"]
+    if q.get("prequantized"):
+        raise ModelError(
+            f"{recipe.name}: quantization.prequantized is set; doctor checks float models: run "
+            "it on the float model the pre-quantized one came from"
+        )
+    model = _load(recipe.model)
+    per_channel = bool(q.get("weights", {}).get("per_channel"))
+    report, original, prepared = _static_checks(
+        model, recipe.model, per_channel, q.get("weight_clipping")
+    )
+    report.recipe = recipe.name
+    if q.get("equalization"):
+        spread = next(c for c in report.checks if c.check == "weight-spread")
+        spread.note = (spread.note + " " if spread.note else "") + (
+            "This recipe applies cross-layer equalization, which evens out per-channel ranges "
+            "before quantization; the numbers here are the model's own (BN-folded) weights."
+        )
+    for module in build.stages:  # whatever the pipeline puts before `stats`
+        entry, _ = build.run(
+            module.NAME, log=lambda line, stage=module.NAME: log(f"{stage}: {line}")
+        )
+        if module.NAME == "stats":
+            break
+    stats = load_npz(entry.path("stats.npz"))
+    report.facts["calibration_frames"] = int(np.asarray(stats["frames"]))
+    report.checks.append(
+        activation_tail_check(prepared, stats, float(q["percentile"]), q["activation_clipping"])
+    )
+    report.checks.append(float_check(prepared, original))
+    return report

@@ -1,0 +1,191 @@
+"""Per-layer error: the layer-wise model against models cut out of the QDQ model by onnx's own
+extractor, the streaming sums against numpy, and layer_errors.json from a real build."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx.utils
+import pytest
+from builders import RECIPE, make_project, small_cnn, write_npz
+from cli_runner import run_cli
+
+from quantbuild.calib.collect import collect_statistics
+from quantbuild.calib.policy import minmax_ranges
+from quantbuild.data.dataset import open_dataset
+from quantbuild.evaluate import layerwise
+from quantbuild.evaluate.metrics import ErrorSums
+from quantbuild.graph.prepare import prepare_model
+from quantbuild.quant.qdq import WeightOptions, write_qdq
+from quantbuild.runtime import session, with_outputs
+from quantbuild.stages import evaluate
+
+
+@pytest.fixture(scope="module", params=[8, 16])
+def built(tmp_path_factory, request):
+    """(float model, QDQ model, quant record, frames) for the small CNN, per-channel; 16-bit
+    Q/DQ at opset 13 live in the com.microsoft domain."""
+    npz = write_npz(tmp_path_factory.mktemp("calib") / "calib.npz", 8, seed=1)
+    prepared = prepare_model(small_cnn())[0]
+    dataset = open_dataset({"tensors": str(npz)}, {}, "calibration.data", "recipe.yaml")
+    bits = request.param
+    ranges = minmax_ranges(collect_statistics(prepared, dataset), bits, True, False)
+    qdq, record = write_qdq(prepared, ranges, WeightOptions(bits, True, False, 32))
+    rng = np.random.default_rng(7)
+    frames = [rng.normal(0, 1.5, (1, 3, 8, 8)).astype(np.float32) for _ in range(3)]
+    return prepared, qdq, record, frames
+
+
+def _run(model: onnx.ModelProto, names: list[str], feed: dict) -> dict[str, np.ndarray]:
+    return dict(zip(names, session(with_outputs(model, names)).run(names, feed)))
+
+
+def test_layers_are_the_quantized_activations_in_graph_order(built):
+    prepared, qdq, record, _ = built
+    layers = layerwise.quantized_layers(qdq, prepared)
+    assert [layer.tensor for layer in layers] == list(record["activations"])
+    by_tensor = {layer.tensor: layer for layer in layers}
+    assert by_tensor["input"].quantized == "input_dequantized"
+    assert by_tensor["input"].op == "input"
+    # conv1 with the BN folded into it and its fused Relu; the pool reads a quantized tensor.
+    assert by_tensor["r1"].op == "Conv+Relu"
+    assert by_tensor["r2"].op == "MaxPool+Conv+Relu"
+    assert by_tensor["r2"].node == "relu2"
+    assert all(layer.layerwise is None for layer in layers)  # no copies asked for
+
+
+def test_the_layerwise_model_is_valid_and_keeps_the_float_outputs(built):
+    prepared, qdq, _, frames = built
+    lw = layerwise.build(prepared, qdq)
+    onnx.checker.check_model(lw.model)
+    feed = {"input": frames[0]}
+    expected = _run(prepared, ["logits"], feed)["logits"]
+    np.testing.assert_array_equal(_run(lw.model, ["logits"], feed)["logits"], expected)
+
+
+def test_each_layer_copy_is_that_layer_of_the_qdq_model_fed_with_float_values(built):
+    """Oracle: onnx.utils.extract_model cuts the layer out of the QDQ model at its float
+    inputs (the tensors its input QuantizeLinear nodes read); feed them the float model's
+    values and the layer copy must agree bit for bit."""
+    prepared, qdq, _, frames = built
+    lw = layerwise.build(prepared, qdq)
+    quantize_of = {
+        n.output[0]: n for n in qdq.graph.node if n.op_type == "QuantizeLinear"
+    }  # Q output -> Q
+    float_input_of = {
+        n.output[0]: quantize_of[n.input[0]].input[0]
+        for n in qdq.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in quantize_of
+    }  # activation DQ output -> the float tensor its Q reads
+    float_names = [layer.tensor for layer in lw.layers]
+    copies = [layer.layerwise for layer in lw.layers]
+    for frame in frames:
+        feed = {"input": frame}
+        values = _run(lw.model, float_names + copies, feed)
+        for layer in lw.layers:
+            if layer.op == "input":
+                continue
+            cut_inputs = _layer_inputs(qdq, layer.quantized, float_input_of)
+            cut = onnx.utils.Extractor(qdq).extract_model(cut_inputs, [layer.quantized])
+            # A cut input is a graph input or a "<name>_float" tensor of the QDQ writer.
+            cut_feed = {name: values[name.removesuffix("_float")] for name in cut_inputs}
+            expected = _run(cut, [layer.quantized], cut_feed)[layer.quantized]
+            np.testing.assert_array_equal(values[layer.layerwise], expected, err_msg=layer.tensor)
+    # And not trivially: a deeper layer quantized alone differs from float and from the
+    # accumulated result.
+    accumulated = _run(qdq, ["r2"], {"input": frames[0]})["r2"]
+    alone = _run(lw.model, ["r2", lw.layers[2].layerwise], {"input": frames[0]})
+    assert lw.layers[2].tensor == "r2"
+    assert not np.array_equal(alone[lw.layers[2].layerwise], alone["r2"])
+    assert not np.array_equal(alone[lw.layers[2].layerwise], accumulated)
+
+
+def _layer_inputs(qdq: onnx.ModelProto, output: str, float_input_of: dict) -> list[str]:
+    """The float tensors whose quantization feeds the layer that produces `output`: walk up
+    from its output QuantizeLinear to the activation DequantizeLinear nodes."""
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    start = producer[producer[output].input[0]].input[0]  # DQ <- Q <- the layer's float output
+    found, seen, stack = set(), set(), [start]
+    while stack:
+        name = stack.pop()
+        if name in float_input_of:
+            found.add(float_input_of[name])
+        elif name in producer and name not in seen:
+            seen.add(name)
+            stack.extend(producer[name].input)
+    return sorted(found)
+
+
+def test_first_conv_alone_equals_accumulated(built):
+    """conv1 reads only the quantized graph input, so alone and accumulated are the same."""
+    prepared, qdq, _, frames = built
+    lw = layerwise.build(prepared, qdq)
+    layer = next(layer for layer in lw.layers if layer.tensor == "r1")
+    feed = {"input": frames[1]}
+    alone = _run(lw.model, [layer.layerwise], feed)[layer.layerwise]
+    np.testing.assert_array_equal(alone, _run(qdq, ["r1"], feed)["r1"])
+
+
+def test_error_sums_stream_over_frames_like_one_concatenated_sum():
+    rng = np.random.default_rng(0)
+    frames = [rng.normal(0, 1, (2, 5)).astype(np.float32) for _ in range(4)]
+    noisy = [x + rng.normal(0, 0.1, x.shape).astype(np.float32) for x in frames]
+    sums = ErrorSums(2)
+    for x, q in zip(frames, noisy):
+        sums.update(x, q, None)
+    x = np.concatenate([f.ravel() for f in frames]).astype(np.float64)
+    q = np.concatenate([f.ravel() for f in noisy]).astype(np.float64)
+    assert sums.signal == pytest.approx(float(np.sum(x * x)), rel=1e-12)
+    assert sums.noise[0] == pytest.approx(float(np.sum((x - q) ** 2)), rel=1e-12)
+    expected = 10 * np.log10(np.sum(x * x) / np.sum((x - q) ** 2))
+    assert sums.sqnr_db()[0] == pytest.approx(expected, rel=1e-12)
+    assert sums.sqnr_db()[1] is None  # never updated: no error measured
+
+
+def test_build_writes_layer_errors_worst_first(tmp_path, monkeypatch):
+    monkeypatch.delenv("QUANTBUILD_CACHE", raising=False)
+    root = make_project(tmp_path / "proj", {"base": RECIPE.format(extra="")})
+    done = run_cli("build", "-C", str(root))
+    assert done.code == 0, done.stdout + done.stderr
+    report = json.loads((root / "build" / "base" / "layer_errors.json").read_text())
+    record = json.loads((root / "build" / "base" / "quant_params.json").read_text())
+    rows = report["layers"]
+    assert report["frames"] == 6
+    assert {r["tensor"] for r in rows} == set(record["activations"])
+    alone = [r["layerwise_sqnr_db"] for r in rows]
+    assert all(isinstance(v, float) for v in alone)
+    assert alone == sorted(alone)
+    by_tensor = {r["tensor"]: r for r in rows}
+    # The graph input and the first conv see the same inputs both ways.
+    for name in ("input", "r1"):
+        assert by_tensor[name]["layerwise_sqnr_db"] == pytest.approx(
+            by_tensor[name]["accumulated_sqnr_db"], abs=1e-9
+        )
+    # Errors add up: the output is worse accumulated than quantized alone.
+    assert by_tensor["logits"]["accumulated_sqnr_db"] < by_tensor["logits"]["layerwise_sqnr_db"]
+    worst = rows[0]
+    assert f"SQNR {worst['layerwise_sqnr_db']:.2f} dB alone" in done.stdout
+
+
+def test_layer_table_puts_undefined_sqnr_where_it_belongs():
+    def sums(signal: float, alone: float, accumulated: float) -> ErrorSums:
+        s = ErrorSums(2)
+        s.signal, s.noise = signal, [alone, accumulated]
+        return s
+
+    names = ["good", "perfect", "silent_but_wrong", "bad", "bad_too"]
+    layers = [layerwise.Layer(n, n, n + "~lw", n, "Conv") for n in names]
+    errors = [
+        sums(100.0, 1.0, 2.0),  # 20 dB alone
+        sums(100.0, 0.0, 0.0),  # no error at all: last
+        sums(0.0, 1.0, 1.0),  # error on a tensor that is always zero: first
+        sums(100.0, 10.0, 20.0),  # 10 dB
+        sums(100.0, 10.0, 50.0),  # 10 dB alone, worse accumulated
+    ]
+    table = evaluate.layer_table(layers, errors)
+    assert [r["tensor"] for r in table] == ["silent_but_wrong", "bad_too", "bad", "good", "perfect"]
+    assert table[1]["layerwise_sqnr_db"] == pytest.approx(10.0)
+    assert table[1]["accumulated_sqnr_db"] == pytest.approx(10 * np.log10(2))
+    assert table[-1]["layerwise_sqnr_db"] is None and table[-1]["index"] == 1
