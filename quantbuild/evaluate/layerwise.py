@@ -6,9 +6,10 @@ MaxPool+Conv when the pool reads an already quantized tensor. In the QDQ model i
 a DequantizeLinear output that carries the float model's tensor name.
 
 The layer-wise model is the float graph plus, for every layer, a copy of its quantized nodes
-(input QuantizeLinear/DequantizeLinear, dequantized weights and biases, output Q/DQ) fed from
-the FLOAT tensors. One pass over it gives each layer's own error with float inputs, next to
-the float reference; the QDQ model gives the accumulated error.
+(dequantized weights and biases, output Q/DQ) fed with the FLOAT tensors, without their input
+grids: an input grid is the output grid of the layer that produces it and counts there. One
+pass over it gives each layer's own error (what promoting that layer to 16 bits removes), next
+to the float reference; the QDQ model gives the accumulated error.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ def _copy_layer(
         names = {}
         for name in node.input:
             if name in q.activations:
-                names[name] = requantized(name)
+                names[name] = q.float_name(name)  # float input: its grid is its producer's
             elif name in q.parameters:
                 names[name] = parameter(name)
             elif name in q.inits:

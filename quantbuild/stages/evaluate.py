@@ -21,7 +21,7 @@ from quantbuild.stages.context import Context
 from quantbuild.stages.settings import float_model_path
 
 NAME = "evaluate"
-VERSION = 3  # 2: layers.json (per-layer SQNR); 3: on the first LAYER_FRAMES frames
+VERSION = 4  # 2: layers.json; 3: on the first LAYER_FRAMES frames; 4: layer-wise without input grids
 READS = ("/evaluation",)
 INPUTS = ("prepare", "equalize", "quantize")
 EXPORTS = {"metrics.json": "metrics.json", "layers.json": "layer_errors.json"}

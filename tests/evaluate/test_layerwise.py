@@ -66,9 +66,9 @@ def test_the_layerwise_model_is_valid_and_keeps_the_float_outputs(built):
 
 
 def test_each_layer_copy_is_that_layer_of_the_qdq_model_fed_with_float_values(built):
-    """Oracle: onnx.utils.extract_model cuts the layer out of the QDQ model at its float
-    inputs (the tensors its input QuantizeLinear nodes read); feed them the float model's
-    values and the layer copy must agree bit for bit."""
+    """Oracle: onnx.utils.extract_model cuts the layer out of the QDQ model at its inputs'
+    DequantizeLinear outputs (input grids belong to the layers that produce them); feed them
+    the float model's values and the layer copy must agree bit for bit."""
     prepared, qdq, _, frames = built
     lw = layerwise.build(prepared, qdq)
     quantize_of = {
@@ -88,9 +88,21 @@ def test_each_layer_copy_is_that_layer_of_the_qdq_model_fed_with_float_values(bu
             if layer.op == "input":
                 continue
             cut_inputs = _layer_inputs(qdq, layer.quantized, float_input_of)
-            cut = onnx.utils.Extractor(qdq).extract_model(cut_inputs, [layer.quantized])
-            # A cut input is a graph input or a "<name>_float" tensor of the QDQ writer.
-            cut_feed = {name: values[name.removesuffix("_float")] for name in cut_inputs}
+            typed = onnx.ModelProto()
+            typed.CopyFrom(qdq)  # the Extractor needs a type for every cut input
+            known = {v.name for v in typed.graph.value_info}
+            typed.graph.value_info.extend(
+                onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                for n in cut_inputs
+                if n not in known
+            )
+            cut = onnx.utils.Extractor(typed).extract_model(cut_inputs, [layer.quantized])
+            # A cut input carries the float tensor's name, except a graph input's Q/DQ output.
+            inputs = {i.name for i in qdq.graph.input}
+            cut_feed = {
+                name: values[float_input_of[name] if float_input_of[name] in inputs else name]
+                for name in cut_inputs
+            }
             expected = _run(cut, [layer.quantized], cut_feed)[layer.quantized]
             np.testing.assert_array_equal(values[layer.layerwise], expected, err_msg=layer.tensor)
     # And not trivially: a deeper layer quantized alone differs from float and from the
@@ -103,29 +115,37 @@ def test_each_layer_copy_is_that_layer_of_the_qdq_model_fed_with_float_values(bu
 
 
 def _layer_inputs(qdq: onnx.ModelProto, output: str, float_input_of: dict) -> list[str]:
-    """The float tensors whose quantization feeds the layer that produces `output`: walk up
-    from its output QuantizeLinear to the activation DequantizeLinear nodes."""
+    """The activation DequantizeLinear outputs the layer that produces `output` reads: walk
+    up from its output QuantizeLinear."""
     producer = {o: n for n in qdq.graph.node for o in n.output}
     start = producer[producer[output].input[0]].input[0]  # DQ <- Q <- the layer's float output
     found, seen, stack = set(), set(), [start]
     while stack:
         name = stack.pop()
         if name in float_input_of:
-            found.add(float_input_of[name])
+            found.add(name)
         elif name in producer and name not in seen:
             seen.add(name)
             stack.extend(producer[name].input)
     return sorted(found)
 
 
-def test_first_conv_alone_equals_accumulated(built):
-    """conv1 reads only the quantized graph input, so alone and accumulated are the same."""
+def test_the_input_grid_counts_for_the_input_not_for_the_first_conv(built):
+    """conv1 reads the quantized graph input: accumulated includes the input grid, alone
+    does not (that error is the `input` row's)."""
     prepared, qdq, _, frames = built
     lw = layerwise.build(prepared, qdq)
-    layer = next(layer for layer in lw.layers if layer.tensor == "r1")
+    by_tensor = {layer.tensor: layer for layer in lw.layers}
     feed = {"input": frames[1]}
-    alone = _run(lw.model, [layer.layerwise], feed)[layer.layerwise]
-    np.testing.assert_array_equal(alone, _run(qdq, ["r1"], feed)["r1"])
+    names = [by_tensor["r1"].layerwise, by_tensor["input"].layerwise]
+    alone, alone_input = (_run(lw.model, names, feed)[n] for n in names)
+    assert not np.array_equal(alone, _run(qdq, ["r1"], feed)["r1"])
+    quantize = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear")
+    assert quantize.input[0] == "input"
+    quantized_input = next(
+        n.output[0] for n in qdq.graph.node if n.input and n.input[0] == quantize.output[0]
+    )
+    np.testing.assert_array_equal(alone_input, _run(qdq, [quantized_input], feed)[quantized_input])
 
 
 def test_error_sums_stream_over_frames_like_one_concatenated_sum():
@@ -158,11 +178,11 @@ def test_build_writes_layer_errors_worst_first(tmp_path, monkeypatch):
     assert all(isinstance(v, float) for v in alone)
     assert alone == sorted(alone)
     by_tensor = {r["tensor"]: r for r in rows}
-    # The graph input and the first conv see the same inputs both ways.
-    for name in ("input", "r1"):
-        assert by_tensor[name]["layerwise_sqnr_db"] == pytest.approx(
-            by_tensor[name]["accumulated_sqnr_db"], abs=1e-9
-        )
+    # The graph input's grid is the same both ways; the first conv alone has float inputs.
+    assert by_tensor["input"]["layerwise_sqnr_db"] == pytest.approx(
+        by_tensor["input"]["accumulated_sqnr_db"], abs=1e-9
+    )
+    assert by_tensor["r1"]["layerwise_sqnr_db"] > by_tensor["r1"]["accumulated_sqnr_db"]
     # Errors add up: the output is worse accumulated than quantized alone.
     assert by_tensor["logits"]["accumulated_sqnr_db"] < by_tensor["logits"]["layerwise_sqnr_db"]
     worst = rows[0]
