@@ -72,7 +72,10 @@ def report_files(builds: dict[str, RecipeBuild]) -> dict[str, bytes] | None:
         q = build.recipe.data["quantization"]
         row = Row(name, build.recipe.data.get("device"), q, metrics, precision)
         rows.append(row)
-        details.append(RecipeDetails(row, layers, _histograms(build, layers, stats_cache)))
+        sweep = None
+        if "sensitivity" in build.inputs("quantize") and build.entry("sensitivity") is not None:
+            sweep = _json(build.entry("sensitivity").path("sensitivity.json")).get("sweep")
+        details.append(RecipeDetails(row, layers, _histograms(build, layers, stats_cache), sweep))
     return {
         "report.md": render(rows).encode("utf-8"),
         "report.html": html.render(details).encode("utf-8"),

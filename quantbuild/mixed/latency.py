@@ -264,3 +264,25 @@ def read_table(path: Path | str) -> LatencyTable:
     if not rows:
         raise RecipeError("the latency table has no rows", source)
     return LatencyTable(rows, source)
+
+
+def static_shapes(
+    model: onnx.ModelProto, inputs: dict[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every tensor when the graph inputs have the given shapes (symbolic
+    dimensions such as H/W resolved by shape inference)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        if value.name in inputs:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, inputs[value.name]):
+                dim.ClearField("dim_param")
+                dim.dim_value = size
+    del fixed.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
+    values = (
+        list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
+    )
+    shapes = {v.name: static_shape(v.type) for v in values}
+    return {name: shape for name, shape in shapes.items() if shape is not None}

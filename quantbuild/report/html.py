@@ -3,6 +3,7 @@ activation histograms with their clip ranges, and the precision map (inline SVG,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from html import escape
 
@@ -50,6 +51,7 @@ class RecipeDetails:
     row: Row
     layers: list[dict] | None = None  # evaluate's layers.json "layers", worst first
     histograms: list[Histogram] = field(default_factory=list)
+    sweep: list[dict] | None = None  # sensitivity.json "sweep": automatic mixed precision
 
 
 def worst_tensors(layers: list[dict] | None, count: int = WORST_HISTOGRAMS) -> list[str]:
@@ -228,6 +230,24 @@ def _precision_section(precision: dict) -> str:
     )
 
 
+def _sweep_section(sweep: list[dict]) -> str:
+    points = [
+        (
+            p["ratio"],
+            10 * math.log10(1 / p["error"]) if p["error"] > 0 else 99.0,
+            "8-bit" if p["factor"] == 1.0 else f"F {p['factor']:g}",
+        )
+        for p in sweep
+    ]
+    chart = svg.line_chart(points, "estimated T_MP / T_8", "output SQNR (dB)")
+    return (
+        "<h3>Automatic mixed precision: fidelity against latency</h3>\n"
+        '<p class="note">Each point: the layers selected at that mixed_precision factor, the '
+        "estimated latency and the output SQNR on the sensitivity frames (calibration data).</p>\n"
+        + chart
+    )
+
+
 def render(details: list[RecipeDetails]) -> str:
     """The report page (deterministic for the same details)."""
     parts = [
@@ -248,6 +268,8 @@ def render(details: list[RecipeDetails]) -> str:
             parts.append(_histogram_section(d.histograms))
         if d.row.precision:
             parts.append(_precision_section(d.row.precision))
+        if d.sweep:
+            parts.append(_sweep_section(d.sweep))
         if not (d.layers or d.histograms or d.row.precision):
             parts.append('<p class="note">Not evaluated.</p>')
     parts.append("</body></html>\n")

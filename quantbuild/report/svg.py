@@ -267,3 +267,31 @@ def strip_chart(cells: Sequence[tuple[str, str]], width: float = 1100, cell: flo
         row, col = divmod(i, per_row)
         svg.rect(col * cell, row * cell, cell - 2, cell - 2, color, title)
     return svg.render()
+
+
+def line_chart(
+    points: Sequence[tuple[float, float, str]],
+    x_title: str,
+    y_title: str,
+    width: float = 560,
+    height: float = 260,
+) -> str:
+    """Labelled points (x, y, label) joined in order: a trade-off curve."""
+    svg = Svg(width, height, f"{y_title} against {x_title}")
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x_ticks = nice_ticks(min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1, 6)
+    y_ticks = nice_ticks(min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1)
+    frame = Frame(
+        56, 20, width - 80, height - 20 - 44, y_ticks[0], y_ticks[-1], x_ticks[0], x_ticks[-1]
+    )
+    frame.y_axis(svg, y_title, y_ticks)
+    svg.line(frame.left, frame.y(y_ticks[0]), frame.left + frame.width, frame.y(y_ticks[0]), INK)
+    for tick in x_ticks:
+        svg.text(frame.x(tick), frame.y(y_ticks[0]) + 14, tick_label(tick), 10, "middle")
+    svg.text(frame.left + frame.width / 2, height - 6, x_title, 11, "middle")
+    for (x1, y1, _), (x2, y2, _) in zip(points, points[1:]):
+        svg.line(frame.x(x1), frame.y(y1), frame.x(x2), frame.y(y2), BLUE, 1.5)
+    for x, y, label in points:
+        svg.circle(frame.x(x), frame.y(y), 3.5, ORANGE, f"{label}: {x:.3f}, {y:.2f}")
+        svg.text(frame.x(x) + 5, frame.y(y) - 6, label, 10)
+    return svg.render()

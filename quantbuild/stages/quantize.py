@@ -12,9 +12,9 @@ from onnx import numpy_helper
 
 from quantbuild.build.files import load_npz
 from quantbuild.calib.bias_runner import calibrate_biases
-from quantbuild.graph.onnx_utils import graph_inputs, static_shape
+from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.apply import wide_layers, widen_ranges
-from quantbuild.mixed.latency import estimate
+from quantbuild.mixed.latency import estimate, static_shapes
 from quantbuild.mixed.precision import Assignment, assign
 from quantbuild.mixed.select import select_layers
 from quantbuild.quant import ort_overrides, tidl_proto
@@ -24,7 +24,7 @@ from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
-from quantbuild.stages.sensitivity import PARAMS
+from quantbuild.stages.sensitivity import split_candidates
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "quantize"
@@ -158,7 +158,7 @@ def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict) -> Assignmen
     mp = q["mixed_precision"]
     where = ctx.recipe.where(("quantization", "mixed_precision"))
     chosen = _auto_selection(ctx, model, shapes) if mp.get("factor") and q["bits"] == 8 else []
-    promoted, promoted_params = _split(chosen)
+    promoted, promoted_params = split_candidates(chosen)
     lists = ("output_16bit", "params_16bit", "ranges")
     if q["bits"] == 16 or not (chosen or any(mp.get(k) for k in lists)):
         return assign(model, where=where)
@@ -190,24 +190,9 @@ def _table(assignment: Assignment, bits: int) -> list[dict]:
 
 def _observed_shapes(ctx: Context, model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Static shapes of every tensor for the first calibration frame (symbolic H/W resolved)."""
-    inputs = graph_inputs(model)
     dataset = ctx.dataset("calibration")
-    feed = dataset.load(dataset.frames[0], inputs)
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for value in fixed.graph.input:
-        if value.name in feed:
-            dims = value.type.tensor_type.shape.dim
-            for dim, size in zip(dims, feed[value.name].shape):
-                dim.ClearField("dim_param")
-                dim.dim_value = size
-    del fixed.graph.value_info[:]
-    inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
-    values = (
-        list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
-    )
-    shapes = {v.name: static_shape(v.type) for v in values}
-    return {name: shape for name, shape in shapes.items() if shape is not None}
+    feed = dataset.load(dataset.frames[0], graph_inputs(model))
+    return static_shapes(model, {name: value.shape for name, value in feed.items()})
 
 
 def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[str]:
@@ -217,7 +202,7 @@ def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[
     manual = assign(model, mp.get("output_16bit", []), mp.get("params_16bit", []))
 
     def ratio_of(chosen: list[str]) -> float:
-        outputs, params = _split(chosen)
+        outputs, params = split_candidates(chosen)
         listed = list(mp.get("output_16bit", [])) + outputs
         weights = list(mp.get("params_16bit", [])) + params
         return estimate(model, assign(model, listed, weights), shapes).ratio
@@ -229,14 +214,3 @@ def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[
         f"{estimate(model, manual, shapes).ratio:.3f})"
     )
     return chosen
-
-
-def _split(chosen: list[str]) -> tuple[list[str], list[str]]:
-    """Selected candidates as (output_16bit layers, params_16bit layers)."""
-    outputs = [c for c in chosen if not c.endswith(PARAMS)]
-    params = [
-        c.removesuffix(PARAMS)
-        for c in chosen
-        if c.endswith(PARAMS) and c.removesuffix(PARAMS) not in outputs
-    ]
-    return outputs, params

@@ -19,7 +19,9 @@ import onnx
 from quantbuild.build.files import load_npz
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.apply import wide_layers, widen_ranges
+from quantbuild.mixed.latency import estimate, static_shapes
 from quantbuild.mixed.precision import WEIGHTED, assign
+from quantbuild.mixed.select import select_layers
 from quantbuild.progress import track
 from quantbuild.quant.qdq import write_qdq
 from quantbuild.quant.ranges_io import read
@@ -28,7 +30,7 @@ from quantbuild.stages.context import Context
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "sensitivity"
-VERSION = 3  # 3: 32-bit biases for 8-bit layers fed 16-bit inputs
+VERSION = 4  # 3: 32-bit biases for 8-bit layers fed 16-bit inputs; 4: factor sweep
 READS = (
     "/quantization/bits",
     "/quantization/scale",
@@ -44,6 +46,18 @@ INPUTS = ("prepare", "equalize", "stats", "ranges")
 EXPORTS = {"sensitivity.json": "sensitivity.json"}
 FRAMES = 8  # calibration frames per measurement
 PARAMS = ":params"  # candidate suffix: the layer's weights only in 16 bits
+SWEEP = (1.05, 1.1, 1.2, 1.3, 1.5, 2.0)  # factors measured for the report
+
+
+def split_candidates(chosen: list[str]) -> tuple[list[str], list[str]]:
+    """Selected candidates as (output_16bit layers, params_16bit layers)."""
+    outputs = [c for c in chosen if not c.endswith(PARAMS)]
+    params = [
+        c.removesuffix(PARAMS)
+        for c in chosen
+        if c.endswith(PARAMS) and c.removesuffix(PARAMS) not in outputs
+    ]
+    return outputs, params
 
 
 def _error(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> float:
@@ -70,9 +84,7 @@ def run(ctx: Context, out: Path) -> dict:
     reference = [float_runner.run(names, feed) for feed in feeds]
 
     def error_with(promoted: list[str]) -> float:
-        outputs = [c for c in promoted if not c.endswith(PARAMS)]
-        params = [c.removesuffix(PARAMS) for c in promoted if c.endswith(PARAMS)]
-        assignment = assign(model, outputs, params)
+        assignment = assign(model, *split_candidates(promoted))
         wide = widen_ranges(ranges, stats, assignment, symmetric, power_of_2)
         qdq, _ = write_qdq(model, wide, replace(options, wide_layers=wide_layers(assignment)))
         runner = session(qdq)
@@ -85,7 +97,24 @@ def run(ctx: Context, out: Path) -> dict:
     candidates = layers + [f"{name}{PARAMS}" for name in layers]
     measured = track(candidates, "sensitivity", len(candidates), unit="candidates")
     gains = {name: base - error_with([name]) for name in measured}
-    result = {"frames": len(feeds), "error_8bit": base, "gains": gains}
+    shapes = static_shapes(model, {name: value.shape for name, value in feeds[0].items()})
+
+    def ratio_of(chosen: list[str]) -> float:
+        return estimate(model, assign(model, *split_candidates(chosen)), shapes).ratio
+
+    # What automatic selection buys at each budget, for the report's fidelity/latency plot.
+    sweep = [{"factor": 1.0, "ratio": 1.0, "error": base, "layers": 0}]
+    for factor in SWEEP:
+        chosen = select_layers(gains, ratio_of, factor)
+        sweep.append(
+            {
+                "factor": factor,
+                "ratio": ratio_of(chosen),
+                "error": error_with(chosen),
+                "layers": len(chosen),
+            }
+        )
+    result = {"frames": len(feeds), "error_8bit": base, "gains": gains, "sweep": sweep}
     (out / "sensitivity.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     best = sorted(gains, key=gains.get, reverse=True)[:3]
     ctx.log(

@@ -70,6 +70,15 @@ def test_automatic_selection_under_a_factor_and_factor_change_reruns_only_the_se
     precision = json.loads((project / "build" / "base" / "precision.json").read_text())
     promoted = [r for r in precision["layers"] if r["why"].startswith("promoted")]
     assert promoted and precision["latency"]["ratio"] <= 1.5
+    # The factor sweep for the report: within each budget, and never worse than 8-bit.
+    sweep = json.loads((project / "build" / "base" / "sensitivity.json").read_text())["sweep"]
+    assert [p["factor"] for p in sweep] == [1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0]
+    assert all(p["ratio"] <= p["factor"] + 1e-9 for p in sweep)
+    assert sweep[-1]["error"] < sweep[0]["error"] and sweep[-1]["layers"] > 0
+    assert (
+        "Automatic mixed precision: fidelity against latency"
+        in (project / "build" / "report.html").read_text()
+    )
     (project / "base.yaml").write_text(
         RECIPE.format(extra="quantization: {mixed_precision: {factor: 1.1}}\n")
     )

@@ -181,3 +181,15 @@ def test_report_task_writes_html_beside_markdown_and_keeps_it_current(tmp_path, 
     again = run_doit(root)
     assert again.ran == {"report"}
     assert (root / "build" / "report.html").read_text() == page
+
+
+def test_mixed_precision_sweep_is_a_labelled_curve():
+    sweep = [
+        {"factor": 1.0, "ratio": 1.0, "error": 0.1, "layers": 0},
+        {"factor": 1.2, "ratio": 1.19, "error": 0.01, "layers": 4},
+    ]
+    row = Row("r", None, Q8, None)
+    page = html.render([html.RecipeDetails(row, None, [], sweep)])
+    chart = page.split("fidelity against latency</h3>")[1].split("</svg>")[0]
+    assert "8-bit: 1.000, 10.00" in chart and "F 1.2: 1.190, 20.00" in chart
+    assert chart.count("<line") >= 2 and ">F 1.2</text>" in chart
