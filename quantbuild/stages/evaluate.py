@@ -21,9 +21,8 @@ from quantbuild.stages.context import Context
 from quantbuild.stages.settings import float_model_path
 
 NAME = "evaluate"
-VERSION = (
-    4  # 2: layers.json; 3: on the first LAYER_FRAMES frames; 4: layer-wise without input grids
-)
+# 2: layers.json; 3: on the first LAYER_FRAMES frames; 4: layer-wise without input grids
+VERSION = 4
 READS = ("/evaluation",)
 INPUTS = ("prepare", "equalize", "quantize")
 EXPORTS = {"metrics.json": "metrics.json", "layers.json": "layer_errors.json"}
