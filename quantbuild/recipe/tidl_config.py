@@ -972,6 +972,11 @@ def export_options(data: dict) -> tuple[dict, list[str]]:
             f"quantization.bias_bits: {q['bias_bits']} is set by the device in TIDL "
             "(16 bits on TDA4VM, 32 elsewhere)"
         )
+    if q.get("equalization"):
+        warnings.append(
+            "quantization.equalization: not a TIDL option; give TIDL the equalized model "
+            "build/<recipe>/model.float.onnx (with quant_params.prototxt for the same ranges)"
+        )
     options = {}
     for row in OPTIONS:
         value = encoded.get(row.key)

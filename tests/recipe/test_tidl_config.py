@@ -121,7 +121,10 @@ def test_recipe_round_trip(folder, case, fmt):
 def test_accuracy_level_9_only_where_tidl_needs_it(folder):
     kept = _resolve(folder, _recipe_text("extends: [devices/am68a]\n"))
     assert export_options(kept)[0]["accuracy_level"] == 1
-    moved = _resolve(folder, _recipe_text("quantization: {weights: {per_channel: true}}\n"))
+    moved = _resolve(
+        folder,
+        _recipe_text("quantization: {weights: {per_channel: true}, equalization: false}\n"),
+    )
     options, warnings = export_options(moved)
     assert options["accuracy_level"] == 9 and warnings == []
     assert options["advanced_options:channel_wise_quantization"] == 1
@@ -432,7 +435,7 @@ def test_export_warns_where_tidl_cannot_follow(folder):
 
 def test_calibration_frames_follow_what_quantbuild_runs(folder):
     def frames(limit: int | None, bias: str) -> tuple:
-        text = _recipe_text(f"quantization: {{bias_calibration: {bias}}}\n")
+        text = _recipe_text(f"quantization: {{bias_calibration: {bias}, equalization: false}}\n")
         if limit:
             text = text.replace("{images: calib}", f"{{images: calib, limit: {limit}}}")
         options, warnings = export_options(_resolve(folder, text))
@@ -533,3 +536,11 @@ def test_cli_round_trip(folder):
     run = run_cli("import-config", "bad.json", cwd=folder)
     assert run.code == 2
     assert run.stderr.startswith("error: bad.json: advanced_options:quantization_scale_type: 7")
+
+
+def test_equalization_is_not_a_tidl_option_and_export_says_which_model_to_compile(folder):
+    _, warnings = export_options(_resolve(folder, _recipe_text("")))
+    assert warnings == [
+        "quantization.equalization: not a TIDL option; give TIDL the equalized model "
+        "build/<recipe>/model.float.onnx (with quant_params.prototxt for the same ranges)"
+    ]
