@@ -1,7 +1,7 @@
 """doit loader plugin: plain `doit` in a project folder builds every recipe.
 
-Tasks are `<stage>:<recipe>` (prepare, stats, ranges, quantize, evaluate) plus `report`
-(report.md and report.html).
+Tasks are `<stage>:<recipe>` (prepare, equalize, stats, ranges, sensitivity, quantize, evaluate)
+plus `report` (report.md and report.html).
 A task is up to date when the store holds the artifact for its current key and its exported
 files match it; doit checks this just before the task would run, after its upstream tasks.
 """
