@@ -15,7 +15,7 @@ from quantbuild.graph.equalize import equalize, find_pairs
 from quantbuild.stages.context import Context
 
 NAME = "equalize"
-VERSION = 1
+VERSION = 2  # 2: no stamp when no tensor qualifies
 READS = ("/quantization/equalization", "/calibration/data", "/calibration/preprocess")
 INPUTS = ("prepare",)
 # The model that was quantized: what TIDL compiles with the exported quant_params.prototxt.
@@ -30,11 +30,13 @@ def run(ctx: Context, out: Path) -> dict:
     measured = channel_ranges(model, ctx.dataset("calibration"), tensors, frames)
     equalized, factors = equalize(model, measured)
     record = {name: [float(x) for x in f] for name, f in factors.items()}
-    stamp = digest(record)
-    del equalized.metadata_props[:]
-    meta = {p.key: p.value for p in model.metadata_props}
-    meta[STAMP] = stamp
-    onnx.helper.set_model_props(equalized, dict(sorted(meta.items())))
+    # Stamped only when something changed: an unchanged model fits any ranges of the original.
+    stamp = digest(record) if record else None
+    if stamp:
+        del equalized.metadata_props[:]
+        meta = {p.key: p.value for p in model.metadata_props}
+        meta[STAMP] = stamp
+        onnx.helper.set_model_props(equalized, dict(sorted(meta.items())))
     (out / "model.onnx").write_bytes(equalized.SerializeToString())
     (out / "equalization.json").write_text(
         json.dumps({"digest": stamp, "frames": frames, "factors": record}, indent=1) + "\n",

@@ -137,3 +137,22 @@ def test_equalizing_a_prequantized_model_is_a_recipe_error(project):
     assert "quantization.equalization: a pre-quantized model's scales fit its own weights" in (
         failed.stdout + failed.stderr
     )
+
+
+def test_a_model_without_equalizable_pairs_is_not_stamped_and_its_ranges_import_anywhere(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("QUANTBUILD_CACHE", raising=False)
+    root = make_project(tmp_path / "plain")  # small_cnn: every conv is followed by Relu
+    assert run_doit(root).code == 0
+    assert stamp_of(onnx.load(str(root / "build" / "base" / "model.float.onnx"))) is None
+    _, info = read(root / "build" / "base" / "ranges.yaml")
+    assert "equalization" not in info
+    (root / "shared").mkdir()
+    shutil.copyfile(root / "build" / "base" / "ranges.yaml", root / "shared" / "ranges.yaml")
+    (root / "reuse.yaml").write_text(
+        (root / "base.yaml").read_text()
+        + "quantization: {ranges: {import: shared/ranges.yaml}, equalization: false}\n"
+    )
+    built = run_doit(root)
+    assert built.code == 0, built.stdout + built.stderr
