@@ -974,8 +974,9 @@ def export_options(data: dict) -> tuple[dict, list[str]]:
         )
     if q.get("equalization"):
         warnings.append(
-            "quantization.equalization: not a TIDL option; give TIDL the equalized model "
-            "build/<recipe>/model.float.onnx (with quant_params.prototxt for the same ranges)"
+            "quantization.equalization: not a TIDL option; where it rescaled the model (the "
+            "equalize stage logs how many tensors), give TIDL build/<recipe>/model.float.onnx "
+            "(with quant_params.prototxt for the same ranges)"
         )
     options = {}
     for row in OPTIONS:

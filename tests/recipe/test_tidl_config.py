@@ -541,6 +541,7 @@ def test_cli_round_trip(folder):
 def test_equalization_is_not_a_tidl_option_and_export_says_which_model_to_compile(folder):
     _, warnings = export_options(_resolve(folder, _recipe_text("")))
     assert warnings == [
-        "quantization.equalization: not a TIDL option; give TIDL the equalized model "
-        "build/<recipe>/model.float.onnx (with quant_params.prototxt for the same ranges)"
+        "quantization.equalization: not a TIDL option; where it rescaled the model (the "
+        "equalize stage logs how many tensors), give TIDL build/<recipe>/model.float.onnx "
+        "(with quant_params.prototxt for the same ranges)"
     ]
