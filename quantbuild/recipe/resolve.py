@@ -166,7 +166,11 @@ def _imported_equalization_frames(source: Path) -> int | None:
 
     _, info = read(source)
     equalization = info.get("equalization")
-    return equalization.get("frames") if isinstance(equalization, dict) else None
+    frames = equalization.get("frames") if isinstance(equalization, dict) else None
+    # A hand-edited file is not schema-checked: only a positive count is taken.
+    return (
+        frames if isinstance(frames, int) and not isinstance(frames, bool) and frames > 0 else None
+    )
 
 
 def _resolve_paths(data: dict, doc: Located, recipe_file: Path) -> None:
