@@ -11,40 +11,34 @@ from pathlib import Path
 
 import onnx
 
+from quantbuild.data.dataset import Dataset
 from quantbuild.errors import DataError
 from quantbuild.evaluate import layerwise
 from quantbuild.evaluate.metrics import ErrorSums, Fidelity, Top1
 from quantbuild.graph.onnx_utils import graph_inputs
+from quantbuild.mixed.latency import static_shapes
 from quantbuild.progress import track
 from quantbuild.runtime import session, with_outputs
 from quantbuild.stages.context import Context
 from quantbuild.stages.settings import float_model_path
 
 NAME = "evaluate"
-# 2: layers.json; 3: on the first LAYER_FRAMES frames; 4: layer-wise without input grids
-VERSION = 4
+# 2: layers.json; 3: on the first LAYER_FRAMES frames; 4: layer-wise without input grids;
+# 5: per-layer analysis in chunks, after the output pass
+VERSION = 5
 READS = ("/evaluation",)
 INPUTS = ("prepare", "equalize", "quantize")
 EXPORTS = {"metrics.json": "metrics.json", "layers.json": "layer_errors.json"}
 WORST_LOGGED = 3
 LAYER_FRAMES = 32  # evaluation frames for the per-layer SQNR (the first ones)
+LAYER_BYTES = 192 << 20  # analysed tensor values held per frame and chunk
 
 
 def run(ctx: Context, out: Path) -> dict:
     metrics = ctx.recipe.data["evaluation"]["metrics"]
     float_model = onnx.load(str(float_model_path(ctx)))
     quant_model = onnx.load(str(ctx.inputs["quantize"].path("model.qdq.onnx")))
-    # One pass, two sessions: the layer-wise model computes the float reference and every
-    # layer quantized alone; the QDQ model computes everything quantized up to each tensor.
-    lw = layerwise.build(float_model, quant_model)
-    layers = lw.layers
     outputs = [o.name for o in float_model.graph.output]
-    reference_names = list(dict.fromkeys(outputs + [layer.tensor for layer in layers]))
-    copies = [layer.layerwise for layer in layers if layer.layerwise]
-    quantized_names = list(dict.fromkeys(outputs + [layer.quantized for layer in layers]))
-    # Per-layer errors settle within a few dozen frames; every frame still scores the outputs.
-    analysed = session(with_outputs(lw.model, reference_names + copies))
-    analysed_quantized = session(with_outputs(quant_model, quantized_names))
     reference, quantized = session(float_model), session(quant_model)
     inputs = graph_inputs(float_model)
     dataset = ctx.dataset("evaluation")
@@ -52,31 +46,17 @@ def run(ctx: Context, out: Path) -> dict:
         {"float": Top1(), "quantized": Top1()} if "top1" in metrics and dataset.has_labels else None
     )
     fidelity = {name: Fidelity() for name in outputs}
-    errors = [ErrorSums(2) for _ in layers]  # per layer: [layer-wise, accumulated]
-    frames = track(dataset.iterate(inputs), "evaluation", len(dataset.frames))
-    for index, (frame, feed) in enumerate(frames):
-        per_layer = index < LAYER_FRAMES
-        ref_names = reference_names + copies if per_layer else outputs
-        got_names = quantized_names if per_layer else outputs
-        try:
-            ref_session = analysed if per_layer else reference
-            got_session = analysed_quantized if per_layer else quantized
-            ref = dict(zip(ref_names, ref_session.run(ref_names, feed)))
-            got = dict(zip(got_names, got_session.run(got_names, feed)))
-        except Exception as err:
-            raise DataError(
-                f"{dataset.field}: the model failed on {dataset.describe(frame)}: "
-                f"{str(err).splitlines()[0]}",
-                dataset.where,
-            ) from None
+    for frame, feed in track(dataset.iterate(inputs), "evaluation", len(dataset.frames)):
+        ref = dict(zip(outputs, _run(reference, outputs, feed, dataset, frame)))
+        got = dict(zip(outputs, _run(quantized, outputs, feed, dataset, frame)))
         for name in outputs:
             fidelity[name].update(ref[name], got[name])
-        for layer, sums in zip(layers, errors if per_layer else []):
-            alone = ref[layer.layerwise] if layer.layerwise else None
-            sums.update(ref[layer.tensor], alone, got[layer.quantized])
         if top1:
             top1["float"].update(ref[outputs[0]], frame.label)
             top1["quantized"].update(got[outputs[0]], frame.label)
+    lw = layerwise.build(float_model, quant_model)
+    layers = lw.layers
+    errors = _layer_errors(lw, quant_model, dataset, inputs)
     result: dict = {"frames": len(dataset.frames), "outputs": {}}
     if top1:
         result["top1"] = {k: v.value() for k, v in top1.items()}
@@ -104,6 +84,72 @@ def run(ctx: Context, out: Path) -> dict:
             f"accumulated: {row['tensor']} ({row['op']} {row['node']})"
         )
     return result
+
+
+def _layer_errors(
+    lw: layerwise.LayerwiseModel,
+    quant_model: onnx.ModelProto,
+    dataset: Dataset,
+    inputs: list,
+) -> list[ErrorSums]:
+    """Per layer [layer-wise, accumulated] error sums over the first LAYER_FRAMES frames.
+
+    The layer-wise model gives the float reference and each layer quantized alone; the QDQ
+    model everything quantized up to each tensor. Every analysed tensor is a session output,
+    so the tensors go in chunks whose values for one frame fit LAYER_BYTES: memory stays
+    bounded on large feature maps, at the cost of re-running the models per chunk."""
+    frames = dataset.frames[:LAYER_FRAMES]
+    errors = [ErrorSums(2) for _ in lw.layers]
+    if not frames or not lw.layers:
+        return errors
+    first = dataset.load(frames[0], inputs)
+    try:
+        shapes = static_shapes(lw.model, {name: value.shape for name, value in first.items()})
+    except Exception:  # unknown shapes: one chunk, as much memory as the model needs
+        shapes = {}
+    chunks = _chunks(lw.layers, shapes)
+    for number, chunk in enumerate(chunks, 1):
+        ref_names = list(dict.fromkeys([lw.layers[i].tensor for i in chunk]))
+        ref_names += [lw.layers[i].layerwise for i in chunk if lw.layers[i].layerwise]
+        got_names = list(dict.fromkeys(lw.layers[i].quantized for i in chunk))
+        analysed = session(with_outputs(lw.model, ref_names))
+        analysed_quantized = session(with_outputs(quant_model, got_names))
+        label = "layer errors" + (f" {number}/{len(chunks)}" if len(chunks) > 1 else "")
+        for frame in track(frames, label, len(frames)):
+            feed = dataset.load(frame, inputs)
+            ref = dict(zip(ref_names, _run(analysed, ref_names, feed, dataset, frame)))
+            got = dict(zip(got_names, _run(analysed_quantized, got_names, feed, dataset, frame)))
+            for i in chunk:
+                layer = lw.layers[i]
+                alone = ref[layer.layerwise] if layer.layerwise else None
+                errors[i].update(ref[layer.tensor], alone, got[layer.quantized])
+    return errors
+
+
+def _chunks(layers: list[layerwise.Layer], shapes: dict) -> list[list[int]]:
+    """Layer indices in graph order, grouped so that each group's outputs fit LAYER_BYTES."""
+    chunks: list[list[int]] = [[]]
+    used = 0
+    for i, layer in enumerate(layers):
+        # float value, quantized value, and the layer-wise copy: float32 each
+        size = 4 * math.prod(shapes.get(layer.tensor, (1,))) * (3 if layer.layerwise else 2)
+        if chunks[-1] and used + size > LAYER_BYTES:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(i)
+        used += size
+    return chunks
+
+
+def _run(runner, names: list[str], feed: dict, dataset: Dataset, frame) -> list:
+    try:
+        return runner.run(names, feed)
+    except Exception as err:
+        raise DataError(
+            f"{dataset.field}: the model failed on {dataset.describe(frame)}: "
+            f"{str(err).splitlines()[0]}",
+            dataset.where,
+        ) from None
 
 
 def layer_table(layers: list[layerwise.Layer], errors: list[ErrorSums]) -> list[dict]:

@@ -209,3 +209,34 @@ def test_layer_table_puts_undefined_sqnr_where_it_belongs():
     assert table[1]["layerwise_sqnr_db"] == pytest.approx(10.0)
     assert table[1]["accumulated_sqnr_db"] == pytest.approx(10 * np.log10(2))
     assert table[-1]["layerwise_sqnr_db"] is None and table[-1]["index"] == 1
+
+
+def test_layer_errors_in_small_chunks_equal_one_pass(built, tmp_path, monkeypatch):
+    """Chunking bounds memory; it must not change a single sum."""
+    prepared, qdq, _, _ = built
+    npz = write_npz(tmp_path / "val.npz", 5, seed=3)
+    dataset = open_dataset({"tensors": str(npz)}, {}, "evaluation.data", "recipe.yaml")
+    lw = layerwise.build(prepared, qdq)
+    inputs = evaluate.graph_inputs(prepared)
+    whole = evaluate._layer_errors(lw, qdq, dataset, inputs)
+    monkeypatch.setattr(evaluate, "LAYER_BYTES", 1)  # one layer per chunk
+    shapes = evaluate.static_shapes(prepared, {"input": (1, 3, 8, 8)})
+    assert len(evaluate._chunks(lw.layers, shapes)) == len(lw.layers)
+    chunked = evaluate._layer_errors(lw, qdq, dataset, inputs)
+    assert [(e.signal, e.noise) for e in chunked] == [(e.signal, e.noise) for e in whole]
+    assert all(e.signal > 0 for e in whole)
+
+
+def test_chunks_keep_graph_order_within_the_byte_budget(built, monkeypatch):
+    prepared, qdq, _, _ = built
+    lw = layerwise.build(prepared, qdq)
+    shapes = evaluate.static_shapes(prepared, {"input": (1, 3, 8, 8)})
+    sizes = [
+        4 * int(np.prod(shapes[layer.tensor])) * (3 if layer.layerwise else 2)
+        for layer in lw.layers
+    ]
+    monkeypatch.setattr(evaluate, "LAYER_BYTES", max(sizes) * 2)
+    chunks = evaluate._chunks(lw.layers, shapes)
+    assert [i for chunk in chunks for i in chunk] == list(range(len(lw.layers)))
+    assert 1 < len(chunks) < len(lw.layers)
+    assert all(sum(sizes[i] for i in chunk) <= max(sizes) * 2 for chunk in chunks)
