@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import onnx
 import onnxruntime as ort
 
-from quantbuild.errors import ModelError
+from quantbuild.errors import DataError, ModelError
+
+if TYPE_CHECKING:
+    from quantbuild.data.dataset import Dataset, FrameRef
 
 FLOAT = onnx.TensorProto.FLOAT
 
@@ -58,3 +64,31 @@ def session(model: onnx.ModelProto, optimize: bool = False) -> ort.InferenceSess
         )
     except Exception as err:
         raise ModelError(f"onnxruntime cannot load the model: {str(err).splitlines()[0]}") from None
+
+
+def run_frame(
+    runner: ort.InferenceSession,
+    names: list[str],
+    feed: dict,
+    dataset: Dataset,
+    frame: FrameRef,
+    finite: bool = False,
+) -> list[np.ndarray]:
+    """The named tensors on one frame of `dataset`; a DataError naming the frame when the model
+    fails, or (with `finite`) when a tensor is not finite."""
+    try:
+        values = runner.run(names, feed)
+    except Exception as err:
+        raise DataError(
+            f"{dataset.field}: the model failed on {dataset.describe(frame)}: "
+            f"{str(err).splitlines()[0]}",
+            dataset.where,
+        ) from None
+    for name, value in zip(names, values) if finite else ():
+        if value.size and not np.isfinite(value).all():
+            raise DataError(
+                f"{dataset.field}: tensor {name!r} is not finite on {dataset.describe(frame)}; "
+                "check the preprocessing (mean/scale) and the model",
+                dataset.where,
+            )
+    return values

@@ -182,6 +182,15 @@ evaluation:
 {extra}"""
 
 
+def device_recipes() -> dict[str, str]:
+    """RECIPE for TDA4VM and for AM68A: two recipes sharing model and calibration data."""
+    body = RECIPE.split("\n", 1)[1].format(extra="")
+    return {
+        "a_tda4vm": "version: 1\nextends: [devices/tda4vm]\n" + body,
+        "b_am68a": "version: 1\nextends: [devices/am68a]\n" + body,
+    }
+
+
 def make_project(
     root: Path, recipes: dict[str, str] | None = None, calib_frames: int = 8, val_frames: int = 6
 ) -> Path:

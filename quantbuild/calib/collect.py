@@ -10,11 +10,10 @@ import onnx
 
 from quantbuild.calib.histogram import BINS, accumulate, sample
 from quantbuild.data.dataset import Dataset
-from quantbuild.errors import DataError
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.progress import track
 from quantbuild.quant.qdq import activation_tensors
-from quantbuild.runtime import float_tensors, session, with_outputs
+from quantbuild.runtime import float_tensors, run_frame, session, with_outputs
 
 
 def collect_statistics(
@@ -42,7 +41,7 @@ def collect_statistics(
     hist = np.zeros((count, BINS if histograms else 0), dtype=np.int64)
     frames = 0
     for frame, feed in track(dataset.iterate(inputs), "statistics", len(dataset.frames)):
-        for i, value in enumerate(_run(runner, names, feed, dataset, frame)):
+        for i, value in enumerate(run_frame(runner, names, feed, dataset, frame, finite=True)):
             if value.size == 0:
                 continue
             low[i] = min(low[i], float(value.min()))
@@ -66,33 +65,15 @@ def channel_ranges(
     chosen = dataset.frames[:frames]
     for frame in track(chosen, "equalization ranges", len(chosen)):
         feed = dataset.load(frame, inputs)
-        for name, value in zip(tensors, _run(runner, tensors, feed, dataset, frame)):
+        for name, value in zip(
+            tensors, run_frame(runner, tensors, feed, dataset, frame, finite=True)
+        ):
             if value.ndim < 2 or value.size == 0:
                 continue
             axes = (0,) + tuple(range(2, value.ndim))
             channel = np.abs(value).max(axis=axes).astype(np.float64)
             peak[name] = channel if name not in peak else np.maximum(peak[name], channel)
     return peak
-
-
-def _run(runner, names: list[str], feed: dict, dataset: Dataset, frame) -> list[np.ndarray]:
-    """The named tensors on one frame; a clear DataError when the model fails or they are not
-    finite."""
-    try:
-        values = runner.run(names, feed)
-    except Exception as err:
-        raise DataError(
-            f"{dataset.field}: the model failed on {dataset.describe(frame)}: {str(err).splitlines()[0]}",
-            dataset.where,
-        ) from None
-    for name, value in zip(names, values):
-        if value.size and not np.isfinite(value).all():
-            raise DataError(
-                f"{dataset.field}: tensor {name!r} is not finite on {dataset.describe(frame)}; "
-                "check the preprocessing (mean/scale) and the model",
-                dataset.where,
-            )
-    return values
 
 
 def _result(

@@ -16,7 +16,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantbuild.calib.policy import Distribution, clip_range
-from quantbuild.quant.qdq import ELEMENTWISE_CONSTANTS, VALUE_PRESERVING, activation_tensors
+from quantbuild.quant.qdq import (
+    ELEMENTWISE_CONSTANTS,
+    VALUE_PRESERVING,
+    activation_tensors,
+    weight_axis,
+)
 from quantbuild.runtime import float_tensors
 
 CONVS = ("Conv", "ConvTranspose")
@@ -236,18 +241,6 @@ def batchnorm_checks(model: onnx.ModelProto) -> list[CheckResult]:
 # -- check 2: weights ----------------------------------------------------------------------
 
 
-def _channel_axis(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
-    """The output-channel axis of a weight (as quantbuild's per-channel grids use it)."""
-    attrs = _attrs(node)
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1 if attrs.get("group", 1) == 1 else None
-    if node.op_type == "Gemm":
-        return 0 if attrs.get("transB", 0) else 1
-    return 1 if weight.ndim == 2 else None
-
-
 def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else math.inf
 
@@ -285,7 +278,7 @@ def weight_checks(
         spread.checked += 1
         outliers.checked += 1
         shape = "x".join(str(d) for d in raw.shape)
-        axis = _channel_axis(node, raw)
+        axis = weight_axis(node, raw)
         if axis is not None:
             channel_peak = np.moveaxis(weight, axis, 0).reshape(raw.shape[axis], -1).max(axis=1)
             live = channel_peak[channel_peak > 0]  # all-zero channels cost nothing

@@ -120,7 +120,7 @@ def activation_tensors(model: onnx.ModelProto, candidates: set[str]) -> list[str
     return chosen
 
 
-def _weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
+def weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
     """The output-channel axis of a weight, or None where per-channel does not apply."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Conv":
@@ -232,7 +232,7 @@ class QDQWriter:
                 weight = numpy_helper.to_array(self.inits[w_name])
                 if weight.dtype != np.float32:
                     continue
-                axis = _weight_axis(node, weight) if opts.per_channel else None
+                axis = weight_axis(node, weight) if opts.per_channel else None
                 stated = opts.stated(w_name, axis)
                 if stated is None:
                     weight = clip_weights(weight, opts.clipping, opts.bits, axis, opts.power_of_2)

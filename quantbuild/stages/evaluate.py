@@ -12,13 +12,12 @@ from pathlib import Path
 import onnx
 
 from quantbuild.data.dataset import Dataset
-from quantbuild.errors import DataError
 from quantbuild.evaluate import layerwise
 from quantbuild.evaluate.metrics import ErrorSums, Fidelity, Top1
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.latency import static_shapes
 from quantbuild.progress import track
-from quantbuild.runtime import session, with_outputs
+from quantbuild.runtime import run_frame, session, with_outputs
 from quantbuild.stages.context import Context
 from quantbuild.stages.settings import float_model_path
 
@@ -47,8 +46,8 @@ def run(ctx: Context, out: Path) -> dict:
     )
     fidelity = {name: Fidelity() for name in outputs}
     for frame, feed in track(dataset.iterate(inputs), "evaluation", len(dataset.frames)):
-        ref = dict(zip(outputs, _run(reference, outputs, feed, dataset, frame)))
-        got = dict(zip(outputs, _run(quantized, outputs, feed, dataset, frame)))
+        ref = dict(zip(outputs, run_frame(reference, outputs, feed, dataset, frame)))
+        got = dict(zip(outputs, run_frame(quantized, outputs, feed, dataset, frame)))
         for name in outputs:
             fidelity[name].update(ref[name], got[name])
         if top1:
@@ -117,8 +116,10 @@ def _layer_errors(
         label = "layer errors" + (f" {number}/{len(chunks)}" if len(chunks) > 1 else "")
         for frame in track(frames, label, len(frames)):
             feed = dataset.load(frame, inputs)
-            ref = dict(zip(ref_names, _run(analysed, ref_names, feed, dataset, frame)))
-            got = dict(zip(got_names, _run(analysed_quantized, got_names, feed, dataset, frame)))
+            ref = dict(zip(ref_names, run_frame(analysed, ref_names, feed, dataset, frame)))
+            got = dict(
+                zip(got_names, run_frame(analysed_quantized, got_names, feed, dataset, frame))
+            )
             for i in chunk:
                 layer = lw.layers[i]
                 alone = ref[layer.layerwise] if layer.layerwise else None
@@ -139,17 +140,6 @@ def _chunks(layers: list[layerwise.Layer], shapes: dict) -> list[list[int]]:
         chunks[-1].append(i)
         used += size
     return chunks
-
-
-def _run(runner, names: list[str], feed: dict, dataset: Dataset, frame) -> list:
-    try:
-        return runner.run(names, feed)
-    except Exception as err:
-        raise DataError(
-            f"{dataset.field}: the model failed on {dataset.describe(frame)}: "
-            f"{str(err).splitlines()[0]}",
-            dataset.where,
-        ) from None
 
 
 def layer_table(layers: list[layerwise.Layer], errors: list[ErrorSums]) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from builders import RECIPE, make_project, write_npz
+from builders import RECIPE, device_recipes, make_project, write_npz
 from cli_runner import run_cli, run_doit
 
 ALL = {f"{s}:base" for s in ("prepare", "equalize", "stats", "ranges", "quantize", "evaluate")} | {
@@ -52,12 +52,7 @@ def test_changing_only_evaluation_data_reruns_evaluate_and_report(project):
 
 
 def test_recipes_sharing_model_and_calibration_compute_stats_once(tmp_path):
-    recipes = {
-        "a_tda4vm": "version: 1\nextends: [devices/tda4vm]\n"
-        + RECIPE.split("\n", 1)[1].format(extra=""),
-        "b_am68a": "version: 1\nextends: [devices/am68a]\n"
-        + RECIPE.split("\n", 1)[1].format(extra=""),
-    }
+    recipes = device_recipes()
     root = make_project(tmp_path / "shared", recipes)
     first = run_doit(root)
     assert first.code == 0, first.stdout

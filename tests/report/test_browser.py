@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import RECIPE, make_project
+from builders import device_recipes, make_project
 from cli_runner import run_cli
 from PIL import Image
 
@@ -64,12 +64,7 @@ def _near(pixels: np.ndarray, hex_color: str, tolerance: int = 24) -> np.ndarray
 def test_report_renders_with_visible_charts(tmp_path, monkeypatch):
     _require_chromium()
     monkeypatch.delenv("QUANTBUILD_CACHE", raising=False)
-    recipes = {
-        "a_tda4vm": "version: 1\nextends: [devices/tda4vm]\n"
-        + RECIPE.split("\n", 1)[1].format(extra=""),
-        "b_am68a": "version: 1\nextends: [devices/am68a]\n"
-        + RECIPE.split("\n", 1)[1].format(extra=""),
-    }
+    recipes = device_recipes()
     root = make_project(tmp_path / "proj", recipes)
     built = run_cli("build", "-C", str(root))
     assert built.code == 0, built.stdout + built.stderr

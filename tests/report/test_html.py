@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from builders import RECIPE, make_project
+from builders import device_recipes, make_project
 from cli_runner import run_cli, run_doit
 
 from quantbuild.calib.histogram import BINS, accumulate
@@ -162,12 +162,7 @@ def test_page_is_balanced_self_contained_and_matches_the_markdown_numbers():
 
 def test_report_task_writes_html_beside_markdown_and_keeps_it_current(tmp_path, monkeypatch):
     monkeypatch.delenv("QUANTBUILD_CACHE", raising=False)
-    recipes = {
-        "a_tda4vm": "version: 1\nextends: [devices/tda4vm]\n"
-        + RECIPE.split("\n", 1)[1].format(extra=""),
-        "b_am68a": "version: 1\nextends: [devices/am68a]\n"
-        + RECIPE.split("\n", 1)[1].format(extra=""),
-    }
+    recipes = device_recipes()
     root = make_project(tmp_path / "proj", recipes)
     built = run_cli("build", "-C", str(root))
     assert built.code == 0, built.stdout + built.stderr
