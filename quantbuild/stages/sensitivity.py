@@ -99,8 +99,14 @@ def run(ctx: Context, out: Path) -> dict:
     gains = {name: base - error_with([name]) for name in measured}
     shapes = static_shapes(model, {name: value.shape for name, value in feeds[0].items()})
 
+    ratios: dict[tuple[str, ...], float] = {}
+
     def ratio_of(chosen: list[str]) -> float:
-        return estimate(model, assign(model, *split_candidates(chosen)), shapes).ratio
+        # The sweep's selections share every single-layer cost and their common prefixes.
+        key = tuple(chosen)
+        if key not in ratios:
+            ratios[key] = estimate(model, assign(model, *split_candidates(chosen)), shapes).ratio
+        return ratios[key]
 
     # What automatic selection buys at each budget, for the report's fidelity/latency plot.
     sweep = [{"factor": 1.0, "ratio": 1.0, "error": base, "layers": 0}]
