@@ -10,9 +10,12 @@ from onnx import helper, numpy_helper
 
 from quantbuild.calib.bias_correction import BiasedLayer, channel_means, step_size, update
 from quantbuild.data.dataset import Dataset
+from quantbuild.evaluate.metrics import relative_error
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.progress import track
 from quantbuild.runtime import session, with_outputs
+
+CHECK_FRAMES = 16  # frames on which calibrated and uncalibrated biases are compared
 
 
 def _layers(qdq: onnx.ModelProto, record: dict) -> list[BiasedLayer]:
@@ -65,7 +68,10 @@ def calibrate_biases(
     iterations: int,
     log: Callable[[str], None] = print,
 ) -> onnx.ModelProto:
-    """Correct the biases of `qdq` toward the float model's per-channel output means."""
+    """Correct the biases of `qdq` toward the float model's per-channel output means (TI's
+    advanced bias calibration). The corrected model is returned only if its output is closer
+    to the float model's than `qdq`'s, on up to CHECK_FRAMES calibration frames after the
+    first `frames` (or the first ones when there are no others); else `qdq` itself."""
     layers = _layers(qdq, record)
     if not layers:
         return qdq
@@ -98,14 +104,44 @@ def calibrate_biases(
         last_gap = gap
         for layer, f, q in zip(layers, float_means[index], quant_means):
             update(layer, f, q, step_size(t, len(chosen)))
-    log(
-        f"bias calibration: {len(layers)} layers, {len(chosen)} frames, {iterations} iterations; "
-        f"mean |float - quantized| channel mean {first_gap:.3g} -> {last_gap:.3g}"
-    )
     result = onnx.ModelProto()
     result.CopyFrom(qdq)
     by_name = {f"{layer.bias}_quantized": layer for layer in layers}
     for tensor in result.graph.initializer:
         if tensor.name in by_name:
             tensor.CopyFrom(numpy_helper.from_array(by_name[tensor.name].integers(), tensor.name))
+    summary = (
+        f"bias calibration: {len(layers)} layers, {len(chosen)} frames, {iterations} iterations; "
+        f"mean |float - quantized| channel mean {first_gap:.3g} -> {last_gap:.3g}"
+    )
+    # Matching every layer's channel means does not always bring the output closer to the
+    # float model's (it can even move it away, e.g. around 16-bit layers in mixed precision):
+    # keep the calibrated biases only when they do, judged on frames they were not fitted to.
+    held_out = dataset.frames[frames : frames + CHECK_FRAMES]
+    check = held_out or dataset.frames[:CHECK_FRAMES]
+    before, after = _output_errors(float_model, [qdq, result], dataset, check)
+    where = f"{len(check)} {'held-out ' if held_out else ''}frames"
+    if after >= before:
+        log(
+            f"{summary}; output error {before:.3g} -> {after:.3g} on {where}: "
+            "kept the uncalibrated biases"
+        )
+        return qdq
+    log(f"{summary}; output error {before:.3g} -> {after:.3g} on {where}")
     return result
+
+
+def _output_errors(
+    float_model: onnx.ModelProto, candidates: list[onnx.ModelProto], dataset: Dataset, frames
+) -> list[float]:
+    """Each candidate's output error relative to the float model on `frames`."""
+    inputs = graph_inputs(float_model)
+    names = [o.name for o in float_model.graph.output]
+    feeds = [dataset.load(frame, inputs) for frame in frames]
+    reference_runner = session(float_model)
+    reference = [reference_runner.run(names, feed) for feed in feeds]
+    errors = []
+    for model in candidates:
+        runner = session(model)
+        errors.append(relative_error([runner.run(names, feed) for feed in feeds], reference))
+    return errors

@@ -1,4 +1,4 @@
-"""Streaming metrics (numpy only): top-1 accuracy, SQNR and cosine similarity."""
+"""Metrics (numpy only): top-1 accuracy, SQNR, cosine similarity, relative output error."""
 
 from __future__ import annotations
 
@@ -86,3 +86,13 @@ class ErrorSums:
 
     def sqnr_db(self) -> list[float | None]:
         return [sqnr_db(self.signal, noise) for noise in self.noise]
+
+
+def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> float:
+    """Mean over frames and outputs of the squared error relative to the reference's power:
+    the fidelity measure that sensitivity analysis and bias calibration minimize."""
+    errors = []
+    for got, want in zip(outputs, reference):
+        for g, w in zip(got, want):
+            errors.append(float(np.mean((g - w) ** 2) / max(float(np.mean(w**2)), 1e-30)))
+    return float(np.mean(errors))

@@ -24,11 +24,12 @@ from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
-from quantbuild.stages.sensitivity import split_candidates
+from quantbuild.stages.sensitivity import SWEEP, ErrorProbe, least_error, split_candidates
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "quantize"
-VERSION = 16  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs
+VERSION = 17  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs; 17: bias calibration kept
+# only when it brings the output closer to float
 READS = (
     "/quantization/prequantized",
     "/quantization/mixed_precision",
@@ -199,15 +200,24 @@ def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[
     """Layers promoted under `mixed_precision.factor`, from the cached sensitivities."""
     mp = ctx.recipe.data["quantization"]["mixed_precision"]
     sensitivity = json.loads(ctx.inputs["sensitivity"].path("sensitivity.json").read_text())
-    manual = assign(model, mp.get("output_16bit", []), mp.get("params_16bit", []))
+    spans = [tuple(pair) for pair in mp.get("ranges", [])]
+    manual = assign(model, mp.get("output_16bit", []), mp.get("params_16bit", []), spans)
+
+    def lists(chosen: list[str]) -> tuple[list[str], list[str]]:
+        outputs, params = split_candidates(chosen)
+        return list(mp.get("output_16bit", [])) + outputs, list(mp.get("params_16bit", [])) + params
 
     def ratio_of(chosen: list[str]) -> float:
-        outputs, params = split_candidates(chosen)
-        listed = list(mp.get("output_16bit", [])) + outputs
-        weights = list(mp.get("params_16bit", [])) + params
-        return estimate(model, assign(model, listed, weights), shapes).ratio
+        return estimate(model, assign(model, *lists(chosen), spans), shapes).ratio
 
-    chosen = select_layers(sensitivity["gains"], ratio_of, float(mp["factor"]))
+    factor = float(mp["factor"])
+    budgets = [f for f in (factor, *SWEEP) if f <= factor]
+    # The smaller budgets' selections, and none at all, compete on measured error.
+    selections = [select_layers(sensitivity["gains"], ratio_of, f) for f in budgets] + [[]]
+    chosen = selections[0]
+    if any(other != chosen for other in selections):
+        probe = ErrorProbe(ctx, model)
+        chosen = least_error(selections, lambda c: probe.error(*lists(c), spans))
     ctx.log(
         f"automatic mixed precision (factor {mp['factor']}): {len(chosen)} layers promoted, "
         f"estimated T_MP / T_8 {ratio_of(chosen):.3f} (manual lists alone "

@@ -1,26 +1,36 @@
 """sensitivity: how much each layer's promotion to 16 bits improves the output (auto mixed precision).
 
-For every layer with weights (Conv, ConvTranspose, Gemm, MatMul), the 8-bit model with that
-layer alone promoted runs on a few calibration frames, twice: 16-bit outputs and weights
-(TIDL output_16bit, with its propagation), and 16-bit weights only (params_16bit); its output error against float, next to the all-8-bit error, is
-the layer's gain. A cached artifact of its own: changing the latency budget (factor) re-runs
-only the selection in quantize.
+Candidates are the layers with weights (Conv, ConvTranspose, Gemm, MatMul), each twice: 16-bit
+outputs and weights (TIDL output_16bit, with its propagation) and 16-bit weights only
+(params_16bit). A candidate's gain is the output error (against float, on a few calibration
+frames) its promotion removes, averaged over two backgrounds:
+- everything else 8-bit: what the layer buys on its own;
+- everything else 16-bit: what the layer costs when it alone stays 8-bit. This catches chains
+  of layers that only pay off together (each 8-bit feature map in a chain re-adds the error the
+  others removed), which the first measure misses.
+The average of a layer's marginal gain at the two ends of the path from all-8-bit to
+all-16-bit is a two-point estimate of its average marginal gain along that path.
+
+A cached artifact of its own: changing the latency budget (factor) re-runs only the selection
+in quantize, which takes the greedy selection for the factor unless a smaller budget's
+measures a lower error (least_error).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from quantbuild.build.files import load_npz
+from quantbuild.evaluate.metrics import relative_error
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.latency import estimate, static_shapes
-from quantbuild.mixed.precision import WEIGHTED, assign
+from quantbuild.mixed.precision import CHANGES_PRECISION, WEIGHTED, Network, assign
 from quantbuild.mixed.select import select_layers
 from quantbuild.progress import track
 from quantbuild.quant.qdq import write_qdq
@@ -30,7 +40,8 @@ from quantbuild.stages.context import Context
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "sensitivity"
-VERSION = 4  # 3: 32-bit biases for 8-bit layers fed 16-bit inputs; 4: factor sweep
+VERSION = 6  # 3: 32-bit biases for 8-bit layers fed 16-bit inputs; 4: factor sweep;
+# 6: gains averaged over an 8-bit and a 16-bit background, sweep points best of smaller budgets
 READS = (
     "/quantization/bits",
     "/quantization/scale",
@@ -60,43 +71,82 @@ def split_candidates(chosen: list[str]) -> tuple[list[str], list[str]]:
     return outputs, params
 
 
-def _error(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> float:
-    """Mean over frames and outputs of the squared error relative to the float output power."""
-    errors = []
-    for got, want in zip(outputs, reference):
-        for g, w in zip(got, want):
-            errors.append(float(np.mean((g - w) ** 2) / max(float(np.mean(w**2)), 1e-30)))
-    return float(np.mean(errors))
+class ErrorProbe:
+    """The output error (relative to float, on the first FRAMES calibration frames) of the
+    8-bit model with some layers in 16 bits: what automatic mixed precision minimizes."""
+
+    def __init__(self, ctx: Context, model: onnx.ModelProto):
+        q = ctx.recipe.data["quantization"]
+        self.model = model
+        self.ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
+        self.stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
+        self.options = weight_options(q)
+        self.grid = feature_map_grid(q)
+        dataset = ctx.dataset("calibration")
+        inputs = graph_inputs(model)
+        self.feeds = [dataset.load(frame, inputs) for frame in dataset.frames[:FRAMES]]
+        self.names = [o.name for o in model.graph.output]
+        float_runner = session(model)
+        self.reference = [float_runner.run(self.names, feed) for feed in self.feeds]
+
+    def error(
+        self,
+        output_16bit: Iterable[str],
+        params_16bit: Iterable[str] = (),
+        ranges: Iterable[tuple[str, str]] = (),
+    ) -> float:
+        """Error with TIDL's lists (and start/end `ranges`) applied."""
+        assignment = assign(self.model, output_16bit, params_16bit, ranges)
+        wide = widen_ranges(self.ranges, self.stats, assignment, *self.grid)
+        options = replace(self.options, wide_layers=wide_layers(assignment))
+        runner = session(write_qdq(self.model, wide, options)[0])
+        outputs = [runner.run(self.names, feed) for feed in self.feeds]
+        return relative_error(outputs, self.reference)
+
+
+def least_error(selections: list[list[str]], error: Callable[[list[str]], float]) -> list[str]:
+    """The selection with the lowest measured error, the first one on ties. Greedy selection
+    under a larger budget can measure worse than under a smaller one (promotions interact);
+    comparing with the smaller budgets' selections keeps more budget from costing fidelity."""
+    unique = list({tuple(s): s for s in selections}.values())
+    return min(unique, key=error)
 
 
 def run(ctx: Context, out: Path) -> dict:
-    q = ctx.recipe.data["quantization"]
     model = onnx.load(str(float_model_path(ctx)))
-    ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
-    stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
-    options = weight_options(q)
-    symmetric, power_of_2 = feature_map_grid(q)
-    dataset = ctx.dataset("calibration")
-    inputs = graph_inputs(model)
-    feeds = [dataset.load(frame, inputs) for frame in dataset.frames[:FRAMES]]
-    names = [o.name for o in model.graph.output]
-    float_runner = session(model)
-    reference = [float_runner.run(names, feed) for feed in feeds]
+    probe = ErrorProbe(ctx, model)
+    feeds = probe.feeds
 
     def error_with(promoted: list[str]) -> float:
-        assignment = assign(model, *split_candidates(promoted))
-        wide = widen_ranges(ranges, stats, assignment, symmetric, power_of_2)
-        qdq, _ = write_qdq(model, wide, replace(options, wide_layers=wide_layers(assignment)))
-        runner = session(qdq)
-        return _error([runner.run(names, feed) for feed in feeds], reference)
+        return probe.error(*split_candidates(promoted))
 
     base = error_with([])
     layers = [n.name for n in model.graph.node if n.op_type in WEIGHTED]
-    # Each layer twice: 16-bit outputs and weights, or 16-bit weights only (TIDL
-    # params_16bit), which costs far less where the weights are the problem.
     candidates = layers + [f"{name}{PARAMS}" for name in layers]
-    measured = track(candidates, "sensitivity", len(candidates), unit="candidates")
-    gains = {name: base - error_with([name]) for name in measured}
+    # Every layer that can be listed, i.e. the model as 16-bit as TIDL's rules allow (fused
+    # activations are not listed: they would name, and so keep promoted, their host).
+    net = Network(model)
+    promotable = CHANGES_PRECISION | WEIGHTED
+    everything = [n for n, op in net.op.items() if op in promotable and n not in net.host]
+    top = error_with(everything)
+    steps = track(
+        [("alone", c) for c in candidates] + [("together", name) for name in layers],
+        "sensitivity",
+        len(candidates) + len(layers),
+        unit="layers",
+    )
+    alone: dict[str, float] = {}
+    together: dict[str, float] = {}
+    for kind, name in steps:
+        if kind == "alone":
+            alone[name] = base - error_with([name])
+            continue
+        # `name` back to 8 bits in the 16-bit model, then with its weights only promoted.
+        rest = [other for other in everything if other != name]
+        demoted = error_with(rest)
+        together[name] = demoted - top
+        together[f"{name}{PARAMS}"] = demoted - error_with(rest + [f"{name}{PARAMS}"])
+    gains = {name: (alone[name] + together[name]) / 2 for name in candidates}
     shapes = static_shapes(model, {name: value.shape for name, value in feeds[0].items()})
 
     ratios: dict[tuple[str, ...], float] = {}
@@ -109,22 +159,40 @@ def run(ctx: Context, out: Path) -> dict:
         return ratios[key]
 
     # What automatic selection buys at each budget, for the report's fidelity/latency plot.
+    errors: dict[tuple[str, ...], float] = {}
+
+    def measured(chosen: list[str]) -> float:
+        key = tuple(chosen)
+        if key not in errors:
+            errors[key] = error_with(chosen)
+        return errors[key]
+
     sweep = [{"factor": 1.0, "ratio": 1.0, "error": base, "layers": 0}]
     for factor in SWEEP:
-        chosen = select_layers(gains, ratio_of, factor)
+        budgets = [f for f in (factor, *SWEEP) if f <= factor]
+        chosen = least_error([select_layers(gains, ratio_of, f) for f in budgets] + [[]], measured)
         sweep.append(
             {
                 "factor": factor,
                 "ratio": ratio_of(chosen),
-                "error": error_with(chosen),
+                "error": measured(chosen),
                 "layers": len(chosen),
             }
         )
-    result = {"frames": len(feeds), "error_8bit": base, "gains": gains, "sweep": sweep}
+    result = {
+        "frames": len(feeds),
+        "error_8bit": base,
+        "error_16bit": top,
+        "gains": gains,
+        "gains_8bit_background": alone,
+        "gains_16bit_background": together,
+        "sweep": sweep,
+    }
     (out / "sensitivity.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     best = sorted(gains, key=gains.get, reverse=True)[:3]
     ctx.log(
-        f"{len(layers)} layers (x2) measured on {len(feeds)} frames; 8-bit relative error "
-        f"{base:.3g}; most sensitive: {', '.join(best)}"
+        f"{len(layers)} layers (x2) measured on {len(feeds)} frames against 8- and 16-bit "
+        f"backgrounds; relative error 8-bit {base:.3g}, 16-bit {top:.3g}; most sensitive: "
+        f"{', '.join(best)}"
     )
     return {"candidates": len(candidates), "error_8bit": base}

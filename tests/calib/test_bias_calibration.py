@@ -76,3 +76,36 @@ def test_bias_calibration_reduces_the_per_channel_mean_error(tmp_path):
     assert [n.SerializeToString() for n in qdq.graph.node] == [
         n.SerializeToString() for n in corrected.graph.node
     ]
+
+
+def _calibration_setup(tmp_path, frames: int = 16):
+    model, _ = prepare_model(small_cnn(seed=3))
+    data = open_dataset(
+        {"tensors": str(write_npz(tmp_path / "c.npz", frames, seed=5))},
+        {},
+        "calibration.data",
+        "r.yaml",
+    )
+    ranges = activation_ranges(collect_statistics(model, data), "minmax", 8, True, True)
+    qdq, record = write_qdq(model, ranges, WeightOptions(8, False, True, 16))
+    return model, data, qdq, record
+
+
+def test_calibration_is_judged_on_held_out_frames(tmp_path):
+    model, data, qdq, record = _calibration_setup(tmp_path)
+    logged = []
+    calibrate_biases(model, qdq, record, data, frames=8, iterations=16, log=logged.append)
+    assert "output error" in logged[0] and "on 8 held-out frames" in logged[0]
+
+
+def test_biases_that_move_the_output_away_from_float_are_not_kept(tmp_path, monkeypatch):
+    model, data, qdq, record = _calibration_setup(tmp_path)
+
+    def away(layer, float_mean, quant_mean, alpha):  # a correction with the wrong sign
+        layer.value = (layer.value - 20 * alpha * (float_mean - quant_mean)).astype(np.float32)
+
+    monkeypatch.setattr("quantbuild.calib.bias_runner.update", away)
+    logged = []
+    result = calibrate_biases(model, qdq, record, data, frames=8, iterations=16, log=logged.append)
+    assert result is qdq
+    assert "kept the uncalibrated biases" in logged[0]

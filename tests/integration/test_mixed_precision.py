@@ -71,9 +71,20 @@ def test_automatic_selection_under_a_factor_and_factor_change_reruns_only_the_se
     promoted = [r for r in precision["layers"] if r["why"].startswith("promoted")]
     assert promoted and precision["latency"]["ratio"] <= 1.5
     # The factor sweep for the report: within each budget, and never worse than 8-bit.
-    sweep = json.loads((project / "build" / "base" / "sensitivity.json").read_text())["sweep"]
+    sensitivity = json.loads((project / "build" / "base" / "sensitivity.json").read_text())
+    # Each gain is the mean of the two backgrounds' measurements, over the same candidates.
+    alone, together = sensitivity["gains_8bit_background"], sensitivity["gains_16bit_background"]
+    assert sensitivity["gains"].keys() == alone.keys() == together.keys()
+    assert all(
+        abs(gain - (alone[name] + together[name]) / 2) < 1e-12
+        for name, gain in sensitivity["gains"].items()
+    )
+    assert sensitivity["error_16bit"] < sensitivity["error_8bit"]
+    sweep = sensitivity["sweep"]
     assert [p["factor"] for p in sweep] == [1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0]
     assert all(p["ratio"] <= p["factor"] + 1e-9 for p in sweep)
+    # More budget never measures worse: each point is the best of the smaller budgets' too.
+    assert all(b["error"] <= a["error"] for a, b in zip(sweep, sweep[1:]))
     assert sweep[-1]["error"] < sweep[0]["error"] and sweep[-1]["layers"] > 0
     assert (
         "Automatic mixed precision: fidelity against latency"
