@@ -59,24 +59,16 @@ def _with_bias_inputs(qdq: onnx.ModelProto, layers: list[BiasedLayer]) -> onnx.M
     return model
 
 
-def calibrate_biases(
+def _fit(
     float_model: onnx.ModelProto,
     qdq: onnx.ModelProto,
-    record: dict,
+    layers: list[BiasedLayer],
     dataset: Dataset,
-    frames: int,
+    chosen: list,
     iterations: int,
-    log: Callable[[str], None] = print,
-) -> onnx.ModelProto:
-    """Correct the biases of `qdq` toward the float model's per-channel output means (TI's
-    advanced bias calibration). The corrected model is returned only if its output is closer
-    to the float model's than `qdq`'s, on up to CHECK_FRAMES calibration frames after the
-    first `frames` (or the first ones when there are no others); else `qdq` itself."""
-    layers = _layers(qdq, record)
-    if not layers:
-        return qdq
+) -> tuple[float, float]:
+    """TI's iterations, updating `layers` in place; the first and last mean channel gaps."""
     inputs = graph_inputs(float_model)
-    chosen = dataset.frames[:frames]
     reference_runner = session(with_outputs(float_model, [layer.reference for layer in layers]))
     float_means = []
     for frame in chosen:
@@ -84,6 +76,7 @@ def calibrate_biases(
             [layer.reference for layer in layers], dataset.load(frame, inputs)
         )
         float_means.append([channel_means(o) for o in outputs])
+    del reference_runner  # one large session at a time
     calibration = _with_bias_inputs(qdq, layers)
     runner = session(with_outputs(calibration, [layer.output for layer in layers]))
     first_gap = last_gap = 0.0
@@ -104,6 +97,27 @@ def calibrate_biases(
         last_gap = gap
         for layer, f, q in zip(layers, float_means[index], quant_means):
             update(layer, f, q, step_size(t, len(chosen)))
+    return first_gap, last_gap
+
+
+def calibrate_biases(
+    float_model: onnx.ModelProto,
+    qdq: onnx.ModelProto,
+    record: dict,
+    dataset: Dataset,
+    frames: int,
+    iterations: int,
+    log: Callable[[str], None] = print,
+) -> onnx.ModelProto:
+    """Correct the biases of `qdq` toward the float model's per-channel output means (TI's
+    advanced bias calibration). The corrected model is returned only if its output is closer
+    to the float model's than `qdq`'s, on up to CHECK_FRAMES calibration frames after the
+    first `frames` (or the first ones when there are no others); else `qdq` itself."""
+    layers = _layers(qdq, record)
+    if not layers:
+        return qdq
+    chosen = dataset.frames[:frames]
+    first_gap, last_gap = _fit(float_model, qdq, layers, dataset, chosen, iterations)
     result = onnx.ModelProto()
     result.CopyFrom(qdq)
     by_name = {f"{layer.bias}_quantized": layer for layer in layers}
