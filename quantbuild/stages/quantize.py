@@ -218,9 +218,10 @@ def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[
     if any(other != chosen for other in selections):
         probe = ErrorProbe(ctx, model)
         chosen = least_error(selections, lambda c: probe.error(*lists(c), spans))
+    smaller = " (a smaller budget's selection: it measured lower error)" * (chosen != selections[0])
     ctx.log(
-        f"automatic mixed precision (factor {mp['factor']}): {len(chosen)} layers promoted, "
-        f"estimated T_MP / T_8 {ratio_of(chosen):.3f} (manual lists alone "
+        f"automatic mixed precision (factor {mp['factor']}): {len(chosen)} layers promoted"
+        f"{smaller}, estimated T_MP / T_8 {ratio_of(chosen):.3f} (manual lists alone "
         f"{estimate(model, manual, shapes).ratio:.3f})"
     )
     return chosen
