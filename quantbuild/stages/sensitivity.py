@@ -159,7 +159,7 @@ def run(ctx: Context, out: Path) -> dict:
         return ratios[key]
 
     # What automatic selection buys at each budget, for the report's fidelity/latency plot.
-    errors: dict[tuple[str, ...], float] = {}
+    errors: dict[tuple[str, ...], float] = {(): base}
 
     def measured(chosen: list[str]) -> float:
         key = tuple(chosen)
