@@ -21,3 +21,26 @@ def select_layers(
         if ratio_of(chosen + [name]) <= factor:
             chosen.append(name)
     return chosen
+
+
+def least_error(selections: list[list[str]], error: Callable[[list[str]], float]) -> list[str]:
+    """The selection with the lowest measured error, the first one on ties; each distinct
+    selection is measured once, and a lone one not at all."""
+    unique = list({tuple(s): s for s in selections}.values())
+    return unique[0] if len(unique) == 1 else min(unique, key=error)
+
+
+def select_within(
+    gains: dict[str, float],
+    ratio_of: Callable[[list[str]], float],
+    factor: float,
+    budgets: tuple[float, ...],
+    error: Callable[[list[str]], float],
+) -> list[str]:
+    """The greedy selection for `factor`, unless the selection for a smaller one of `budgets`,
+    or none at all, measures a lower `error`. Greedy selection under a larger budget can
+    measure worse than under a smaller one (promotions interact); this keeps more budget from
+    costing fidelity."""
+    smaller = [f for f in budgets if f < factor]
+    selections = [select_layers(gains, ratio_of, f) for f in (factor, *smaller)]
+    return least_error(selections + [[]], error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.latency import estimate, static_shapes
 from quantbuild.mixed.precision import Assignment, assign
-from quantbuild.mixed.select import select_layers
+from quantbuild.mixed.select import select_layers, select_within
 from quantbuild.quant import ort_overrides, tidl_proto
 from quantbuild.quant.params import DTYPES, QParams
 from quantbuild.quant.qdq import write_qdq
@@ -24,7 +25,7 @@ from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
-from quantbuild.stages.sensitivity import SWEEP, ErrorProbe, least_error, split_candidates
+from quantbuild.stages.sensitivity import SWEEP, ErrorProbe, split_candidates
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "quantize"
@@ -207,18 +208,20 @@ def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[
         outputs, params = split_candidates(chosen)
         return list(mp.get("output_16bit", [])) + outputs, list(mp.get("params_16bit", [])) + params
 
-    def ratio_of(chosen: list[str]) -> float:
-        return estimate(model, assign(model, *lists(chosen), spans), shapes).ratio
+    @functools.cache
+    def ratio_for(chosen: tuple[str, ...]) -> float:
+        return estimate(model, assign(model, *lists(list(chosen)), spans), shapes).ratio
 
-    factor = float(mp["factor"])
-    budgets = [f for f in (factor, *SWEEP) if f <= factor]
-    # The smaller budgets' selections, and none at all, compete on measured error.
-    selections = [select_layers(sensitivity["gains"], ratio_of, f) for f in budgets] + [[]]
-    chosen = selections[0]
-    if any(other != chosen for other in selections):
-        probe = ErrorProbe(ctx, model)
-        chosen = least_error(selections, lambda c: probe.error(*lists(c), spans))
-    smaller = " (a smaller budget's selection: it measured lower error)" * (chosen != selections[0])
+    def ratio_of(chosen: list[str]) -> float:
+        return ratio_for(tuple(chosen))
+
+    probe = functools.cache(lambda: ErrorProbe(ctx, model))  # only if selections differ
+    factor, gains = float(mp["factor"]), sensitivity["gains"]
+    chosen = select_within(
+        gains, ratio_of, factor, SWEEP, lambda c: probe().error(*lists(c), spans)
+    )
+    greedy = select_layers(gains, ratio_of, factor)
+    smaller = " (a smaller budget's selection: it measured lower error)" * (chosen != greedy)
     ctx.log(
         f"automatic mixed precision (factor {mp['factor']}): {len(chosen)} layers promoted"
         f"{smaller}, estimated T_MP / T_8 {ratio_of(chosen):.3f} (manual lists alone "

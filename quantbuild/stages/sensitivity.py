@@ -13,13 +13,14 @@ all-16-bit is a two-point estimate of its average marginal gain along that path.
 
 A cached artifact of its own: changing the latency budget (factor) re-runs only the selection
 in quantize, which takes the greedy selection for the factor unless a smaller budget's
-measures a lower error (least_error).
+measures a lower error (mixed.select.select_within).
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.latency import estimate, static_shapes
 from quantbuild.mixed.precision import CHANGES_PRECISION, WEIGHTED, Network, assign
-from quantbuild.mixed.select import select_layers
+from quantbuild.mixed.select import select_within
 from quantbuild.progress import track
 from quantbuild.quant.qdq import write_qdq
 from quantbuild.quant.ranges_io import read
@@ -104,14 +105,6 @@ class ErrorProbe:
         return relative_error(outputs, self.reference)
 
 
-def least_error(selections: list[list[str]], error: Callable[[list[str]], float]) -> list[str]:
-    """The selection with the lowest measured error, the first one on ties. Greedy selection
-    under a larger budget can measure worse than under a smaller one (promotions interact);
-    comparing with the smaller budgets' selections keeps more budget from costing fidelity."""
-    unique = list({tuple(s): s for s in selections}.values())
-    return min(unique, key=error)
-
-
 def run(ctx: Context, out: Path) -> dict:
     model = onnx.load(str(float_model_path(ctx)))
     probe = ErrorProbe(ctx, model)
@@ -149,14 +142,13 @@ def run(ctx: Context, out: Path) -> dict:
     gains = {name: (alone[name] + together[name]) / 2 for name in candidates}
     shapes = static_shapes(model, {name: value.shape for name, value in feeds[0].items()})
 
-    ratios: dict[tuple[str, ...], float] = {}
+    @functools.cache
+    def ratio_for(chosen: tuple[str, ...]) -> float:
+        # The sweep's selections share every single-layer cost and their common prefixes.
+        return estimate(model, assign(model, *split_candidates(list(chosen))), shapes).ratio
 
     def ratio_of(chosen: list[str]) -> float:
-        # The sweep's selections share every single-layer cost and their common prefixes.
-        key = tuple(chosen)
-        if key not in ratios:
-            ratios[key] = estimate(model, assign(model, *split_candidates(chosen)), shapes).ratio
-        return ratios[key]
+        return ratio_for(tuple(chosen))
 
     # What automatic selection buys at each budget, for the report's fidelity/latency plot.
     errors: dict[tuple[str, ...], float] = {(): base}
@@ -169,8 +161,7 @@ def run(ctx: Context, out: Path) -> dict:
 
     sweep = [{"factor": 1.0, "ratio": 1.0, "error": base, "layers": 0}]
     for factor in SWEEP:
-        budgets = [f for f in (factor, *SWEEP) if f <= factor]
-        chosen = least_error([select_layers(gains, ratio_of, f) for f in budgets] + [[]], measured)
+        chosen = select_within(gains, ratio_of, factor, SWEEP, measured)
         sweep.append(
             {
                 "factor": factor,

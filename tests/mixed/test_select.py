@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quantbuild.mixed.select import select_layers
+from quantbuild.mixed.select import least_error, select_layers, select_within
 
 COST = {"a": 0.10, "b": 0.05, "c": 0.30, "d": 0.01}
 
@@ -25,3 +25,39 @@ def test_a_budget_below_any_promotion_selects_nothing():
 def test_skips_a_layer_that_does_not_fit_and_keeps_looking():
     gains = {"c": 30.0, "a": 1.0}  # c: 100 per cost but too expensive for 1.2
     assert select_layers(gains, ratio_of, 1.2) == ["a"]
+
+
+def test_least_error_takes_the_lowest_measured_selection_and_measures_each_once():
+    errors = {("a", "b"): 0.3, ("a",): 0.2, (): 0.5}
+    calls = []
+
+    def error(chosen):
+        calls.append(tuple(chosen))
+        return errors[tuple(chosen)]
+
+    assert least_error([["a", "b"], ["a"], ["a"], []], error) == ["a"]
+    assert sorted(calls) == sorted(errors)
+
+
+def test_least_error_prefers_the_first_selection_on_ties():
+    assert least_error([["big"], ["small"]], lambda chosen: 0.1) == ["big"]
+
+
+def test_least_error_does_not_measure_a_lone_selection():
+    def error(chosen):
+        raise AssertionError("measured")
+
+    assert least_error([["a"], ["a"]], error) == ["a"]
+
+
+def test_select_within_falls_back_to_a_smaller_budget_that_measures_lower_error():
+    gains = {"a": 1.0, "b": 0.9, "c": 2.5}
+    errors = {("b", "a", "c"): 0.4, ("b", "a"): 0.2, ("b",): 0.3, (): 0.9}
+
+    def error(chosen):
+        return errors[tuple(chosen)]
+
+    # 1.5 alone would take c as well; 1.16's selection measures lower, 1.1's higher.
+    assert select_within(gains, ratio_of, 1.5, (1.1, 1.16, 2.0), error) == ["b", "a"]
+    # Budgets above the factor are not considered; the factor's own selection wins ties.
+    assert select_within(gains, ratio_of, 1.16, (1.1, 1.5), lambda c: 0.0) == ["b", "a"]
