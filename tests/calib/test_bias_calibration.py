@@ -47,7 +47,7 @@ def _mean_gap(float_model, qdq, record, dataset) -> float:
     return float(np.mean(gaps))
 
 
-def test_bias_calibration_reduces_the_per_channel_mean_error(tmp_path):
+def _calibration_setup(tmp_path):
     model, _ = prepare_model(small_cnn(seed=3))
     data = open_dataset(
         {"tensors": str(write_npz(tmp_path / "c.npz", 16, seed=5))},
@@ -57,6 +57,11 @@ def test_bias_calibration_reduces_the_per_channel_mean_error(tmp_path):
     )
     ranges = activation_ranges(collect_statistics(model, data), "minmax", 8, True, True)
     qdq, record = write_qdq(model, ranges, WeightOptions(8, False, True, 16))
+    return model, data, qdq, record
+
+
+def test_bias_calibration_reduces_the_per_channel_mean_error(tmp_path):
+    model, data, qdq, record = _calibration_setup(tmp_path)
     before = _mean_gap(model, qdq, record, data)
     corrected = calibrate_biases(
         model, qdq, record, data, frames=16, iterations=64, log=lambda m: None
@@ -76,19 +81,6 @@ def test_bias_calibration_reduces_the_per_channel_mean_error(tmp_path):
     assert [n.SerializeToString() for n in qdq.graph.node] == [
         n.SerializeToString() for n in corrected.graph.node
     ]
-
-
-def _calibration_setup(tmp_path, frames: int = 16):
-    model, _ = prepare_model(small_cnn(seed=3))
-    data = open_dataset(
-        {"tensors": str(write_npz(tmp_path / "c.npz", frames, seed=5))},
-        {},
-        "calibration.data",
-        "r.yaml",
-    )
-    ranges = activation_ranges(collect_statistics(model, data), "minmax", 8, True, True)
-    qdq, record = write_qdq(model, ranges, WeightOptions(8, False, True, 16))
-    return model, data, qdq, record
 
 
 def test_calibration_is_judged_on_held_out_frames(tmp_path):
