@@ -8,9 +8,13 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import onnx
 
 HERE = Path(__file__).resolve().parent
 MODEL_REQUIREMENTS = HERE / "requirements-models.txt"
@@ -139,6 +143,45 @@ def load_pixels(model: str, files: list[Path], cache: Path | None = None) -> np.
         np.save(cache, array)
         cache.with_suffix(".json").write_text(json.dumps([f.as_posix() for f in files]))
     return array
+
+
+# -- quantized models ---------------------------------------------------------------------------
+# The layers counted by float_layers (BatchNormalization too: a tool that does not fold it into
+# the convolution before quantizing leaves a per-channel affine layer in float, which the device
+# would not run in float), and the ops that only select, move or reshape values: a
+# DequantizeLinear seen through them still feeds the layer quantized values (e.g. the
+# DequantizeLinear -> Reshape -> Gemm of a classifier head). Concat counts when every input does.
+LAYER_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "BatchNormalization")
+PASS_THROUGH_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
+PASS_THROUGH_OPS += ("Slice", "MaxPool", "Concat")
+
+
+def float_layers(model: Path | str | onnx.ModelProto) -> list[str]:
+    """Names of the LAYER_OPS nodes of a QDQ model that are left in float: their activation
+    input (input 0) or their weight input (input 1; BatchNormalization's scale) does not come from a
+    DequantizeLinear (directly or through PASS_THROUGH_OPS). Of a float model: every layer."""
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def dequantized(name: str) -> bool:
+        node = producer.get(name)
+        if node is None:
+            return False
+        if node.op_type == "DequantizeLinear":
+            return True
+        if node.op_type == "Concat":
+            return all(dequantized(x) for x in node.input)
+        return node.op_type in PASS_THROUGH_OPS and dequantized(node.input[0])
+
+    return [
+        node.name or f"{node.op_type}#{i}"
+        for i, node in enumerate(model.graph.node)
+        if node.op_type in LAYER_OPS
+        and not (len(node.input) > 1 and all(dequantized(x) for x in node.input[:2]))
+    ]
 
 
 def write_json(path: Path, data: object) -> None:

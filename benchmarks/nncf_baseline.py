@@ -1,0 +1,142 @@
+"""NNCF baseline: nncf.quantize (post-training, ONNX backend, int8 QDQ) of one model.
+
+One configuration per process (run it under measure.py for wall time and peak RSS):
+
+    python benchmarks/nncf_baseline.py --model detection --onnx float.onnx --calib DIR \\
+        --preset performance [--per-channel] [--shape 1,3,480,480] [--opset 13] --out model.qdq.onnx
+
+The calibration frames are the same files quantbuild and onnxruntime calibrate on, turned
+into tensors by the same reference preprocessing the evaluator uses, batch 1, and NNCF uses
+all of them (subset_size = number of frames). Everything else is NNCF's default: target
+device ANY, fast bias correction, min/max range estimators. --preset performance (NNCF's
+default) is symmetric int8 weights and activations; mixed makes activations asymmetric.
+Weights are per-channel with --per-channel (NNCF's default), otherwise per-tensor
+(AdvancedQuantizationParameters(weights_quantization_params=QuantizationParameters(
+per_channel=False))). NNCF quantizes models below opset 13 per-tensor whatever it is asked
+(it only logs a warning), so such models can be converted first (--opset 13).
+
+Besides the model, <out>.json records the settings, the granularity actually written (weight
+DequantizeLinear nodes with a per-channel scale) and the layers left in float
+(common.float_layers). NNCF's telemetry is switched off (NNCF_CI) so that no event is sent
+from inside the timed process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.version_converter
+from onnx import numpy_helper
+
+from common import LAYER_OPS, float_layers, list_images, load_pixels, normalize, write_json
+
+os.environ.setdefault("NNCF_CI", "1")  # read when nncf is imported (in main)
+
+
+def fix_input_shape(model: onnx.ModelProto, shape: list[int]) -> None:
+    """Replace the first input's symbolic dimensions with fixed sizes."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for dim, size in zip(dims, shape):
+        dim.Clear()
+        dim.dim_value = size
+
+
+def opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def weight_granularity(model: onnx.ModelProto) -> dict[str, int]:
+    """Layers whose weight input comes from a DequantizeLinear, by the size of its scale
+    (an initializer or a Constant node: the detection model keeps its weights in Constants)."""
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    producer = {out: node for node in model.graph.node for out in node.output}
+    counts = {"per_channel": 0, "per_tensor": 0}
+    for node in model.graph.node:
+        source = producer.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type not in LAYER_OPS or source is None or source.op_type != "DequantizeLinear":
+            continue
+        scale = constants.get(source.input[1])
+        size = numpy_helper.to_array(scale).size if scale is not None else 1
+        counts["per_channel" if size > 1 else "per_tensor"] += 1
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, choices=["orientation", "detection"])
+    parser.add_argument("--onnx", type=Path, required=True)
+    parser.add_argument("--calib", type=Path, required=True, help="folder of calibration images")
+    parser.add_argument("--preset", choices=["performance", "mixed"], default="performance")
+    parser.add_argument("--per-channel", action="store_true", help="per-channel weights")
+    parser.add_argument("--shape", help="fix the input shape first, e.g. 1,3,480,480")
+    parser.add_argument("--opset", type=int, help="convert the model to this opset first if older")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    import nncf
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        QuantizationParameters,
+    )
+
+    files = list_images(args.calib)
+    pixels = load_pixels(args.model, files)
+    frames = [normalize(args.model, p) for p in pixels]  # each [1, 3, H, W] float32
+    loaded = time.perf_counter()
+    model = onnx.load(str(args.onnx))
+    source_opset = opset(model)
+    if args.shape:
+        fix_input_shape(model, [int(v) for v in args.shape.split(",")])
+    if args.opset and source_opset < args.opset:
+        model = onnx.version_converter.convert_version(model, args.opset)
+    input_name = model.graph.input[0].name
+    prepared_at = time.perf_counter()
+    advanced = None
+    if not args.per_channel:
+        advanced = AdvancedQuantizationParameters(
+            weights_quantization_params=QuantizationParameters(per_channel=False)
+        )
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(frames, lambda frame: {input_name: np.asarray(frame)}),
+        preset=nncf.QuantizationPreset(args.preset),
+        subset_size=len(frames),
+        advanced_parameters=advanced,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(quantized, str(args.out))
+    done = time.perf_counter()
+    left = float_layers(quantized)
+    write_json(
+        args.out.with_suffix(".json"),
+        {
+            "frames": len(files),
+            "nncf": nncf.__version__,
+            "preset": args.preset,
+            "per_channel": args.per_channel,
+            "fixed_shape": args.shape,
+            "opset": {"source": source_opset, "quantized": opset(quantized)},
+            "quantized_weights": weight_granularity(quantized),
+            "batchnorm_left": sum(n.op_type == "BatchNormalization" for n in quantized.graph.node),
+            "float_layers": left,
+            "seconds": {
+                "import_nncf_and_load_frames": round(loaded - started, 3),
+                "prepare": round(prepared_at - loaded, 3),
+                "calibrate_and_quantize": round(done - prepared_at, 3),
+            },
+        },
+    )
+    print(f"{args.out}: {len(left)} layers left in float {left}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
