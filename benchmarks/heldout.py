@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 from common import package_dir, write_json
 from data import DET_SIZE, _overlap, _wrap, check_disjoint, rotate
 
-VERSION = 1  # bump when rendering changes: cached sets are re-rendered
+VERSION = 2  # bump when rendering changes: cached sets are re-rendered
 FONTS = ["STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta"]
 FONTS += ["cmr10", "cmss10", "cmtt10", "cmb10", "cmti10"]
 SKIMAGE_PHOTOS = ["horse.png", "color.png", "microaneurysms.png", "motorcycle_right.png"]
@@ -312,13 +312,24 @@ def render_scene(rng: np.random.Generator) -> tuple[Image.Image, list[list[int]]
         draw.text(
             origin, text, fill=fill + (255,), font=fnt, stroke_width=stroke, stroke_fill=outline
         )
-        # The box covers the glyphs only (not a plate): a glyph mask turned with the layer.
+        # The line box, as the tuning set annotates lines: the ink's horizontal extent and the
+        # font's full line height (not a plate around it), turned with the layer; its
+        # axis-aligned bounds are the ground truth.
         glyphs = Image.new("L", layer.size, 0)
         ImageDraw.Draw(glyphs).text(origin, text, fill=255, font=fnt, stroke_width=stroke)
+        ink_x = np.nonzero(np.asarray(glyphs).max(axis=0) > 96)[0]
+        if ink_x.size == 0:
+            continue
+        ascent, descent = fnt.getmetrics()
+        line = Image.new("L", layer.size, 0)
+        top = min(origin[1], int(np.nonzero(np.asarray(glyphs).max(axis=1) > 96)[0].min()))
+        ImageDraw.Draw(line).rectangle(
+            (int(ink_x.min()), top, int(ink_x.max()), origin[1] + ascent + descent), fill=255
+        )
         angle = float(rng.uniform(-6, 6))
         layer = layer.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
-        glyphs = glyphs.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
-        ys, xs = np.nonzero(np.asarray(glyphs) > 96)
+        line = line.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+        ys, xs = np.nonzero(np.asarray(line) > 127)
         if xs.size == 0 or layer.width > s - 8 or layer.height > s - 8:
             continue
         x = int(rng.integers(4, s - layer.width - 4 + 1))
