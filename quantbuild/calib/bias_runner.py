@@ -131,10 +131,8 @@ def calibrate_biases(
     # Matching every layer's channel means does not always bring the output closer to the
     # float model's (it can even move it away, e.g. around 16-bit layers in mixed precision):
     # keep the calibrated biases only when they do, judged on frames they were not fitted to.
-    held_out = dataset.frames[frames : frames + CHECK_FRAMES]
-    check = held_out or dataset.frames[:CHECK_FRAMES]
-    before, after = _output_errors(float_model, [qdq, result], dataset, check)
-    where = f"{len(check)} {'held-out ' if held_out else ''}frames"
+    check, where = check_frames(dataset, frames)
+    before, after = output_errors(float_model, [qdq, result], dataset, check)
     if after >= before:
         log(
             f"{summary}; output error {before:.3g} -> {after:.3g} on {where}: "
@@ -145,7 +143,15 @@ def calibrate_biases(
     return result
 
 
-def _output_errors(
+def check_frames(dataset: Dataset, used: int) -> tuple[list, str]:
+    """Up to CHECK_FRAMES calibration frames after the first `used` (the first ones when there
+    are no others), and how to name them in a log line."""
+    held_out = dataset.frames[used : used + CHECK_FRAMES]
+    check = held_out or dataset.frames[:CHECK_FRAMES]
+    return check, f"{len(check)} {'held-out ' if held_out else ''}frames"
+
+
+def output_errors(
     float_model: onnx.ModelProto, candidates: list[onnx.ModelProto], dataset: Dataset, frames
 ) -> list[float]:
     """Each candidate's output error relative to the float model on `frames`."""

@@ -972,6 +972,11 @@ def export_options(data: dict) -> tuple[dict, list[str]]:
             f"quantization.bias_bits: {q['bias_bits']} is set by the device in TIDL "
             "(16 bits on TDA4VM, 32 elsewhere)"
         )
+    if q.get("weight_rounding", "nearest") != "nearest":
+        warnings.append(
+            "quantization.weight_rounding: not a TIDL option; TIDL rounds the float weights to "
+            "nearest itself, so the GPTQ integers (model.qdq.onnx) are not carried over"
+        )
     if q.get("equalization"):
         warnings.append(
             "quantization.equalization: not a TIDL option; where it rescaled the model (the "

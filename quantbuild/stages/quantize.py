@@ -12,7 +12,8 @@ import onnx
 from onnx import numpy_helper
 
 from quantbuild.build.files import load_npz
-from quantbuild.calib.bias_runner import calibrate_biases
+from quantbuild.calib.bias_runner import calibrate_biases, check_frames, output_errors
+from quantbuild.calib.rounding_runner import ROUNDING_FRAMES, round_weights
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.latency import estimate, static_shapes
@@ -29,8 +30,8 @@ from quantbuild.stages.sensitivity import SWEEP, ErrorProbe, split_candidates
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "quantize"
-VERSION = 17  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs; 17: bias calibration kept
-# only when it brings the output closer to float
+VERSION = 18  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs; 17: bias calibration kept
+# only when it brings the output closer to float; 18: weight_rounding
 READS = (
     "/quantization/prequantized",
     "/quantization/mixed_precision",
@@ -39,6 +40,7 @@ READS = (
     "/quantization/weights",
     "/quantization/bias_bits",
     "/quantization/weight_clipping",
+    "/quantization/weight_rounding",
     "/quantization/bias_calibration",
     "/calibration/data",
     "/calibration/preprocess",
@@ -94,17 +96,7 @@ def run(ctx: Context, out: Path) -> dict:
     }
     (out / "precision.json").write_text(json.dumps(precision, indent=1) + "\n", encoding="utf-8")
     qdq, record = write_qdq(model, ranges, options)
-    bias = q["bias_calibration"]
-    if bias:
-        qdq = calibrate_biases(
-            model,
-            qdq,
-            record,
-            ctx.dataset("calibration"),
-            bias["frames"],
-            bias["iterations"],
-            ctx.log,
-        )
+    qdq = _finish(ctx, model, qdq, record)
     onnx.checker.check_model(qdq)
     session(qdq)  # fails here, not in evaluate, if onnxruntime cannot run it
     (out / "model.qdq.onnx").write_bytes(qdq.SerializeToString())
@@ -124,6 +116,36 @@ def run(ctx: Context, out: Path) -> dict:
         "biases": len(record["biases"]),
         "weight_scales_raised": raised,
     }
+
+
+def _finish(ctx: Context, model: onnx.ModelProto, qdq: onnx.ModelProto, record: dict):
+    """Bias calibration, and with `weight_rounding: gptq` the same on GPTQ-rounded weights:
+    then the candidate whose output is closer to the float model's on calibration frames that
+    neither fitted is kept (GPTQ alone lowers every layer's error but not always the model's,
+    and bias calibration can undo its gain)."""
+    q = ctx.recipe.data["quantization"]
+    dataset = ctx.dataset("calibration")
+    bias = q["bias_calibration"]
+
+    def calibrated(candidate: onnx.ModelProto) -> onnx.ModelProto:
+        if not bias:
+            return candidate
+        return calibrate_biases(
+            model, candidate, record, dataset, bias["frames"], bias["iterations"], ctx.log
+        )
+
+    nearest = calibrated(qdq)
+    if q["weight_rounding"] != "gptq" or q["prequantized"]:
+        return nearest
+    rounded = calibrated(round_weights(model, qdq, record, dataset, ctx.log))
+    check, where = check_frames(dataset, max(ROUNDING_FRAMES, bias["frames"] if bias else 0))
+    before, after = output_errors(model, [nearest, rounded], dataset, check)
+    kept = "gptq" if after < before else "nearest"
+    ctx.log(
+        f"weight rounding: output error nearest {before:.3g}, gptq {after:.3g} on {where}: "
+        f"kept {kept} rounding"
+    )
+    return rounded if after < before else nearest
 
 
 def _prequantized_weights(ctx: Context) -> dict[str, QParams]:

@@ -99,3 +99,18 @@ def test_overlapping_calibration_and_evaluation_frames_are_warned_about(project)
     built = run_cli("build", "-C", str(project))
     assert built.code == 0
     assert "warning: 8 evaluation frame(s) are also calibration frames" in built.stdout
+
+
+def test_changing_weight_rounding_reruns_quantize_onward_only(project):
+    assert run_doit(project).code == 0
+    extra = "quantization: {weight_rounding: gptq}\n"
+    (project / "base.yaml").write_text(RECIPE.format(extra=extra))
+    why = run_cli("status", "--why", "-C", str(project))
+    assert "quantization.weight_rounding: 'nearest' -> 'gptq'" in why.stdout
+    rebuilt = run_doit(project)
+    assert rebuilt.code == 0, rebuilt.stdout + rebuilt.stderr
+    # evaluate re-runs only if the rounding kept changed the quantized model.
+    assert "quantize:base" in rebuilt.ran
+    assert rebuilt.ran <= {"quantize:base", "evaluate:base", "report"}
+    assert {"prepare:base", "stats:base", "ranges:base"} <= rebuilt.up_to_date
+    assert re.search(r"weight rounding: output error nearest \S+, gptq \S+ on", rebuilt.stdout)

@@ -38,7 +38,7 @@ def test_unknown_key_without_close_match_lists_allowed_keys(project):
         f"{f}:6:3: quantization.zzz: unknown key; "
         "allowed: accuracy_level, activation_clipping, activations, bias_bits, "
         "bias_calibration, bits, equalization, mixed_precision, percentile, prequantized, "
-        "ranges, scale, weight_clipping, weights"
+        "ranges, scale, weight_clipping, weight_rounding, weights"
     )
 
 
@@ -165,6 +165,7 @@ def test_defaults_are_filled(project):
             "activation_clipping": "percentile",
             "percentile": 99.99,
             "weight_clipping": "mse",
+            "weight_rounding": "nearest",
             "bias_calibration": {"frames": 50, "iterations": 50},
             "equalization": {"frames": 16},
             "prequantized": False,
@@ -243,6 +244,7 @@ ADVANCED = {
     "activation_clipping": "percentile",
     "percentile": 99.99,
     "weight_clipping": "mse",
+    "weight_rounding": "nearest",
     "bias_calibration": {"frames": 50, "iterations": 50},
     "equalization": {"frames": 16},
     "prequantized": False,

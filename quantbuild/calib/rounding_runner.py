@@ -1,0 +1,206 @@
+"""GPTQ weight rounding, the onnxruntime side: layer inputs from the QDQ model, new integers.
+
+The second moments H = E[x xᵀ] are taken from the inputs the layers see in the quantized model
+(its own activation grids and upstream rounding), on the first ROUNDING_FRAMES calibration
+frames, at up to POSITIONS sampled output positions per frame. On PP-LCNet orientation (TDA4VM,
+held-out set, no bias calibration) H from the float model's inputs measured worse than nearest
+rounding (top-1 0.938 vs 0.943), H from the quantized model better (0.960).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from quantbuild.calib.rounding import (
+    conv_patches,
+    gptq_round,
+    output_error,
+    output_positions,
+    second_moment,
+)
+from quantbuild.data.dataset import Dataset
+from quantbuild.graph.onnx_utils import graph_inputs
+from quantbuild.progress import track
+from quantbuild.runtime import session, with_outputs
+
+ROUNDING_FRAMES = 32
+POSITIONS = 1024  # sampled output positions (rows, for Gemm/MatMul) per layer and frame
+# H over fewer samples than a few times its size is a poor estimate, and GPTQ fits it rather
+# than the data (a classifier's Gemm sees one input row per frame): such layers keep nearest.
+SAMPLES_PER_INPUT = 4
+SEED = 0
+
+
+@dataclass
+class RoundedLayer:
+    """A layer whose weight integers are chosen by GPTQ."""
+
+    node: onnx.NodeProto
+    weight: str  # the float weight's name; its integers are `{weight}_quantized`
+    rows: np.ndarray  # the float weight as (G, R, K)
+    scale: np.ndarray  # the grid: a scalar or (G, R)
+    qmin: int
+    qmax: int
+    geometry: tuple = ()  # Conv: kernel, strides, pads, dilations
+    hessian: np.ndarray | None = None  # (G, K, K), once accumulated
+    mean: np.ndarray | None = None  # (G, K): mean input, for the bias correction
+    samples: int = 0
+
+    def sample(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(G, K, n) inputs of this layer at sampled positions of one frame."""
+        if self.node.op_type == "Conv":
+            kernel, strides, pads, dilations = self.geometry
+            total = output_positions(x.shape, kernel, strides, pads, dilations)
+            positions = np.sort(rng.choice(total, min(POSITIONS, total), replace=False))
+            return conv_patches(x, kernel, strides, pads, dilations, self.rows.shape[0], positions)
+        flat = x.reshape(-1, x.shape[-1])
+        if self.node.op_type == "Gemm" and _attributes(self.node).get("transA", 0):
+            flat = x.T
+        chosen = np.sort(rng.choice(len(flat), min(POSITIONS, len(flat)), replace=False))
+        return flat[chosen].T[None]
+
+    def integers(self) -> np.ndarray:
+        assert self.hessian is not None
+        return gptq_round(self.rows, self.hessian, self.scale, self.qmin, self.qmax)
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _conv_geometry(node: onnx.NodeProto, weight: np.ndarray) -> tuple | None:
+    """(kernel, strides, pads, dilations) of a 2-D convolution with explicit padding, else None."""
+    a = _attributes(node)
+    if weight.ndim != 4 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    kernel = tuple(a.get("kernel_shape", weight.shape[2:]))
+    return (
+        kernel,
+        tuple(a.get("strides", (1, 1))),
+        tuple(a.get("pads", (0, 0, 0, 0))),
+        tuple(a.get("dilations", (1, 1))),
+    )
+
+
+def _as_rows(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray | None:
+    """The weight as (G, R, K) rows over the layer's inputs, or None for other layouts."""
+    if node.op_type == "Conv":
+        if _conv_geometry(node, weight) is None:
+            return None  # 2-D convolutions with explicit padding only
+        groups = int(_attributes(node).get("group", 1))
+        return weight.reshape(groups, weight.shape[0] // groups, -1)
+    if node.op_type == "Gemm" and weight.ndim == 2:
+        return (weight if _attributes(node).get("transB", 0) else weight.T)[None]
+    if node.op_type == "MatMul" and weight.ndim == 2:
+        return weight.T[None]
+    return None
+
+
+def _layers(float_model: onnx.ModelProto, qdq: onnx.ModelProto, record: dict) -> list:
+    floats = {t.name: t for t in float_model.graph.initializer}
+    quantized = {t.name for t in qdq.graph.initializer}
+    layers = []
+    for node in qdq.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        name, info = node.input[1], record["weights"].get(node.input[1])
+        if info is None or name not in floats or f"{name}_quantized" not in quantized:
+            continue
+        if info["zero_point"] not in (0, [0] * np.size(info["zero_point"])):
+            continue  # symmetric grids only
+        weight = numpy_helper.to_array(floats[name])
+        rows = _as_rows(node, weight)
+        scale = np.asarray(info["scale"], dtype=np.float64)
+        if rows is None or scale.size not in (1, rows.shape[0] * rows.shape[1]):
+            continue
+        scale = scale.reshape(rows.shape[:2]) if scale.size > 1 else scale
+        bounds = np.iinfo(np.dtype(info["dtype"]))
+        geometry = _conv_geometry(node, weight) if node.op_type == "Conv" else ()
+        layer = RoundedLayer(node, name, rows, scale, int(bounds.min), int(bounds.max), geometry)
+        layers.append(layer)
+    return layers
+
+
+def _accumulate(qdq: onnx.ModelProto, layers: list[RoundedLayer], dataset: Dataset, frames):
+    """Every layer's H over `frames`, from its inputs in the quantized model."""
+    inputs = graph_inputs(qdq)
+    names = list(dict.fromkeys(layer.node.input[0] for layer in layers))
+    runner = session(with_outputs(qdq, names))
+    rng = np.random.default_rng(SEED)
+    for frame in track(frames, "weight rounding", len(frames)):
+        values = dict(zip(names, runner.run(names, dataset.load(frame, inputs))))
+        for layer in layers:
+            patches = layer.sample(values[layer.node.input[0]], rng)
+            moment, mean = second_moment(patches), patches.mean(axis=2, dtype=np.float64)
+            layer.hessian = moment if layer.hessian is None else layer.hessian + moment
+            layer.mean = mean if layer.mean is None else layer.mean + mean
+            layer.samples += patches.shape[2]
+    for layer in layers:
+        layer.hessian = layer.hessian / len(frames)
+        layer.mean = layer.mean / len(frames)
+
+
+def _correct_bias(layer: RoundedLayer, integers: np.ndarray, record: dict, tensors: dict) -> None:
+    """Move the layer's bias by its mean output error E[(W - s·Q) x] (from the same inputs as H):
+    GPTQ lowers the error's energy, not its mean, and means add up through the network."""
+    bias = layer.node.input[2] if len(layer.node.input) > 2 else ""
+    info = record["biases"].get(bias)
+    if info is None:
+        return
+    step = np.broadcast_to(np.asarray(layer.scale, dtype=np.float64), layer.rows.shape[:2])
+    error = layer.rows.astype(np.float64) - integers * step[..., None]
+    shift = np.einsum("grk,gk->gr", error, layer.mean).reshape(-1)
+    tensor = tensors[f"{bias}_quantized"]
+    scale = np.asarray(info["scale"], dtype=np.float64)
+    limit = 2 ** (info["bits"] - 1) - 1
+    value = numpy_helper.to_array(tensor).astype(np.float64) * scale + shift
+    integers_b = np.clip(np.rint(value / scale), -limit - 1, limit).astype(np.int32)
+    tensor.CopyFrom(numpy_helper.from_array(integers_b, tensor.name))
+
+
+def round_weights(
+    float_model: onnx.ModelProto,
+    qdq: onnx.ModelProto,
+    record: dict,
+    dataset: Dataset,
+    log: Callable[[str], None] = print,
+) -> onnx.ModelProto:
+    """A copy of `qdq` whose Conv/Gemm/MatMul weights are re-rounded by GPTQ on their own grids
+    (biases moved by the mean of the change). A layer keeps GPTQ's integers only where they
+    lower its output error under H; layers whose H rests on too few samples keep nearest."""
+    layers = _layers(float_model, qdq, record)
+    frames = dataset.frames[:ROUNDING_FRAMES]
+    result = onnx.ModelProto()
+    result.CopyFrom(qdq)
+    if not layers or not frames:
+        return result
+    _accumulate(qdq, layers, dataset, frames)
+    layers = [x for x in layers if x.samples >= SAMPLES_PER_INPUT * x.rows.shape[2]]
+    tensors = {t.name: t for t in result.graph.initializer}
+    before = after = 0.0
+    changed = 0
+    for layer in layers:
+        tensor = tensors[f"{layer.weight}_quantized"]
+        nearest = numpy_helper.to_array(tensor)
+        old = output_error(
+            layer.rows, layer.hessian, nearest.reshape(layer.rows.shape), layer.scale
+        )
+        integers = layer.integers()
+        new = output_error(layer.rows, layer.hessian, integers, layer.scale)
+        before += old
+        after += min(new, old)
+        if new < old:
+            values = integers.reshape(nearest.shape).astype(nearest.dtype)
+            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+            _correct_bias(layer, integers, record, tensors)
+            changed += 1
+    log(
+        f"weight rounding (gptq): {changed}/{len(layers)} layers re-rounded on {len(frames)} "
+        f"frames; summed layer output error {before:.3g} -> {after:.3g}"
+    )
+    return result
