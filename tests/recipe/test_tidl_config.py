@@ -545,3 +545,12 @@ def test_equalization_is_not_a_tidl_option_and_export_says_which_model_to_compil
         "equalize stage logs how many tensors), give TIDL build/<recipe>/model.float.onnx "
         "(with quant_params.prototxt for the same ranges)"
     ]
+
+
+def test_gptq_weight_rounding_is_not_carried_to_tidl(folder):
+    text = _recipe_text("quantization: {weight_rounding: gptq, equalization: false}\n")
+    _, warnings = export_options(_resolve(folder, text))
+    assert warnings == [
+        "quantization.weight_rounding: not a TIDL option; TIDL rounds the float weights to "
+        "nearest itself, so the GPTQ integers (model.qdq.onnx) are not carried over"
+    ]
