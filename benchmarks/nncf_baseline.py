@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import onnx
 import onnx.version_converter
 from onnx import numpy_helper
 
-from common import LAYER_OPS, float_layers, list_images, load_pixels, normalize, write_json
+from common import LAYER_OPS, MODELS, float_layers, list_images, load_pixels, normalize, write_json
 
 os.environ.setdefault("NNCF_CI", "1")  # read when nncf is imported (in main)
 
@@ -44,6 +45,20 @@ def fix_input_shape(model: onnx.ModelProto, shape: list[int]) -> None:
     for dim, size in zip(dims, shape):
         dim.Clear()
         dim.dim_value = size
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model after onnxruntime's basic graph optimizations, which fuse BatchNormalization
+    into the convolution before it (what quant_pre_process does for onnxruntime's quantizer,
+    and what the device does): NNCF's ONNX backend leaves BatchNorm unfolded, in float."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(folder) / "folded.onnx")
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath)
 
 
 def opset(model: onnx.ModelProto) -> int:
@@ -71,13 +86,18 @@ def weight_granularity(model: onnx.ModelProto) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=["orientation", "detection"])
+    parser.add_argument("--model", required=True, choices=list(MODELS))
     parser.add_argument("--onnx", type=Path, required=True)
     parser.add_argument("--calib", type=Path, required=True, help="folder of calibration images")
     parser.add_argument("--preset", choices=["performance", "mixed"], default="performance")
     parser.add_argument("--per-channel", action="store_true", help="per-channel weights")
     parser.add_argument("--shape", help="fix the input shape first, e.g. 1,3,480,480")
     parser.add_argument("--opset", type=int, help="convert the model to this opset first if older")
+    parser.add_argument(
+        "--fold-batchnorm",
+        action="store_true",
+        help="fuse BatchNormalization into convolutions first (onnxruntime basic optimizations)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -98,6 +118,8 @@ def main() -> None:
         fix_input_shape(model, [int(v) for v in args.shape.split(",")])
     if args.opset and source_opset < args.opset:
         model = onnx.version_converter.convert_version(model, args.opset)
+    if args.fold_batchnorm:
+        model = fold_batchnorm(model)
     input_name = model.graph.input[0].name
     prepared_at = time.perf_counter()
     advanced = None
@@ -123,6 +145,7 @@ def main() -> None:
             "nncf": nncf.__version__,
             "preset": args.preset,
             "per_channel": args.per_channel,
+            "fold_batchnorm": args.fold_batchnorm,
             "fixed_shape": args.shape,
             "opset": {"source": source_opset, "quantized": opset(quantized)},
             "quantized_weights": weight_granularity(quantized),

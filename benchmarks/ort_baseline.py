@@ -33,7 +33,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from common import list_images, load_pixels, normalize, write_json
+from common import MODELS, list_images, load_pixels, normalize, write_json
 
 
 class FrameReader(CalibrationDataReader):
@@ -72,7 +72,7 @@ def opset(model: onnx.ModelProto) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=["orientation", "detection"])
+    parser.add_argument("--model", required=True, choices=list(MODELS))
     parser.add_argument("--onnx", type=Path, required=True)
     parser.add_argument("--calib", type=Path, required=True, help="folder of calibration images")
     parser.add_argument("--method", required=True, choices=["MinMax", "Entropy", "Percentile"])

