@@ -228,6 +228,21 @@ PASS_THROUGH_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "
 PASS_THROUGH_OPS += ("Slice", "MaxPool", "Concat")
 
 
+def activation_quantizers(model: Path | str | onnx.ModelProto) -> int:
+    """How many activation tensors a QDQ model quantizes: QuantizeLinear nodes whose input is
+    computed (not an initializer or Constant). The device quantizes every layer's output; a
+    tool that quantizes fewer tensors simulates fewer rounding points than the device has."""
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return sum(
+        n.op_type == "QuantizeLinear" and n.input[0] not in constants for n in model.graph.node
+    )
+
+
 def float_layers(model: Path | str | onnx.ModelProto) -> list[str]:
     """Names of the LAYER_OPS nodes of a QDQ model that are left in float: their activation
     input (input 0) or their weight input (input 1; BatchNormalization's scale) does not come from a

@@ -33,6 +33,7 @@ from common import (
     HERE,
     MODELS,
     ZOO,
+    activation_quantizers,
     ensure_model_packages,
     float_layers,
     list_images,
@@ -154,6 +155,7 @@ def add_eval(entry: dict, model: str, onnx: Path, root: Path) -> dict:
     if entry["status"] == "ok":
         try:
             entry["float_layers"] = float_layers(onnx)
+            entry["activation_quantizers"] = activation_quantizers(onnx)
             result = evaluate(model, onnx, root, root / "cache" / "float")
         except Exception as err:  # e.g. onnxruntime rejects the model
             entry["status"] = f"evaluation failed: {str(err).splitlines()[0][:300]}"
@@ -436,11 +438,12 @@ def markdown(results: dict) -> str:
         + "cosine: mean per-frame output cosine vs float. Calib time and peak RSS: the process "
         "doing calibration + quantization (see README). float layers: Conv/ConvTranspose/"
         "MatMul/Gemm/BatchNormalization nodes without a DequantizeLinear on both activation and "
-        "weight input (fp32 row: all of them).",
+        "weight input (fp32 row: all of them). act. quantizers: activation tensors the model "
+        "quantizes (the device quantizes every layer's output).",
         "",
         "| model | tool | config | metric | fidelity | calib time (s) | peak RSS (MB) | frames "
-        "| cosine | float layers |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| cosine | float layers | act. quantizers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         config = r["config"] if r["status"] == "ok" else f"{r['config']} — {r['status']}"
@@ -449,7 +452,8 @@ def markdown(results: dict) -> str:
             f"| {r['model']} | {r['tool']} | {config} | {fmt(r.get('metric'), 4)} | "
             f"{fmt(r.get('fidelity'), 4)} | {fmt(r.get('calib_s'), 1)} | "
             f"{fmt(r.get('peak_rss_mb'), 0)} | {fmt(r.get('frames'), 0)} | "
-            f"{fmt(r.get('cosine'), 5)} | {fmt(None if left is None else len(left), 0)} |"
+            f"{fmt(r.get('cosine'), 5)} | {fmt(None if left is None else len(left), 0)} | "
+            f"{fmt(r.get('activation_quantizers'), 0)} |"
         )
     lines.append("")
     for model, info in results["quantbuild"].items():
