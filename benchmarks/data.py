@@ -16,7 +16,10 @@ import codecs
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import re
+import shutil
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -238,25 +241,33 @@ def rotate(page: Image.Image, label: int) -> Image.Image:
     return page if op is None else page.transpose(op)
 
 
-def render_orientation(root: Path, pages: int, frames: int) -> None:
+def render_orientation(
+    root: Path,
+    pages: int,
+    frames: int,
+    page: Callable[[np.random.Generator], Image.Image] | None = None,
+    seeds: tuple[int, int] = (SEEDS["orientation/eval"], SEEDS["orientation/calib"]),
+) -> None:
     """eval/<label>/<page>.png for all four rotations of `pages` pages (labels 0..3 = 0/90/180/270);
-    calib_<frames>/<i>.png: other pages, each at a random rotation."""
+    calib_<frames>/<i>.png: other pages, each at a random rotation. `page` draws an upright page
+    from a generator seeded with (seed, index): render_page by default."""
+    page = page or render_page
     for label in range(4):
         (root / "eval" / str(label)).mkdir(parents=True, exist_ok=True)
     for i in range(pages):
         files = [root / "eval" / str(label) / f"{i:04d}.png" for label in range(4)]
         if all(f.is_file() for f in files):
             continue
-        page = render_page(np.random.default_rng([SEEDS["orientation/eval"], i]))
+        upright = page(np.random.default_rng([seeds[0], i]))
         for label, file in enumerate(files):
-            rotate(page, label).save(file)
+            rotate(upright, label).save(file)
     calib = root / f"calib_{frames}"
     calib.mkdir(parents=True, exist_ok=True)
     for i in range(frames):
         file = calib / f"{i:04d}.png"
         if not file.is_file():
-            rng = np.random.default_rng([SEEDS["orientation/calib"], i])
-            rotate(render_page(rng), int(rng.integers(4))).save(file)
+            rng = np.random.default_rng([seeds[1], i])
+            rotate(page(rng), int(rng.integers(4))).save(file)
 
 
 # -- detection: text lines over photos and paper ---------------------------------------------------
@@ -322,15 +333,23 @@ def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def render_detection(root: Path, images: int, frames: int) -> None:
-    """eval/<i>.png with eval_gt.json ({file name: [[x0, y0, x1, y1], ...]}); calib_<frames>/."""
+def render_detection(
+    root: Path,
+    images: int,
+    frames: int,
+    scene: Callable[[np.random.Generator], tuple[Image.Image, list[list[int]]]] | None = None,
+    seeds: tuple[int, int] = (SEEDS["detection/eval"], SEEDS["detection/calib"]),
+) -> None:
+    """eval/<i>.png with eval_gt.json ({file name: [[x0, y0, x1, y1], ...]}); calib_<frames>/.
+    `scene` draws an image and its line boxes: render_scene by default."""
+    scene = scene or render_scene
     gt_file = root / "eval_gt.json"
     files = [root / "eval" / f"{i:04d}.png" for i in range(images)]
     if not (gt_file.is_file() and all(f.is_file() for f in files)):
         files[0].parent.mkdir(parents=True, exist_ok=True)
         gt = {}
         for i, file in enumerate(files):
-            image, boxes = render_scene(np.random.default_rng([SEEDS["detection/eval"], i]))
+            image, boxes = scene(np.random.default_rng([seeds[0], i]))
             image.save(file)
             gt[file.name] = boxes
         write_json(gt_file, gt)
@@ -339,7 +358,7 @@ def render_detection(root: Path, images: int, frames: int) -> None:
     for i in range(frames):
         file = calib / f"{i:04d}.png"
         if not file.is_file():
-            render_scene(np.random.default_rng([SEEDS["detection/calib"], i]))[0].save(file)
+            scene(np.random.default_rng([seeds[1], i]))[0].save(file)
 
 
 # -- entry point ---------------------------------------------------------------------------------
@@ -354,6 +373,19 @@ def check_disjoint(eval_dir: Path, calib_dir: Path) -> None:
     assert not shared, f"calibration images also in the evaluation set: {shared[:5]}"
 
 
+def render_set(root: Path, manifest: dict, frames: int, render: Callable[[], None]) -> Path:
+    """Render one set under `root` unless it is there with the same manifest (a stale set is
+    removed first), check that calibration and evaluation share no image, stamp it."""
+    stamp = root / "manifest.json"
+    old = json.loads(stamp.read_text()) if stamp.is_file() else None
+    if old is not None and {k: old.get(k) for k in manifest} != manifest:
+        shutil.rmtree(root)
+    render()
+    check_disjoint(root / "eval", root / f"calib_{frames}")
+    write_json(stamp, manifest)
+    return root
+
+
 def prepare(work: Path, model: str, eval_count: int, frames: int) -> Path:
     """Render (or reuse) the sets of one model under work/data/<model>-<eval_count>/ (the
     photo models' sets: photos.py)."""
@@ -362,22 +394,12 @@ def prepare(work: Path, model: str, eval_count: int, frames: int) -> Path:
 
         return photos.prepare(work, model, eval_count, frames, held_out=False)
     root = work / "data" / f"{model}-{eval_count}"
-    stamp = root / "manifest.json"
     manifest = {"version": VERSION, "material": material_digest(), "eval": eval_count}
-    import json
-
-    old = json.loads(stamp.read_text()) if stamp.is_file() else None
-    if old is not None and {k: old.get(k) for k in manifest} != manifest:
-        import shutil
-
-        shutil.rmtree(root)
     if model == "orientation":
-        render_orientation(root, eval_count // 4, frames)
-    else:
-        render_detection(root, eval_count, frames)
-    check_disjoint(root / "eval", root / f"calib_{frames}")
-    write_json(stamp, manifest)
-    return root
+        return render_set(
+            root, manifest, frames, lambda: render_orientation(root, eval_count // 4, frames)
+        )
+    return render_set(root, manifest, frames, lambda: render_detection(root, eval_count, frames))
 
 
 def main() -> None:

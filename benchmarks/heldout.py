@@ -19,9 +19,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
-import json
 import re
-import shutil
 import sysconfig
 from functools import cache
 from pathlib import Path
@@ -29,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
-from common import MODELS, package_dir, write_json
-from data import DET_SIZE, _overlap, _wrap, check_disjoint, rotate
+import data
+from common import MODELS, package_dir
+from data import DET_SIZE, _overlap, _wrap
 
 VERSION = 2  # bump when rendering changes: cached sets are re-rendered
 FONTS = ["STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta"]
@@ -252,25 +251,9 @@ def photograph(rng: np.random.Generator, page: Image.Image) -> Image.Image:
     return _jpeg(rng, image, (35, 90))
 
 
-def render_orientation(root: Path, pages: int, frames: int) -> None:
-    """eval/<label>/<page>.png in all four rotations; calib_<frames>/: other pages, rotated at random."""
-    for label in range(4):
-        (root / "eval" / str(label)).mkdir(parents=True, exist_ok=True)
-    for i in range(pages):
-        files = [root / "eval" / str(label) / f"{i:04d}.png" for label in range(4)]
-        if all(f.is_file() for f in files):
-            continue
-        rng = np.random.default_rng([SEEDS["orientation/eval"], i])
-        photo = photograph(rng, render_document(rng))
-        for label, file in enumerate(files):
-            rotate(photo, label).save(file)
-    calib = root / f"calib_{frames}"
-    calib.mkdir(parents=True, exist_ok=True)
-    for i in range(frames):
-        file = calib / f"{i:04d}.png"
-        if not file.is_file():
-            rng = np.random.default_rng([SEEDS["orientation/calib"], i])
-            rotate(photograph(rng, render_document(rng)), int(rng.integers(4))).save(file)
+def document_photo(rng: np.random.Generator) -> Image.Image:
+    """An upright document of one of five kinds, photographed on a desk."""
+    return photograph(rng, render_document(rng))
 
 
 # -- detection: street-sign style scene text --------------------------------------------------------
@@ -347,25 +330,6 @@ def render_scene(rng: np.random.Generator) -> tuple[Image.Image, list[list[int]]
     return _jpeg(rng, image, (40, 95)), boxes
 
 
-def render_detection(root: Path, images: int, frames: int) -> None:
-    gt_file = root / "eval_gt.json"
-    files = [root / "eval" / f"{i:04d}.png" for i in range(images)]
-    if not (gt_file.is_file() and all(f.is_file() for f in files)):
-        files[0].parent.mkdir(parents=True, exist_ok=True)
-        gt = {}
-        for i, file in enumerate(files):
-            image, boxes = render_scene(np.random.default_rng([SEEDS["detection/eval"], i]))
-            image.save(file)
-            gt[file.name] = boxes
-        write_json(gt_file, gt)
-    calib = root / f"calib_{frames}"
-    calib.mkdir(parents=True, exist_ok=True)
-    for i in range(frames):
-        file = calib / f"{i:04d}.png"
-        if not file.is_file():
-            render_scene(np.random.default_rng([SEEDS["detection/calib"], i]))[0].save(file)
-
-
 def prepare(work: Path, model: str, eval_count: int, frames: int) -> Path:
     """Render (or reuse) the held-out sets of one model under work/data/<model>-heldout-<n>/
     (the photo models' sets: photos.py)."""
@@ -374,15 +338,11 @@ def prepare(work: Path, model: str, eval_count: int, frames: int) -> Path:
 
         return photos.prepare(work, model, eval_count, frames, held_out=True)
     root = work / "data" / f"{model}-heldout-{eval_count}"
-    stamp = root / "manifest.json"
     manifest = {"version": VERSION, "material": material_digest(), "eval": eval_count}
-    old = json.loads(stamp.read_text()) if stamp.is_file() else None
-    if old is not None and {k: old.get(k) for k in manifest} != manifest:
-        shutil.rmtree(root)
+    seeds = (SEEDS[f"{model}/eval"], SEEDS[f"{model}/calib"])
     if model == "orientation":
-        render_orientation(root, eval_count // 4, frames)
+        pages = eval_count // 4
+        render = lambda: data.render_orientation(root, pages, frames, document_photo, seeds)  # noqa: E731
     else:
-        render_detection(root, eval_count, frames)
-    check_disjoint(root / "eval", root / f"calib_{frames}")
-    write_json(stamp, manifest)
-    return root
+        render = lambda: data.render_detection(root, eval_count, frames, render_scene, seeds)  # noqa: E731
+    return data.render_set(root, manifest, frames, render)

@@ -23,14 +23,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance
-
-from common import write_json
 
 VERSION = 1  # bump when rendering changes: cached sets are re-rendered
 MODELS = ("resnet", "saliency")
@@ -121,26 +117,23 @@ def _render_set(folder: Path, count: int, seed: int, model: str, held_out: bool)
 def prepare(work: Path, model: str, eval_count: int, frames: int, held_out: bool) -> Path:
     """Render (or reuse) one model's photo sets: eval/<i>.png and calib_<frames>/<i>.png under
     work/data/<model>-<eval_count>/ (tuning) or <model>-heldout-<eval_count>/."""
-    from data import check_disjoint
+    from data import render_set
 
     assert model in MODELS, model
     root = work / "data" / f"{model}-{'heldout-' if held_out else ''}{eval_count}"
-    stamp = root / "manifest.json"
     manifest = {
         "version": VERSION,
         "material": material_digest(held_out),
         "eval": eval_count,
         "set": "heldout" if held_out else "tuning",
     }
-    old = json.loads(stamp.read_text()) if stamp.is_file() else None
-    if old is not None and {k: old.get(k) for k in manifest} != manifest:
-        shutil.rmtree(root)
     prefix = f"{model}/heldout" if held_out else model
-    _render_set(root / "eval", eval_count, SEEDS[f"{prefix}/eval"], model, held_out)
-    _render_set(root / f"calib_{frames}", frames, SEEDS[f"{prefix}/calib"], model, held_out)
-    check_disjoint(root / "eval", root / f"calib_{frames}")
-    write_json(stamp, manifest)
-    return root
+
+    def render() -> None:
+        _render_set(root / "eval", eval_count, SEEDS[f"{prefix}/eval"], model, held_out)
+        _render_set(root / f"calib_{frames}", frames, SEEDS[f"{prefix}/calib"], model, held_out)
+
+    return render_set(root, manifest, frames, render)
 
 
 def main() -> None:
