@@ -17,6 +17,20 @@ import numpy as np
 DAMPING = 0.01  # of the mean diagonal, added to H: keeps the inverse stable for rare inputs
 
 
+def output_size(
+    x_shape: tuple[int, ...],
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    dilations: tuple[int, int],
+) -> tuple[int, int]:
+    """(height, width) of a 2-D convolution's output for an input of `x_shape` (N, C, H, W)."""
+    height, width = x_shape[2:]
+    out_h = (height + pads[0] + pads[2] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+    out_w = (width + pads[1] + pads[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+    return out_h, out_w
+
+
 def conv_patches(
     x: np.ndarray,
     kernel: tuple[int, int],
@@ -28,28 +42,14 @@ def conv_patches(
 ) -> np.ndarray:
     """The input patches a 2-D convolution multiplies at output `positions` (flat indices into
     its output plane), as (groups, K, n) with K = channels/group × kh × kw in weight order."""
-    channels, height, width = x.shape[1:]
+    channels = x.shape[1]
     (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
     padded = np.pad(x[0], ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    out_w = (width + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+    out_w = output_size(x.shape, kernel, strides, pads, dilations)[1]
     rows, cols = positions // out_w, positions % out_w
     taps = [padded[:, rows * sh + i * dh, cols * sw + j * dw] for i in range(kh) for j in range(kw)]
     patches = np.stack(taps, axis=1)  # (C, kh*kw, n)
     return patches.reshape(groups, (channels // groups) * kh * kw, -1)
-
-
-def output_positions(
-    x_shape: tuple[int, ...],
-    kernel: tuple[int, int],
-    strides: tuple[int, int],
-    pads: tuple[int, int, int, int],
-    dilations: tuple[int, int],
-) -> int:
-    """How many output positions a 2-D convolution of an input of `x_shape` has."""
-    height, width = x_shape[2:]
-    out_h = (height + pads[0] + pads[2] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
-    out_w = (width + pads[1] + pads[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
-    return out_h * out_w
 
 
 def second_moment(patches: np.ndarray) -> np.ndarray:

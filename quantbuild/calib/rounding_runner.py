@@ -20,7 +20,7 @@ from quantbuild.calib.rounding import (
     conv_patches,
     gptq_round,
     output_error,
-    output_positions,
+    output_size,
     second_moment,
 )
 from quantbuild.data.dataset import Dataset
@@ -55,7 +55,7 @@ class RoundedLayer:
         """(G, K, n) inputs of this layer at sampled positions of one frame."""
         if self.node.op_type == "Conv":
             kernel, strides, pads, dilations = self.geometry
-            total = output_positions(x.shape, kernel, strides, pads, dilations)
+            total = int(np.prod(output_size(x.shape, kernel, strides, pads, dilations)))
             positions = np.sort(rng.choice(total, min(POSITIONS, total), replace=False))
             return conv_patches(x, kernel, strides, pads, dilations, self.rows.shape[0], positions)
         flat = x.reshape(-1, x.shape[-1])
