@@ -101,10 +101,15 @@ def photos() -> tuple[Image.Image, ...]:
 
 def material_digest() -> str:
     """sha256 of the words, fonts and photos used: changes when the installed material changes."""
-    h = hashlib.sha256(" ".join(words()).encode())
-    for f in font_files():
-        h.update(f.read_bytes())
-    for p in photos():
+    return digest(words(), font_files(), photos())
+
+
+def digest(text: tuple[str, ...], fonts: list[Path] | tuple[Path, ...], images) -> str:
+    """sha256 (16 hex digits) of a set's words, font files and photos."""
+    h = hashlib.sha256(" ".join(text).encode())
+    for f in fonts:
+        h.update(Path(f).read_bytes())
+    for p in images:
         h.update(p.tobytes())
     return h.hexdigest()[:16]
 

@@ -17,7 +17,6 @@ work/data/<model>-heldout-<eval images>/, so the harness evaluates either set un
 from __future__ import annotations
 
 import ast
-import hashlib
 import io
 import re
 import sysconfig
@@ -77,12 +76,8 @@ def photos() -> tuple[Image.Image, ...]:
 
 
 def material_digest() -> str:
-    h = hashlib.sha256(" ".join(words()).encode())
-    for i in range(len(FONTS)):
-        h.update(Path(font(i, 10).path).read_bytes())
-    for p in photos():
-        h.update(p.tobytes())
-    return h.hexdigest()[:16]
+    fonts = [font(i, 10).path for i in range(len(FONTS))]
+    return data.digest(words(), fonts, photos())
 
 
 def _phrase(rng: np.random.Generator, count: int) -> str:

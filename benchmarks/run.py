@@ -565,7 +565,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown models {unknown}; known: {', '.join(ZOO)}")
     frames = args.frames or (QUICK_FRAMES if args.quick else 64)
-    work = args.work.resolve() / ("heldout" if args.set == "heldout" else "")
+    data_root = args.work.resolve()  # rendered sets: work/data/ for both sets
+    work = data_root / "heldout" if args.set == "heldout" else data_root  # projects, models
     args.results = args.results or (RESULTS / "heldout" if args.set == "heldout" else RESULTS)
     sets = heldout if args.set == "heldout" else datasets
     started = time.perf_counter()
@@ -590,7 +591,7 @@ def main() -> None:
         count = (QUICK_EVAL_IMAGES if args.quick else EVAL_IMAGES)[model]
         results["meta"]["eval_images"][model] = count
         print(f"{model}: rendering / checking data ({count} evaluation images, {frames} frames)")
-        root = sets.prepare(args.work.resolve(), model, count, frames)
+        root = sets.prepare(data_root, model, count, frames)
         calib = root / f"calib_{frames}"
         sample = list_images(root / "eval")[:: max(1, count // 8)] + list_images(calib)[:8]
         worst = check_preprocessing(model, sample)
