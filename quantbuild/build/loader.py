@@ -1,7 +1,7 @@
 """doit loader plugin: plain `doit` in a project folder builds every recipe.
 
-Tasks are `<stage>:<recipe>` (prepare, equalize, stats, ranges, sensitivity, quantize, evaluate)
-plus `report` (report.md and report.html).
+Tasks are `<stage>:<recipe>` (prepare, equalize, stats, ranges, rounding, sensitivity, quantize,
+evaluate) plus `report` (report.md and report.html).
 A task is up to date when the store holds the artifact for its current key and its exported
 files match it; doit checks this just before the task would run, after its upstream tasks.
 """
@@ -75,7 +75,11 @@ def report_files(builds: dict[str, RecipeBuild]) -> dict[str, bytes] | None:
         sweep = None
         if "sensitivity" in build.inputs("quantize") and build.entry("sensitivity") is not None:
             sweep = _json(build.entry("sensitivity").path("sensitivity.json")).get("sweep")
-        details.append(RecipeDetails(row, layers, _histograms(build, layers, stats_cache), sweep))
+        selection = None
+        if "selection" in build.inputs("quantize") and build.entry("selection") is not None:
+            selection = _json(build.entry("selection").path("selection.json"))
+        histograms = _histograms(build, layers, stats_cache)
+        details.append(RecipeDetails(row, layers, histograms, sweep, selection))
     return {
         "report.md": render(rows).encode("utf-8"),
         "report.html": html.render(details).encode("utf-8"),

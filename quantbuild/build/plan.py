@@ -47,15 +47,20 @@ class RecipeBuild:
 
     @property
     def stages(self) -> list[ModuleType]:
-        from quantbuild.stages import PIPELINE
+        from quantbuild.stages import PIPELINE, rounding, selection, sensitivity
 
+        q = self.recipe.data["quantization"]
         skip = set()
+        if not rounding.applies(q):
+            skip.add("rounding")
         if "evaluation" not in self.recipe.data:
             skip.add("evaluate")
-        if not self.recipe.data["quantization"]["equalization"]:
+        if not q["equalization"]:
             skip.add("equalize")
-        if not self.recipe.data["quantization"]["mixed_precision"].get("factor"):
-            skip.add("sensitivity")  # only automatic mixed precision needs it
+        if not sensitivity.applies(q):
+            skip.add("sensitivity")
+        if not selection.applies(q):
+            skip.add("selection")
         return [s for s in PIPELINE if s.NAME not in skip]
 
     def inputs(self, stage: str) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ rounding (top-1 0.938 vs 0.943), H from the quantized model better (0.960).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -145,48 +145,65 @@ def _accumulate(qdq: onnx.ModelProto, layers: list[RoundedLayer], dataset: Datas
         layer.mean = layer.mean / len(frames)
 
 
-def _correct_bias(layer: RoundedLayer, integers: np.ndarray, record: dict, tensors: dict) -> None:
-    """Move the layer's bias by its mean output error E[(W - s·Q) x] (from the same inputs as H):
-    GPTQ lowers the error's energy, not its mean, and means add up through the network."""
-    bias = layer.node.input[2] if len(layer.node.input) > 2 else ""
-    info = record["biases"].get(bias)
-    if info is None:
-        return
+def _bias_shift(layer: RoundedLayer, integers: np.ndarray) -> np.ndarray:
+    """The layer's mean output error E[(W - s·Q) x] (from the same inputs as H), per output
+    channel: GPTQ lowers the error's energy, not its mean, and means add up through the network."""
     step = np.broadcast_to(np.asarray(layer.scale, dtype=np.float64), layer.rows.shape[:2])
     error = layer.rows.astype(np.float64) - integers * step[..., None]
-    shift = np.einsum("grk,gk->gr", error, layer.mean).reshape(-1)
-    tensor = tensors[f"{bias}_quantized"]
-    scale = np.asarray(info["scale"], dtype=np.float64)
-    limit = 2 ** (info["bits"] - 1) - 1
-    value = numpy_helper.to_array(tensor).astype(np.float64) * scale + shift
-    integers_b = np.clip(np.rint(value / scale), -limit - 1, limit).astype(np.int32)
-    tensor.CopyFrom(numpy_helper.from_array(integers_b, tensor.name))
+    return np.einsum("grk,gk->gr", error, layer.mean).reshape(-1)
 
 
-def round_weights(
+@dataclass
+class Rounding:
+    """GPTQ's choices for the layers where they lower the output error: each weight's integers
+    with the grid they were chosen on, and the shift its layer's bias takes (float, per output
+    channel), both by weight name."""
+
+    integers: dict[str, np.ndarray] = field(default_factory=dict)
+    scales: dict[str, np.ndarray] = field(default_factory=dict)
+    bias_shifts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Flat arrays for an .npz (tensor names can hold any character, so they are listed)."""
+        names = list(self.integers)
+        out = {"weights": np.asarray(names, dtype=np.str_)}
+        for i, name in enumerate(names):
+            out[f"integers_{i}"] = self.integers[name]
+            out[f"scale_{i}"] = np.asarray(self.scales[name], dtype=np.float64)
+            out[f"shift_{i}"] = self.bias_shifts[name]
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Rounding:
+        rounding = cls()
+        for i, name in enumerate(arrays["weights"].tolist()):
+            rounding.integers[name] = arrays[f"integers_{i}"]
+            rounding.scales[name] = arrays[f"scale_{i}"]
+            rounding.bias_shifts[name] = arrays[f"shift_{i}"]
+        return rounding
+
+
+def gptq_rounding(
     float_model: onnx.ModelProto,
     qdq: onnx.ModelProto,
     record: dict,
     dataset: Dataset,
     log: Callable[[str], None] = print,
-) -> onnx.ModelProto:
-    """A copy of `qdq` whose Conv/Gemm/MatMul weights are re-rounded by GPTQ on their own grids
-    (biases moved by the mean of the change). A layer keeps GPTQ's integers only where they
-    lower its output error under H; layers whose H rests on too few samples keep nearest."""
+) -> Rounding:
+    """GPTQ integers for the Conv/Gemm/MatMul weights of `qdq` on their own grids, kept for the
+    layers where they lower the layer's output error under H (layers whose H rests on too few
+    samples keep nearest), with the bias shift that cancels the mean of the change."""
     layers = _layers(float_model, qdq, record)
     frames = dataset.frames[:ROUNDING_FRAMES]
-    result = onnx.ModelProto()
-    result.CopyFrom(qdq)
+    rounding = Rounding()
     if not layers or not frames:
-        return result
+        return rounding
     _accumulate(qdq, layers, dataset, frames)
     layers = [x for x in layers if x.samples >= SAMPLES_PER_INPUT * x.rows.shape[2]]
-    tensors = {t.name: t for t in result.graph.initializer}
+    tensors = {t.name: t for t in qdq.graph.initializer}
     before = after = 0.0
-    changed = 0
     for layer in layers:
-        tensor = tensors[f"{layer.weight}_quantized"]
-        nearest = numpy_helper.to_array(tensor)
+        nearest = numpy_helper.to_array(tensors[f"{layer.weight}_quantized"])
         old = output_error(
             layer.rows, layer.hessian, nearest.reshape(layer.rows.shape), layer.scale
         )
@@ -195,12 +212,48 @@ def round_weights(
         before += old
         after += min(new, old)
         if new < old:
-            values = integers.reshape(nearest.shape).astype(nearest.dtype)
-            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
-            _correct_bias(layer, integers, record, tensors)
-            changed += 1
+            rounding.integers[layer.weight] = integers.reshape(nearest.shape).astype(nearest.dtype)
+            rounding.scales[layer.weight] = np.asarray(record["weights"][layer.weight]["scale"])
+            rounding.bias_shifts[layer.weight] = _bias_shift(layer, integers)
     log(
-        f"weight rounding (gptq): {changed}/{len(layers)} layers re-rounded on {len(frames)} "
-        f"frames; summed layer output error {before:.3g} -> {after:.3g}"
+        f"weight rounding (gptq): {len(rounding.integers)}/{len(layers)} layers re-rounded on "
+        f"{len(frames)} frames; summed layer output error {before:.3g} -> {after:.3g}"
     )
-    return result
+    return rounding
+
+
+def apply_rounding(
+    qdq: onnx.ModelProto, record: dict, rounding: Rounding
+) -> tuple[onnx.ModelProto, int]:
+    """(a copy of `qdq` with the rounded integers, how many weights took them). A weight takes
+    them only on the grid they were chosen on (mixed precision may have widened it since)."""
+    result = onnx.ModelProto()
+    result.CopyFrom(qdq)
+    tensors = {t.name: t for t in result.graph.initializer}
+    bias_of = {n.input[1]: n.input[2] for n in result.graph.node if len(n.input) > 2}
+    applied = 0
+    for weight, integers in rounding.integers.items():
+        info, tensor = record["weights"].get(weight), tensors.get(f"{weight}_quantized")
+        if info is None or tensor is None:
+            continue
+        current = numpy_helper.to_array(tensor)
+        scale = np.asarray(info["scale"], dtype=np.float64)
+        same_grid = current.dtype == integers.dtype and current.shape == integers.shape
+        if not (same_grid and np.array_equal(scale, rounding.scales[weight])):
+            continue
+        tensor.CopyFrom(numpy_helper.from_array(integers, tensor.name))
+        applied += 1
+        bias = bias_of.get(weight, "")
+        if weight in rounding.bias_shifts and bias in record["biases"]:
+            shift = rounding.bias_shifts[weight]
+            _shift_bias(tensors[f"{bias}_quantized"], record["biases"][bias], shift)
+    return result, applied
+
+
+def _shift_bias(tensor: onnx.TensorProto, info: dict, shift: np.ndarray) -> None:
+    """Move a quantized bias by `shift` (float), on its own grid."""
+    scale = np.asarray(info["scale"], dtype=np.float64)
+    limit = 2 ** (info["bits"] - 1) - 1
+    value = numpy_helper.to_array(tensor).astype(np.float64) * scale + shift
+    integers = np.clip(np.rint(value / scale), -limit - 1, limit).astype(np.int32)
+    tensor.CopyFrom(numpy_helper.from_array(integers, tensor.name))

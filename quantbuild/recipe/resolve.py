@@ -224,6 +224,16 @@ def _check_inputs(recipe: Recipe) -> None:
             )
 
 
+def _check_mixed_precision(recipe: Recipe) -> None:
+    mp = recipe.data["quantization"]["mixed_precision"]
+    if "max_drop" in mp and "evaluation" not in recipe.data:
+        raise RecipeError(
+            "quantization.mixed_precision.max_drop: the task metric is measured on evaluation "
+            "data; add an `evaluation:` section, or use `factor` (a latency budget) instead",
+            recipe.where(("quantization", "mixed_precision", "max_drop")),
+        )
+
+
 def load_recipe(file: Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Load, merge, override, validate and default-fill one recipe; check its inputs exist."""
     file = Path(file).resolve()
@@ -243,4 +253,5 @@ def load_recipe(file: Path, overrides: list[str] | tuple[str, ...] = ()) -> Reci
     _resolve_equalization(data["quantization"], doc)
     recipe = Recipe(name=data.get("name") or file.stem, file=file, data=data, doc=doc)
     _check_inputs(recipe)
+    _check_mixed_precision(recipe)
     return recipe

@@ -977,6 +977,12 @@ def export_options(data: dict) -> tuple[dict, list[str]]:
             "quantization.weight_rounding: not a TIDL option; TIDL rounds the float weights to "
             "nearest itself, so the GPTQ integers (model.qdq.onnx) are not carried over"
         )
+    if "max_drop" in q["mixed_precision"]:
+        warnings.append(
+            "quantization.mixed_precision.max_drop: not a TIDL option; give TIDL the layers it "
+            "chose (build/<recipe>/selection.json 'chosen', or precision.json) as "
+            "output_feature_16bit_names_list / params_16bit_names_list"
+        )
     if q.get("equalization"):
         warnings.append(
             "quantization.equalization: not a TIDL option; where it rescaled the model (the "

@@ -52,6 +52,7 @@ class RecipeDetails:
     layers: list[dict] | None = None  # evaluate's layers.json "layers", worst first
     histograms: list[Histogram] = field(default_factory=list)
     sweep: list[dict] | None = None  # sensitivity.json "sweep": automatic mixed precision
+    selection: dict | None = None  # selection.json: mixed precision to an accuracy target
 
 
 def worst_tensors(layers: list[dict] | None, count: int = WORST_HISTOGRAMS) -> list[str]:
@@ -248,6 +249,31 @@ def _sweep_section(sweep: list[dict]) -> str:
     )
 
 
+def _selection_section(selection: dict) -> str:
+    points = sorted(selection["points"], key=lambda p: p["ratio"])
+    chosen = selection["ratio"]
+    chart = svg.line_chart(
+        [
+            (
+                p["ratio"],
+                p["metric"],
+                ("chosen, " if p["ratio"] == chosen else "") + f"{p['layers']}",
+            )
+            for p in points
+        ],
+        "estimated T_MP / T_8",
+        f"{selection['metric']} (evaluation data)",
+    )
+    verdict = "met" if selection["met"] else "not met: the best measured set is kept"
+    return (
+        "<h3>Mixed precision to an accuracy target</h3>\n"
+        f'<p class="note">Each point: a set of 16-bit layers (labelled with its size), its '
+        f"estimated latency and its {escape(selection['metric'])} on the evaluation data "
+        f"(before bias calibration). Float {selection['float']:.4f}, max_drop "
+        f"{selection['max_drop']:g}, target {selection['target']:.4f}: {verdict}.</p>\n" + chart
+    )
+
+
 def render(details: list[RecipeDetails]) -> str:
     """The report page (deterministic for the same details)."""
     parts = [
@@ -270,6 +296,8 @@ def render(details: list[RecipeDetails]) -> str:
             parts.append(_precision_section(d.row.precision))
         if d.sweep:
             parts.append(_sweep_section(d.sweep))
+        if d.selection:
+            parts.append(_selection_section(d.selection))
         if not (d.layers or d.histograms or d.row.precision):
             parts.append('<p class="note">Not evaluated.</p>')
     parts.append("</body></html>\n")

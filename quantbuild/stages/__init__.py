@@ -5,9 +5,29 @@ INPUTS (upstream stages), EXPORTS (store file -> file name under build/<recipe>/
 Bump VERSION by hand whenever a stage's output for the same inputs changes.
 """
 
-from quantbuild.stages import equalize, evaluate, prepare, quantize, ranges, sensitivity, stats
+from quantbuild.stages import (
+    equalize,
+    evaluate,
+    prepare,
+    quantize,
+    ranges,
+    rounding,
+    selection,
+    sensitivity,
+    stats,
+)
 
-PIPELINE = [prepare, equalize, stats, ranges, sensitivity, quantize, evaluate]
+PIPELINE = [
+    prepare,
+    equalize,
+    stats,
+    ranges,
+    rounding,
+    sensitivity,
+    selection,
+    quantize,
+    evaluate,
+]
 BY_NAME = {stage.NAME: stage for stage in PIPELINE}
 
 __all__ = ["BY_NAME", "PIPELINE"]

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from quantbuild.build.files import load_npz
 from quantbuild.calib.bias_runner import calibrate_biases, check_frames, output_errors
-from quantbuild.calib.rounding_runner import ROUNDING_FRAMES, round_weights
+from quantbuild.calib.rounding_runner import ROUNDING_FRAMES, Rounding, apply_rounding
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.latency import estimate, static_shapes
@@ -26,12 +26,20 @@ from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
-from quantbuild.stages.sensitivity import SWEEP, ErrorProbe, split_candidates
+from quantbuild.stages.rounding import ARTIFACT
+from quantbuild.stages.sensitivity import (
+    CHECK_FRAMES,
+    FRAMES,
+    SWEEP,
+    ErrorProbe,
+    split_candidates,
+)
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "quantize"
-VERSION = 18  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs; 17: bias calibration kept
-# only when it brings the output closer to float; 18: weight_rounding
+VERSION = 19  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs; 17: bias calibration kept
+# only when it brings the output closer to float; 18: weight_rounding; 19: rounding and
+# selection stages
 READS = (
     "/quantization/prequantized",
     "/quantization/mixed_precision",
@@ -50,8 +58,10 @@ INPUTS = (
     "equalize",
     "stats",
     "ranges",
-    "sensitivity",
-)  # sensitivity: with a factor only
+    "rounding",  # with weight_rounding: gptq only
+    "sensitivity",  # automatic mixed precision only
+    "selection",  # with max_drop only
+)
 EXPORTS = {
     "model.qdq.onnx": "model.qdq.onnx",
     "quant_params.json": "quant_params.json",
@@ -119,8 +129,8 @@ def run(ctx: Context, out: Path) -> dict:
 
 
 def _finish(ctx: Context, model: onnx.ModelProto, qdq: onnx.ModelProto, record: dict):
-    """Bias calibration, and with `weight_rounding: gptq` the same on GPTQ-rounded weights:
-    then the candidate whose output is closer to the float model's on calibration frames that
+    """Bias calibration, and with the rounding stage the same on its GPTQ-rounded weights: then
+    the candidate whose output is closer to the float model's on calibration frames that
     neither fitted is kept (GPTQ alone lowers every layer's error but not always the model's,
     and bias calibration can undo its gain)."""
     q = ctx.recipe.data["quantization"]
@@ -135,9 +145,14 @@ def _finish(ctx: Context, model: onnx.ModelProto, qdq: onnx.ModelProto, record: 
         )
 
     nearest = calibrated(qdq)
-    if q["weight_rounding"] != "gptq" or q["prequantized"]:
+    if "rounding" not in ctx.inputs:
         return nearest
-    rounded = calibrated(round_weights(model, qdq, record, dataset, ctx.log))
+    rounding = Rounding.from_arrays(load_npz(ctx.inputs["rounding"].path(ARTIFACT)))
+    candidate, applied = apply_rounding(qdq, record, rounding)
+    ctx.log(f"weight rounding: gptq integers for {applied}/{len(rounding.integers)} weights")
+    if not applied:
+        return nearest
+    rounded = calibrated(candidate)
     check, where = check_frames(dataset, max(ROUNDING_FRAMES, bias["frames"] if bias else 0))
     before, after = output_errors(model, [nearest, rounded], dataset, check)
     kept = "gptq" if after < before else "nearest"
@@ -181,7 +196,13 @@ def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict) -> Assignmen
     q = ctx.recipe.data["quantization"]
     mp = q["mixed_precision"]
     where = ctx.recipe.where(("quantization", "mixed_precision"))
-    chosen = _auto_selection(ctx, model, shapes) if mp.get("factor") and q["bits"] == 8 else []
+    if "selection" in ctx.inputs:
+        selection = json.loads(ctx.inputs["selection"].path("selection.json").read_text())
+        chosen, reason = selection["chosen"], f"max_drop {mp['max_drop']}"
+    elif "sensitivity" in ctx.inputs:
+        chosen, reason = _auto_selection(ctx, model, shapes), f"factor {mp['factor']}"
+    else:
+        chosen, reason = [], ""
     promoted, promoted_params = split_candidates(chosen)
     lists = ("output_16bit", "params_16bit", "ranges")
     if q["bits"] == 16 or not (chosen or any(mp.get(k) for k in lists)):
@@ -197,7 +218,7 @@ def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict) -> Assignmen
     )
     for name in (set(promoted) - set(listed)) | (set(promoted_params) - set(weights)):
         if name in assignment.layers:  # chosen by the latency budget, not by the recipe
-            assignment.layers[name]["why"] = f"promoted (factor {mp['factor']})"
+            assignment.layers[name]["why"] = f"promoted ({reason})"
     return assignment
 
 
@@ -237,7 +258,9 @@ def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[
     def ratio_of(chosen: list[str]) -> float:
         return ratio_for(tuple(chosen))
 
-    probe = functools.cache(lambda: ErrorProbe(ctx, model))  # only if selections differ
+    frames = len(ctx.dataset("calibration").frames)
+    check = CHECK_FRAMES if frames > CHECK_FRAMES.start else slice(FRAMES)
+    probe = functools.cache(lambda: ErrorProbe(ctx, model, check))  # only if selections differ
     factor, gains = float(mp["factor"]), sensitivity["gains"]
     chosen = select_within(
         gains, ratio_of, factor, SWEEP, lambda c: probe().error(*lists(c), spans)

@@ -57,8 +57,18 @@ READS = (
 INPUTS = ("prepare", "equalize", "stats", "ranges")
 EXPORTS = {"sensitivity.json": "sensitivity.json"}
 FRAMES = 8  # calibration frames per measurement
+# Frames on which quantize compares the selections of smaller budgets: others than those the
+# gains were measured on, and more of them, so that the rule does not fit the gains' frames.
+CHECK_FRAMES = slice(FRAMES, FRAMES + 32)
 PARAMS = ":params"  # candidate suffix: the layer's weights only in 16 bits
 SWEEP = (1.05, 1.1, 1.2, 1.3, 1.5, 2.0)  # factors measured for the report
+
+
+def applies(quantization: dict) -> bool:
+    """Whether a recipe's `quantization:` section builds this stage: automatic mixed precision
+    (a latency budget or an accuracy target) in an 8-bit build."""
+    mp = quantization["mixed_precision"]
+    return quantization["bits"] == 8 and bool(mp.get("factor") or "max_drop" in mp)
 
 
 def split_candidates(chosen: list[str]) -> tuple[list[str], list[str]]:
@@ -72,9 +82,9 @@ def split_candidates(chosen: list[str]) -> tuple[list[str], list[str]]:
     return outputs, params
 
 
-class ErrorProbe:
-    """The output error (relative to float, on the first FRAMES calibration frames) of the
-    8-bit model with some layers in 16 bits: what automatic mixed precision minimizes."""
+class MixedModels:
+    """The recipe's 8-bit QDQ model with some layers promoted to 16 bits, as TIDL's lists
+    (and start/end `ranges`) state them."""
 
     def __init__(self, ctx: Context, model: onnx.ModelProto):
         q = ctx.recipe.data["quantization"]
@@ -83,9 +93,29 @@ class ErrorProbe:
         self.stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
         self.options = weight_options(q)
         self.grid = feature_map_grid(q)
+
+    def qdq(
+        self,
+        output_16bit: Iterable[str],
+        params_16bit: Iterable[str] = (),
+        ranges: Iterable[tuple[str, str]] = (),
+    ) -> onnx.ModelProto:
+        assignment = assign(self.model, output_16bit, params_16bit, ranges)
+        wide = widen_ranges(self.ranges, self.stats, assignment, *self.grid)
+        options = replace(self.options, wide_layers=wide_layers(assignment))
+        return write_qdq(self.model, wide, options)[0]
+
+
+class ErrorProbe:
+    """The output error (relative to float, on calibration frames: the first FRAMES unless
+    told) of the 8-bit model with some layers in 16 bits: what automatic mixed precision
+    minimizes."""
+
+    def __init__(self, ctx: Context, model: onnx.ModelProto, frames: slice = slice(FRAMES)):
+        self.models = MixedModels(ctx, model)
         dataset = ctx.dataset("calibration")
         inputs = graph_inputs(model)
-        self.feeds = [dataset.load(frame, inputs) for frame in dataset.frames[:FRAMES]]
+        self.feeds = [dataset.load(frame, inputs) for frame in dataset.frames[frames]]
         self.names = [o.name for o in model.graph.output]
         float_runner = session(model)
         self.reference = [float_runner.run(self.names, feed) for feed in self.feeds]
@@ -97,10 +127,7 @@ class ErrorProbe:
         ranges: Iterable[tuple[str, str]] = (),
     ) -> float:
         """Error with TIDL's lists (and start/end `ranges`) applied."""
-        assignment = assign(self.model, output_16bit, params_16bit, ranges)
-        wide = widen_ranges(self.ranges, self.stats, assignment, *self.grid)
-        options = replace(self.options, wide_layers=wide_layers(assignment))
-        runner = session(write_qdq(self.model, wide, options)[0])
+        runner = session(self.models.qdq(output_16bit, params_16bit, ranges))
         outputs = [runner.run(self.names, feed) for feed in self.feeds]
         return relative_error(outputs, self.reference)
 

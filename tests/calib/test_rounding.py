@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 from quantbuild.calib.collect import collect_statistics
 from quantbuild.calib.policy import activation_ranges
 from quantbuild.calib.rounding import conv_patches, gptq_round, output_error, second_moment
-from quantbuild.calib.rounding_runner import round_weights
+from quantbuild.calib.rounding_runner import Rounding, apply_rounding, gptq_rounding
 from quantbuild.data.dataset import open_dataset
 from quantbuild.graph.prepare import prepare_model
 from quantbuild.quant.qdq import WeightOptions, write_qdq
@@ -79,7 +79,7 @@ def test_conv_patches_times_weights_is_the_convolution(group, stride, pads, dila
     assert np.allclose(got, y[0], atol=1e-4)
 
 
-def test_round_weights_changes_only_weight_and_bias_integers(tmp_path):
+def test_applied_rounding_changes_only_weight_and_bias_integers(tmp_path):
     model, _ = prepare_model(small_cnn(size=16, seed=3))
     data = open_dataset(
         {"tensors": str(write_npz(tmp_path / "c.npz", 16, (1, 3, 16, 16), seed=5))},
@@ -90,8 +90,12 @@ def test_round_weights_changes_only_weight_and_bias_integers(tmp_path):
     ranges = activation_ranges(collect_statistics(model, data), "minmax", 8, True, True)
     qdq, record = write_qdq(model, ranges, WeightOptions(8, False, True, 16))
     logged: list[str] = []
-    rounded = round_weights(model, qdq, record, data, log=logged.append)
+    rounding = gptq_rounding(model, qdq, record, data, log=logged.append)
     assert "weight rounding (gptq)" in logged[0] and "layers re-rounded" in logged[0]
+    # the stage stores it as arrays; what comes back applies the same
+    rounding = Rounding.from_arrays(rounding.arrays())
+    rounded, applied = apply_rounding(qdq, record, rounding)
+    assert applied == len(rounding.integers) > 0
     changed = {
         t.name
         for t, u in zip(qdq.graph.initializer, rounded.graph.initializer)
@@ -104,3 +108,22 @@ def test_round_weights_changes_only_weight_and_bias_integers(tmp_path):
     ]
     onnx.checker.check_model(rounded)
     session(rounded)
+
+
+def test_rounding_is_not_applied_to_a_weight_on_another_grid(tmp_path):
+    model, _ = prepare_model(small_cnn(size=16, seed=3))
+    data = open_dataset(
+        {"tensors": str(write_npz(tmp_path / "c.npz", 16, (1, 3, 16, 16), seed=5))},
+        {},
+        "calibration.data",
+        "r.yaml",
+    )
+    ranges = activation_ranges(collect_statistics(model, data), "minmax", 8, True, True)
+    qdq, record = write_qdq(model, ranges, WeightOptions(8, False, True, 16))
+    rounding = gptq_rounding(model, qdq, record, data, log=lambda _: None)
+    assert rounding.integers
+    # the same weights on per-channel grids (as mixed precision or a changed recipe would give)
+    other, other_record = write_qdq(model, ranges, WeightOptions(8, True, True, 16))
+    unchanged, applied = apply_rounding(other, other_record, rounding)
+    assert applied == 0
+    assert unchanged.SerializeToString() == other.SerializeToString()

@@ -101,16 +101,22 @@ def test_overlapping_calibration_and_evaluation_frames_are_warned_about(project)
     assert "warning: 8 evaluation frame(s) are also calibration frames" in built.stdout
 
 
-def test_changing_weight_rounding_reruns_quantize_onward_only(project):
+def test_weight_rounding_is_its_own_stage(project):
     assert run_doit(project).code == 0
     extra = "quantization: {weight_rounding: gptq}\n"
     (project / "base.yaml").write_text(RECIPE.format(extra=extra))
     why = run_cli("status", "--why", "-C", str(project))
-    assert "quantization.weight_rounding: 'nearest' -> 'gptq'" in why.stdout
+    assert re.search(r"rounding +out of date\n +never built", why.stdout), why.stdout
     rebuilt = run_doit(project)
     assert rebuilt.code == 0, rebuilt.stdout + rebuilt.stderr
     # evaluate re-runs only if the rounding kept changed the quantized model.
-    assert "quantize:base" in rebuilt.ran
-    assert rebuilt.ran <= {"quantize:base", "evaluate:base", "report"}
+    assert {"rounding:base", "quantize:base"} <= rebuilt.ran
+    assert rebuilt.ran <= {"rounding:base", "quantize:base", "evaluate:base", "report"}
     assert {"prepare:base", "stats:base", "ranges:base"} <= rebuilt.up_to_date
     assert re.search(r"weight rounding: output error nearest \S+, gptq \S+ on", rebuilt.stdout)
+    # bias calibration and bias checks happen after rounding: changing them keeps it cached
+    extra = "quantization: {weight_rounding: gptq, bias_calibration: false}\n"
+    (project / "base.yaml").write_text(RECIPE.format(extra=extra))
+    again = run_doit(project)
+    assert again.code == 0, again.stdout + again.stderr
+    assert "quantize:base" in again.ran and "rounding:base" in again.up_to_date

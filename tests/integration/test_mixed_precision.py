@@ -106,3 +106,60 @@ def test_without_a_factor_there_is_no_sensitivity_stage(project):
     built = run_doit(project)
     assert built.code == 0
     assert not any(task.startswith("sensitivity") for task in built.ran | built.up_to_date)
+
+
+def test_16bit_build_with_a_factor_measures_no_sensitivities(project):
+    extra = "quantization: {bits: 16, mixed_precision: {factor: 1.5}}\n"
+    (project / "base.yaml").write_text(RECIPE.format(extra=extra))
+    built = run_doit(project)
+    assert built.code == 0, built.stdout + built.stderr
+    assert not any(task.startswith("sensitivity") for task in built.ran | built.up_to_date)
+
+
+def test_max_drop_selects_the_cheapest_set_meeting_the_target(project):
+    # cosine (no top1 metric asked): the 8-bit model's cosine is below 1 - 1e-6, so the
+    # search must promote layers; an unreachable target keeps the best set and says so.
+    extra = "quantization: {mixed_precision: {max_drop: 0.000001}}\n"
+    recipe = RECIPE.format(extra=extra).replace("labels}\n", "labels}\n  metrics: [cosine]\n")
+    (project / "base.yaml").write_text(recipe)
+    first = run_doit(project)
+    assert first.code == 0, first.stdout + first.stderr
+    assert {"sensitivity:base", "selection:base", "quantize:base"} <= first.ran
+    selection = json.loads((project / "build" / "base" / "selection.json").read_text())
+    assert selection["metric"] == "cosine" and selection["float"] == 1.0
+    points = selection["points"]
+    assert points[0]["layers"] == 0 and len(points) > 1
+    best = max(p["metric"] for p in points)
+    chosen = next(p for p in points if p["ratio"] == selection["ratio"])
+    if selection["met"]:
+        assert chosen["metric"] >= selection["target"]
+        assert all(
+            p["metric"] < selection["target"] for p in points if p["ratio"] < chosen["ratio"]
+        )
+    else:
+        assert chosen["metric"] == best
+    precision = json.loads((project / "build" / "base" / "precision.json").read_text())
+    promoted = [r for r in precision["layers"] if r["why"] == "promoted (max_drop 1e-06)"]
+    assert len(selection["chosen"]) == 0 or promoted
+    report = (project / "build" / "report.html").read_text()
+    assert "Mixed precision to an accuracy target" in report
+    # A looser target re-runs the search and what follows, never statistics or sensitivities.
+    (project / "base.yaml").write_text(recipe.replace("max_drop: 0.000001", "max_drop: 0.5"))
+    second = run_doit(project)
+    assert second.code == 0, second.stdout + second.stderr
+    assert "selection:base" in second.ran
+    assert {"stats:base", "sensitivity:base"} <= second.up_to_date
+    loose = json.loads((project / "build" / "base" / "selection.json").read_text())
+    assert loose["met"] and loose["chosen"] == []  # 8-bit is within 0.5 of float
+    assert "max_drop 0.5: 0 layers promoted" in second.stdout
+
+
+def test_max_drop_without_evaluation_data_is_a_recipe_error(project):
+    text = RECIPE.format(extra="quantization: {mixed_precision: {max_drop: 0.01}}\n")
+    text = text.replace("evaluation:\n  data: {tensors: val.npz, labels: labels}\n", "")
+    (project / "base.yaml").write_text(text)
+    built = run_cli("build", "-C", str(project))
+    output = built.stdout + built.stderr
+    assert built.code == 2, output
+    assert "quantization.mixed_precision.max_drop" in output and "evaluation" in output
+    assert "Traceback" not in output

@@ -1,0 +1,92 @@
+"""Accuracy-target mixed precision: the cheapest 16-bit selection whose task metric stays
+within `max_drop` of float (NNCF's quantize_with_accuracy_control is the peer; this one stays
+in 8/16 bits, with no float fallback, since the device runs nothing in float).
+
+Selections come from the latency-budget greedy selection (select.select_layers) at rising
+budgets; each distinct one is measured once, in order of cost, until one meets the target;
+then the budget is bisected between the last that missed and the first that met it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from quantbuild.mixed.select import select_layers
+
+BUDGETS = (1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0, math.inf)  # T_MP / T_8, rising
+BISECTIONS = 3
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured selection."""
+
+    factor: float  # the budget it was selected under (inf: every layer with a gain)
+    ratio: float  # its estimated T_MP / T_8
+    layers: int
+    metric: float
+
+
+@dataclass
+class Search:
+    chosen: list[str]
+    point: Point  # the chosen selection's measurement
+    met: bool
+    points: list[Point]  # every measured selection, in the order measured
+
+    def table(self) -> list[dict]:
+        return [
+            {**asdict(p), "factor": None if math.isinf(p.factor) else p.factor} for p in self.points
+        ]
+
+
+def cheapest_within(
+    gains: dict[str, float],
+    ratio_of: Callable[[list[str]], float],
+    metric_of: Callable[[list[str]], float],
+    target: float,
+    cap: float = math.inf,
+) -> Search:
+    """The cheapest measured selection with metric_of(selection) >= target, budgets up to
+    `cap`; when none reaches it, the one with the best metric (met False)."""
+    points: list[Point] = []
+    measured: dict[tuple[str, ...], Point] = {}
+
+    def measure(factor: float) -> tuple[list[str], Point]:
+        chosen = [] if factor <= 1.0 else select_layers(gains, ratio_of, factor)
+        key = tuple(chosen)
+        if key not in measured:
+            measured[key] = Point(factor, ratio_of(chosen), len(chosen), metric_of(chosen))
+            points.append(measured[key])
+        return chosen, measured[key]
+
+    selections: dict[Point, list[str]] = {}
+    low = 1.0
+    chosen, point = measure(low)
+    selections[point] = chosen
+    high = None
+    for factor in [b for b in BUDGETS if b <= cap] + ([cap] if cap not in BUDGETS else []):
+        if point.metric >= target:
+            break
+        chosen, point = measure(factor)
+        selections[point] = chosen
+        if point.metric >= target:
+            high = factor
+            break
+        low = factor
+    if high is not None and not math.isinf(high):
+        for _ in range(BISECTIONS):
+            middle = (low + high) / 2
+            chosen, point = measure(middle)
+            selections[point] = chosen
+            if point.metric >= target:
+                high = middle
+            else:
+                low = middle
+    passing = [p for p in points if p.metric >= target]
+    if passing:
+        best = min(passing, key=lambda p: (p.ratio, -p.metric))
+    else:
+        best = max(points, key=lambda p: (p.metric, -p.ratio))
+    return Search(selections[best], best, bool(passing), points)

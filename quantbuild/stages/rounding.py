@@ -1,0 +1,50 @@
+"""rounding: GPTQ weight integers (`weight_rounding: gptq`), cached apart from quantize.
+
+It sees the model quantize writes before mixed precision and bias calibration, so changing
+those (or evaluation) never re-runs it; quantize applies the integers to every weight whose
+grid is still the one they were chosen on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from quantbuild.build.files import npz_bytes
+from quantbuild.calib.rounding_runner import gptq_rounding
+from quantbuild.quant.qdq import write_qdq
+from quantbuild.quant.ranges_io import read
+from quantbuild.stages.context import Context
+from quantbuild.stages.settings import float_model_path, weight_options
+
+NAME = "rounding"
+VERSION = 1
+READS = (
+    "/quantization/bits",
+    "/quantization/scale",
+    "/quantization/weights",
+    "/quantization/bias_bits",  # biases that must fit raise weight scales
+    "/quantization/weight_clipping",
+    "/quantization/weight_rounding",
+    "/calibration/data",
+    "/calibration/preprocess",
+)
+INPUTS = ("prepare", "equalize", "ranges")
+EXPORTS: dict[str, str] = {}
+ARTIFACT = "rounding.npz"
+
+
+def applies(quantization: dict) -> bool:
+    """Whether a recipe's `quantization:` section builds this stage."""
+    return quantization["weight_rounding"] == "gptq" and not quantization["prequantized"]
+
+
+def run(ctx: Context, out: Path) -> dict:
+    q = ctx.recipe.data["quantization"]
+    model = onnx.load(str(float_model_path(ctx)))
+    ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
+    qdq, record = write_qdq(model, ranges, weight_options(q))
+    rounding = gptq_rounding(model, qdq, record, ctx.dataset("calibration"), ctx.log)
+    (out / ARTIFACT).write_bytes(npz_bytes(rounding.arrays()))
+    return {"weights_rounded": len(rounding.integers)}

@@ -1,0 +1,132 @@
+"""selection: mixed precision to an accuracy target (`mixed_precision.max_drop`).
+
+The cheapest set of 16-bit layers (by the latency model) whose task metric on the evaluation
+data is within max_drop of the float model's: top-1 when the evaluation data has labels and
+`top1` is among the metrics, else the output cosine similarity to float (float: 1). Candidate
+sets come from the cached sensitivities (mixed.target.cheapest_within); each is quantized
+with nearest rounding and no bias calibration, which quantize adds afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from quantbuild.evaluate.metrics import Fidelity, Top1
+from quantbuild.graph.onnx_utils import graph_inputs
+from quantbuild.mixed.latency import estimate, static_shapes
+from quantbuild.mixed.precision import assign
+from quantbuild.mixed.target import cheapest_within
+from quantbuild.progress import track
+from quantbuild.runtime import run_frame, session
+from quantbuild.stages.context import Context
+from quantbuild.stages.sensitivity import MixedModels, split_candidates
+from quantbuild.stages.settings import float_model_path
+
+NAME = "selection"
+VERSION = 1
+READS = (
+    "/quantization/mixed_precision",
+    "/evaluation/data",
+    "/evaluation/preprocess",
+    "/evaluation/metrics",
+)
+INPUTS = ("prepare", "equalize", "stats", "ranges", "sensitivity")
+EXPORTS = {"selection.json": "selection.json"}
+
+
+def applies(quantization: dict) -> bool:
+    """Whether a recipe's `quantization:` section builds this stage."""
+    return quantization["bits"] == 8 and "max_drop" in quantization["mixed_precision"]
+
+
+class TaskMetric:
+    """The task metric of a model on the evaluation data (float's reference kept in memory)."""
+
+    def __init__(self, ctx: Context, model: onnx.ModelProto):
+        self.dataset = ctx.dataset("evaluation")
+        self.inputs = graph_inputs(model)
+        self.names = [o.name for o in model.graph.output]
+        metrics = ctx.recipe.data["evaluation"]["metrics"]
+        self.kind = "top1" if "top1" in metrics and self.dataset.has_labels else "cosine"
+        self.reference: list[list[np.ndarray]] = []
+        self.float = self._measure(model, keep=True)
+
+    def _measure(self, model: onnx.ModelProto, keep: bool = False) -> float:
+        runner = session(model)
+        top1, fidelity = Top1(), [Fidelity() for _ in self.names]
+        frames = self.dataset.iterate(self.inputs)
+        for i, (frame, feed) in enumerate(track(frames, "selection", len(self.dataset.frames))):
+            outputs = run_frame(runner, self.names, feed, self.dataset, frame)
+            if self.kind == "top1":
+                top1.update(outputs[0], frame.label)
+                continue
+            if keep:
+                self.reference.append(outputs)
+            for f, ref, got in zip(fidelity, self.reference[i], outputs):
+                f.update(ref, got)
+        if self.kind == "top1":
+            return float(top1.value() or 0.0)
+        return min(f.cosine() for f in fidelity)
+
+    def __call__(self, model: onnx.ModelProto) -> float:
+        return self._measure(model)
+
+
+def run(ctx: Context, out: Path) -> dict:
+    mp = ctx.recipe.data["quantization"]["mixed_precision"]
+    model = onnx.load(str(float_model_path(ctx)))
+    models = MixedModels(ctx, model)
+    metric = TaskMetric(ctx, model)
+    gains = json.loads(ctx.inputs["sensitivity"].path("sensitivity.json").read_text())["gains"]
+    spans = [tuple(pair) for pair in mp.get("ranges", [])]
+    dataset = ctx.dataset("calibration")
+    feed = dataset.load(dataset.frames[0], graph_inputs(model))
+    shapes = static_shapes(model, {name: value.shape for name, value in feed.items()})
+
+    def lists(chosen: list[str]) -> tuple[list[str], list[str]]:
+        outputs, params = split_candidates(chosen)
+        return list(mp.get("output_16bit", [])) + outputs, list(mp.get("params_16bit", [])) + params
+
+    @functools.cache
+    def ratio_for(chosen: tuple[str, ...]) -> float:
+        return estimate(model, assign(model, *lists(list(chosen)), spans), shapes).ratio
+
+    def metric_of(chosen: list[str]) -> float:
+        value = metric(models.qdq(*lists(chosen), spans))
+        ctx.log(
+            f"{len(chosen)} layers promoted: T_MP / T_8 {ratio_for(tuple(chosen)):.3f}, "
+            f"{metric.kind} {value:.4f}"
+        )
+        return value
+
+    target = metric.float - float(mp["max_drop"])
+    cap = float(mp.get("factor") or math.inf)
+    search = cheapest_within(gains, lambda c: ratio_for(tuple(c)), metric_of, target, cap)
+    chosen = search.point
+    result = {
+        "metric": metric.kind,
+        "float": metric.float,
+        "max_drop": mp["max_drop"],
+        "target": target,
+        "met": search.met,
+        "factor_cap": None if math.isinf(cap) else cap,
+        "chosen": search.chosen,
+        "ratio": chosen.ratio,
+        "points": search.table(),
+        "frames": len(metric.dataset.frames),
+    }
+    (out / "selection.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    verdict = "meets the target" if search.met else "misses the target (best measured set kept)"
+    ctx.log(
+        f"max_drop {mp['max_drop']}: {len(search.chosen)} layers promoted, T_MP / T_8 "
+        f"{chosen.ratio:.3f}, {metric.kind} {chosen.metric:.4f} vs float {metric.float:.4f}: "
+        f"{verdict}; {len(search.points)} selections measured on "
+        f"{result['frames']} evaluation frames"
+    )
+    return {"met": search.met, "layers": len(search.chosen), "ratio": chosen.ratio}
