@@ -601,9 +601,10 @@ def _float_remedy(op: str, name: str, outputs: bool) -> str:
         return "export the model in float32 with full shape information (onnx shape inference)"
     if op == "BatchNormalization":
         return (
-            "only a BatchNorm right after a Conv folds into it; this one stays a layer whose "
-            "scale/shift the simulation keeps in float while the target computes it in fixed "
-            f"point: compare on the target, and if it hurts, output_16bit: [{name}]"
+            "a BatchNorm that no Conv absorbs is quantized as a depthwise 1x1 layer when its "
+            "input is 4-D with a known channel count; this one is not, so the simulation keeps "
+            "its scale/shift in float while the target computes it in fixed point: export the "
+            f"model with static channel counts, or compare on the target (output_16bit: [{name}])"
         )
     if op == "LayerNormalization" or op == "InstanceNormalization":
         return "expect a gap between simulation and target here; check with per-layer SQNR"

@@ -122,11 +122,15 @@ def pair_scales(
 
 
 def equalize(
-    model: onnx.ModelProto, channel_ranges: dict[str, np.ndarray], sweeps: int = SWEEPS
+    model: onnx.ModelProto,
+    channel_ranges: dict[str, np.ndarray],
+    sweeps: int = SWEEPS,
+    affine_weights: bool = False,
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A copy of `model` with every pair in `channel_ranges` (tensor -> per-channel max |x|,
     measured on the float model) equalized; and the total factor each tensor's channels were
-    divided by."""
+    divided by. `affine_weights`: balance the multipliers of per-channel affine producers too
+    (for per-tensor weight grids, where one grid must cover all of them)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     weights = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in out.graph.initializer}
@@ -153,8 +157,9 @@ def equalize(
                 axis=0,
             )
             producer_weight = None
-            if pair.producer.op_type == "Conv":
-                w = weights[pair.producer.input[1]]
+            w = weights[pair.producer.input[1]]
+            affine = _per_channel_affine(pair.producer, w)
+            if pair.producer.op_type == "Conv" and (affine_weights or not affine):
                 producer_weight = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
             s = pair_scales(activation[pair.tensor], producer_weight, consumer)
             _apply(pair, s, weights)
@@ -166,6 +171,15 @@ def equalize(
             dtype = numpy_helper.to_array(init).dtype
             init.CopyFrom(numpy_helper.from_array(weights[init.name].astype(dtype), init.name))
     return out, total
+
+
+def _per_channel_affine(node: onnx.NodeProto, weight: np.ndarray) -> bool:
+    """A depthwise 1x1 convolution, one multiplier per channel (prepare turns a BatchNorm that
+    no convolution absorbs into one). With per-channel weights its multipliers are exact on
+    their grids and it is balanced like a BatchNorm, on its activation range only: counting
+    them too measured worse there (PP-OCRv4 det held-out, AM68A: IoU vs float 0.915 against
+    0.934); on per-tensor grids counting them measured better (TDA4VM tuning: 0.932 vs 0.927)."""
+    return weight.ndim == 4 and weight.shape[1:] == (1, 1, 1) and _group(node) == weight.shape[0]
 
 
 def _params(pair: Pair) -> list[str]:

@@ -250,6 +250,36 @@ def matmul_add_to_gemm(g: Graph) -> int:
     return 0
 
 
+def batchnorm_as_depthwise(g: Graph) -> int:
+    """A BatchNormalization no convolution absorbed -> a depthwise 1x1 Conv computing the same
+    per-channel affine: a layer with weights and a bias, quantized as the device runs it rather
+    than simulated in float."""
+    for bn in g.graph.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        params = [g.const(name) for name in bn.input[1:5]]
+        rank, channels = g.rank_and_channels(bn.input[0])
+        if any(p is None for p in params) or rank != 4 or channels is None:
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (np.asarray(p, dtype=np.float64).reshape(-1) for p in params)
+        scale = gamma / np.sqrt(var + eps)
+        weight = g.add_const(f"{bn.name}.weight", scale.reshape(-1, 1, 1, 1).astype(np.float32))
+        bias = g.add_const(f"{bn.name}.bias", (beta - mean * scale).astype(np.float32))
+        conv = helper.make_node(
+            "Conv",
+            [bn.input[0], weight, bias],
+            [bn.output[0]],
+            name=bn.name,
+            group=channels,
+            kernel_shape=[1, 1],
+        )
+        bn.CopyFrom(conv)
+        g.refresh()
+        return 1
+    return 0
+
+
 def simplify(model: onnx.ModelProto) -> dict[str, int]:
     """Apply every rewrite until none applies; returns how often each one did."""
     g = Graph(model)
@@ -268,5 +298,8 @@ def simplify(model: onnx.ModelProto) -> dict[str, int]:
             while rewrite(g):
                 counts[rewrite.__name__] += 1
                 changed = True
+    # Last: a BatchNorm a rewrite above made or left is absorbed by a convolution when it can be.
+    while batchnorm_as_depthwise(g):
+        counts[batchnorm_as_depthwise.__name__] += 1
     g.prune_initializers()
     return dict(counts)

@@ -15,8 +15,13 @@ from quantbuild.graph.equalize import equalize, find_pairs
 from quantbuild.stages.context import Context
 
 NAME = "equalize"
-VERSION = 2  # 2: no stamp when no tensor qualifies
-READS = ("/quantization/equalization", "/calibration/data", "/calibration/preprocess")
+VERSION = 3  # 2: no stamp when no tensor qualifies; 3: per-channel affine producers
+READS = (
+    "/quantization/equalization",
+    "/quantization/weights/per_channel",  # per-tensor grids also balance affine multipliers
+    "/calibration/data",
+    "/calibration/preprocess",
+)
 INPUTS = ("prepare",)
 # The model that was quantized: what TIDL compiles with the exported quant_params.prototxt.
 EXPORTS = {"model.onnx": "model.float.onnx"}
@@ -28,7 +33,8 @@ def run(ctx: Context, out: Path) -> dict:
     model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
     tensors = [p.tensor for p in find_pairs(model)]
     measured = channel_ranges(model, ctx.dataset("calibration"), tensors, frames)
-    equalized, factors = equalize(model, measured)
+    per_tensor = not ctx.recipe.data["quantization"]["weights"]["per_channel"]
+    equalized, factors = equalize(model, measured, affine_weights=per_tensor)
     record = {name: [float(x) for x in f] for name, f in factors.items()}
     # Stamped only when something changed: an unchanged model fits any ranges of the original.
     stamp = digest(record) if record else None

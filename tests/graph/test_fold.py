@@ -112,7 +112,7 @@ def test_decomposed_hardswish_becomes_one_operator():
     assert any(o.domain in ("", "ai.onnx") and o.version >= 14 for o in prepared.opset_import)
 
 
-def test_scale_then_shift_after_an_activation_becomes_one_batchnorm_even_with_symbolic_sizes():
+def test_scale_then_shift_after_an_activation_becomes_one_depthwise_layer_with_symbolic_sizes():
     model = _model(
         [
             helper.make_node("Relu", ["x"], ["r"], name="relu"),
@@ -123,7 +123,11 @@ def test_scale_then_shift_after_an_activation_becomes_one_batchnorm_even_with_sy
         dynamic=True,
     )
     prepared = _same_outputs(model)
-    assert _ops(prepared) == Counter({"Relu": 1, "BatchNormalization": 1})
+    # one BatchNorm (TIDL's layer), run as the per-channel affine it is: a depthwise 1x1 Conv
+    assert _ops(prepared) == Counter({"Relu": 1, "Conv": 1})
+    conv = next(n for n in prepared.graph.node if n.op_type == "Conv")
+    attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    assert attributes == {"group": 4, "kernel_shape": [1, 1]} and len(conv.input) == 3
 
 
 def test_identity_nodes_are_removed_and_matmul_plus_bias_becomes_gemm():
