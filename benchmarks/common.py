@@ -52,7 +52,9 @@ class ModelSpec:
     file: str
     preprocess: dict = field(default_factory=dict)  # quantbuild `preprocess:` mapping
     metric: str = "top1"
-    data: str = "rendered"  # "rendered": data.py / heldout.py renderers; "photos": photos.py
+    # "rendered": data.py / heldout.py renderers; else the module that renders both sets
+    # (prepare(..., held_out)): "photos" (photos.py), "lines" (lines.py), "boxes" (boxes.py)
+    data: str = "rendered"
 
     @property
     def path(self) -> Path:
@@ -76,6 +78,15 @@ _NSFW_MEAN_BGR = [104.0, 117.0, 123.0]
 _FOCUS_SIZE = 224
 _FOCUS_MEAN = [0.485, 0.456, 0.406]
 _FOCUS_STD = [0.229, 0.224, 0.225]
+# rapidocr TextRecognizer.resize_norm_img (rec_img_shape [3, 48, 320], batch of one): BGR, resize
+# to height 48 and width ceil(48 w / h) (cv2 INTER_LINEAR), (x / 255 - 0.5) / 0.5, then zeros
+# (pixel 127.5) to the right up to 320 = 48 * max(320 / 48, w / h). lines.py renders every line
+# at 48x320 already (rec_canvas, pad 128), so the resize and the padding are identities.
+REC_HEIGHT, REC_WIDTH, REC_PAD = 48, 320, 128
+# ddddocr DetectionEngine.get_bbox/preproc (common_det.onnx, YOLOX): cv2.imdecode BGR, letterbox
+# into 416x416: scale r = min(416 / h, 416 / w) (cv2 INTER_LINEAR), paste top-left on 114 grey,
+# float32 NCHW 0..255 (no normalization). boxes.py renders 416x416, where r = 1.
+YOLOX_SIZE, YOLOX_PAD = 416, 114
 MODELS: dict[str, ModelSpec] = {
     "orientation": ModelSpec(
         name="orientation",
@@ -125,6 +136,22 @@ MODELS: dict[str, ModelSpec] = {
         metric="pearson",
         data="photos",
     ),
+    "recognition": ModelSpec(
+        name="recognition",
+        package="rapidocr_onnxruntime",
+        file="models/ch_PP-OCRv4_rec_infer.onnx",
+        preprocess={"color": "bgr", "mean": [127.5], "scale": [2.0 / 255.0]},
+        metric="char_accuracy",
+        data="lines",
+    ),
+    "yolox": ModelSpec(
+        name="yolox",
+        package="ddddocr",
+        file="common_det.onnx",
+        preprocess={"color": "bgr"},
+        metric="box_f1",
+        data="boxes",
+    ),
 }
 # The models `run.py` benchmarks without --models, and every model it knows (the zoo).
 DEFAULT_MODELS = ("orientation", "detection")
@@ -138,6 +165,30 @@ def orientation_labels() -> list[str]:
     model = onnx.load(str(MODELS["orientation"].path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     return props["character"].split("\n")
+
+
+def recognition_charset() -> list[str]:
+    """The recognizer's CTC classes, as rapidocr's CTCLabelDecode builds them: 'blank', the
+    model's metadata 'character' (6623 lines), then ' ' (6625 classes)."""
+    import onnx
+
+    model = onnx.load(str(MODELS["recognition"].path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    return ["blank", *props["character"].splitlines(), " "]
+
+
+def rec_canvas(image: Image.Image) -> Image.Image:
+    """A text-line crop as rapidocr's resize_norm_img lays it out at 48x320: height 48, width
+    ceil(48 w / h) (bilinear; cv2 INTER_LINEAR in rapidocr), at the left, grey REC_PAD to the
+    right (rapidocr pads with normalized 0, pixel 127.5). Wider lines would widen rapidocr's
+    input beyond 320, so they are refused."""
+    w, h = image.size
+    width = int(np.ceil(REC_HEIGHT * w / h))
+    if width > REC_WIDTH:
+        raise ValueError(f"text line {w}x{h} is wider than {REC_WIDTH / REC_HEIGHT:.2f}:1")
+    canvas = Image.new("RGB", (REC_WIDTH, REC_HEIGHT), (REC_PAD,) * 3)
+    canvas.paste(image.convert("RGB").resize((width, REC_HEIGHT), Image.Resampling.BILINEAR))
+    return canvas
 
 
 # -- reference preprocessing (numpy + PIL, written from the packages' own code) ----------------
@@ -170,6 +221,13 @@ def reference_pixels(model: str, file: Path) -> np.ndarray:
         top, left = (_FOCUS_SIZE - h) // 2, (_FOCUS_SIZE - w) // 2  # PadIfNeeded, centred
         pad = ((top, _FOCUS_SIZE - h - top), (left, _FOCUS_SIZE - w - left), (0, 0))
         return np.ascontiguousarray(np.pad(pixels, pad, constant_values=0))
+    elif model == "recognition" and image.size != (REC_WIDTH, REC_HEIGHT):
+        image = rec_canvas(image)
+    elif model == "yolox" and image.size != (YOLOX_SIZE, YOLOX_SIZE):
+        r = min(YOLOX_SIZE / image.height, YOLOX_SIZE / image.width)  # letterbox, top-left
+        resized = image.resize((int(image.width * r), int(image.height * r)))  # bilinear
+        image = Image.new("RGB", (YOLOX_SIZE, YOLOX_SIZE), (YOLOX_PAD,) * 3)
+        image.paste(resized)
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[:, :, ::-1])
 
 
@@ -187,7 +245,9 @@ def normalize(model: str, pixels: np.ndarray) -> np.ndarray:
         mean = np.asarray(_FOCUS_MEAN, dtype=np.float32) * np.float32(255.0)
         std = np.asarray(_FOCUS_STD, dtype=np.float32) * np.float32(255.0)
         x = (x - mean) * np.reciprocal(std, dtype=np.float32)
-    else:
+    elif model == "yolox":  # ddddocr feeds the 0..255 BGR pixels as they are
+        pass
+    else:  # detection, recognition (rapidocr): (x / 255 - 0.5) / 0.5
         x = (x * np.float32(1.0 / 255.0) - np.float32(0.5)) / np.float32(0.5)
     if x.ndim == 3:
         x = x[None]

