@@ -14,9 +14,8 @@ from onnx import numpy_helper
 from quantbuild.build.files import load_npz
 from quantbuild.calib.bias_runner import calibrate_biases, check_frames, output_errors
 from quantbuild.calib.rounding_runner import ROUNDING_FRAMES, Rounding, apply_rounding
-from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.apply import wide_layers, widen_ranges
-from quantbuild.mixed.latency import estimate, static_shapes
+from quantbuild.mixed.latency import estimate
 from quantbuild.mixed.precision import Assignment, assign
 from quantbuild.mixed.select import select_layers, select_within
 from quantbuild.quant import ort_overrides, tidl_proto
@@ -32,6 +31,8 @@ from quantbuild.stages.sensitivity import (
     FRAMES,
     SWEEP,
     ErrorProbe,
+    Promotions,
+    observed_shapes,
     split_candidates,
 )
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
@@ -79,7 +80,7 @@ def run(ctx: Context, out: Path) -> dict:
     options = weight_options(q)
     if q["prequantized"]:
         options = replace(options, given=_prequantized_weights(ctx))
-    shapes = _observed_shapes(ctx, model)
+    shapes = observed_shapes(ctx, model)
     assignment = _assignment(ctx, model, shapes)
     if q["bits"] == 8 and (assignment.tensors_16bit or assignment.weights_16bit):
         stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
@@ -233,30 +234,13 @@ def _table(assignment: Assignment, bits: int) -> list[dict]:
     return rows
 
 
-def _observed_shapes(ctx: Context, model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Static shapes of every tensor for the first calibration frame (symbolic H/W resolved)."""
-    dataset = ctx.dataset("calibration")
-    feed = dataset.load(dataset.frames[0], graph_inputs(model))
-    return static_shapes(model, {name: value.shape for name, value in feed.items()})
-
-
 def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[str]:
     """Layers promoted under `mixed_precision.factor`, from the cached sensitivities."""
     mp = ctx.recipe.data["quantization"]["mixed_precision"]
     sensitivity = json.loads(ctx.inputs["sensitivity"].path("sensitivity.json").read_text())
-    spans = [tuple(pair) for pair in mp.get("ranges", [])]
-    manual = assign(model, mp.get("output_16bit", []), mp.get("params_16bit", []), spans)
-
-    def lists(chosen: list[str]) -> tuple[list[str], list[str]]:
-        outputs, params = split_candidates(chosen)
-        return list(mp.get("output_16bit", [])) + outputs, list(mp.get("params_16bit", [])) + params
-
-    @functools.cache
-    def ratio_for(chosen: tuple[str, ...]) -> float:
-        return estimate(model, assign(model, *lists(list(chosen)), spans), shapes).ratio
-
-    def ratio_of(chosen: list[str]) -> float:
-        return ratio_for(tuple(chosen))
+    promotions = Promotions(model, mp, shapes)
+    lists, ratio_of, spans = promotions.lists, promotions.ratio, promotions.spans
+    manual = assign(model, *lists([]), spans)
 
     frames = len(ctx.dataset("calibration").frames)
     check = CHECK_FRAMES if frames > CHECK_FRAMES.start else slice(FRAMES)

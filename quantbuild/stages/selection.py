@@ -9,7 +9,6 @@ with nearest rounding and no bias calibration, which quantize adds afterwards.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from pathlib import Path
@@ -19,13 +18,11 @@ import onnx
 
 from quantbuild.evaluate.metrics import Fidelity, Top1
 from quantbuild.graph.onnx_utils import graph_inputs
-from quantbuild.mixed.latency import estimate, static_shapes
-from quantbuild.mixed.precision import assign
 from quantbuild.mixed.target import cheapest_within
 from quantbuild.progress import track
 from quantbuild.runtime import run_frame, session
 from quantbuild.stages.context import Context
-from quantbuild.stages.sensitivity import MixedModels, split_candidates
+from quantbuild.stages.sensitivity import MixedModels, Promotions, observed_shapes
 from quantbuild.stages.settings import float_model_path
 
 NAME = "selection"
@@ -84,30 +81,19 @@ def run(ctx: Context, out: Path) -> dict:
     models = MixedModels(ctx, model)
     metric = TaskMetric(ctx, model)
     gains = json.loads(ctx.inputs["sensitivity"].path("sensitivity.json").read_text())["gains"]
-    spans = [tuple(pair) for pair in mp.get("ranges", [])]
-    dataset = ctx.dataset("calibration")
-    feed = dataset.load(dataset.frames[0], graph_inputs(model))
-    shapes = static_shapes(model, {name: value.shape for name, value in feed.items()})
-
-    def lists(chosen: list[str]) -> tuple[list[str], list[str]]:
-        outputs, params = split_candidates(chosen)
-        return list(mp.get("output_16bit", [])) + outputs, list(mp.get("params_16bit", [])) + params
-
-    @functools.cache
-    def ratio_for(chosen: tuple[str, ...]) -> float:
-        return estimate(model, assign(model, *lists(list(chosen)), spans), shapes).ratio
+    promotions = Promotions(model, mp, observed_shapes(ctx, model))
 
     def metric_of(chosen: list[str]) -> float:
-        value = metric(models.qdq(*lists(chosen), spans))
+        value = metric(models.qdq(*promotions.lists(chosen), promotions.spans))
         ctx.log(
-            f"{len(chosen)} layers promoted: T_MP / T_8 {ratio_for(tuple(chosen)):.3f}, "
+            f"{len(chosen)} layers promoted: T_MP / T_8 {promotions.ratio(chosen):.3f}, "
             f"{metric.kind} {value:.4f}"
         )
         return value
 
     target = metric.float - float(mp["max_drop"])
     cap = float(mp.get("factor") or math.inf)
-    search = cheapest_within(gains, lambda c: ratio_for(tuple(c)), metric_of, target, cap)
+    search = cheapest_within(gains, promotions.ratio, metric_of, target, cap)
     chosen = search.point
     result = {
         "metric": metric.kind,

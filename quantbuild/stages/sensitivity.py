@@ -18,7 +18,6 @@ measures a lower error (mixed.select.select_within).
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable
 from dataclasses import replace
@@ -80,6 +79,36 @@ def split_candidates(chosen: list[str]) -> tuple[list[str], list[str]]:
         if c.endswith(PARAMS) and c.removesuffix(PARAMS) not in outputs
     ]
     return outputs, params
+
+
+def observed_shapes(ctx: Context, model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every tensor for the first calibration frame (symbolic H/W resolved)."""
+    dataset = ctx.dataset("calibration")
+    feed = dataset.load(dataset.frames[0], graph_inputs(model))
+    return static_shapes(model, {name: value.shape for name, value in feed.items()})
+
+
+class Promotions:
+    """Automatic selections on top of a recipe's manual mixed precision: TIDL's lists for a set
+    of candidates, and its estimated T_MP / T_8 (each set estimated once)."""
+
+    def __init__(self, model: onnx.ModelProto, mp: dict, shapes: dict):
+        self.model, self.mp, self.shapes = model, mp, shapes
+        self.spans = [tuple(pair) for pair in mp.get("ranges", [])]
+        self._ratios: dict[tuple[str, ...], float] = {}
+
+    def lists(self, chosen: list[str]) -> tuple[list[str], list[str]]:
+        """(output_16bit, params_16bit): the recipe's lists plus the chosen candidates."""
+        outputs, params = split_candidates(chosen)
+        manual = self.mp.get("output_16bit", []), self.mp.get("params_16bit", [])
+        return list(manual[0]) + outputs, list(manual[1]) + params
+
+    def ratio(self, chosen: list[str]) -> float:
+        key = tuple(chosen)
+        if key not in self._ratios:
+            assignment = assign(self.model, *self.lists(chosen), self.spans)
+            self._ratios[key] = estimate(self.model, assignment, self.shapes).ratio
+        return self._ratios[key]
 
 
 class MixedModels:
@@ -169,13 +198,8 @@ def run(ctx: Context, out: Path) -> dict:
     gains = {name: (alone[name] + together[name]) / 2 for name in candidates}
     shapes = static_shapes(model, {name: value.shape for name, value in feeds[0].items()})
 
-    @functools.cache
-    def ratio_for(chosen: tuple[str, ...]) -> float:
-        # The sweep's selections share every single-layer cost and their common prefixes.
-        return estimate(model, assign(model, *split_candidates(list(chosen))), shapes).ratio
-
-    def ratio_of(chosen: list[str]) -> float:
-        return ratio_for(tuple(chosen))
+    # The sweep's selections share every single-layer cost and their common prefixes.
+    ratio_of = Promotions(model, {}, shapes).ratio
 
     # What automatic selection buys at each budget, for the report's fidelity/latency plot.
     errors: dict[tuple[str, ...], float] = {(): base}

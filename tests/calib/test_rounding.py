@@ -79,7 +79,8 @@ def test_conv_patches_times_weights_is_the_convolution(group, stride, pads, dila
     assert np.allclose(got, y[0], atol=1e-4)
 
 
-def test_applied_rounding_changes_only_weight_and_bias_integers(tmp_path):
+def _small_build(tmp_path):
+    """A prepared CNN, its calibration data, ranges and per-tensor power-of-2 QDQ model."""
     model, _ = prepare_model(small_cnn(size=16, seed=3))
     data = open_dataset(
         {"tensors": str(write_npz(tmp_path / "c.npz", 16, (1, 3, 16, 16), seed=5))},
@@ -89,6 +90,11 @@ def test_applied_rounding_changes_only_weight_and_bias_integers(tmp_path):
     )
     ranges = activation_ranges(collect_statistics(model, data), "minmax", 8, True, True)
     qdq, record = write_qdq(model, ranges, WeightOptions(8, False, True, 16))
+    return model, data, ranges, qdq, record
+
+
+def test_applied_rounding_changes_only_weight_and_bias_integers(tmp_path):
+    model, data, _, qdq, record = _small_build(tmp_path)
     logged: list[str] = []
     rounding = gptq_rounding(model, qdq, record, data, log=logged.append)
     assert "weight rounding (gptq)" in logged[0] and "layers re-rounded" in logged[0]
@@ -111,15 +117,7 @@ def test_applied_rounding_changes_only_weight_and_bias_integers(tmp_path):
 
 
 def test_rounding_is_not_applied_to_a_weight_on_another_grid(tmp_path):
-    model, _ = prepare_model(small_cnn(size=16, seed=3))
-    data = open_dataset(
-        {"tensors": str(write_npz(tmp_path / "c.npz", 16, (1, 3, 16, 16), seed=5))},
-        {},
-        "calibration.data",
-        "r.yaml",
-    )
-    ranges = activation_ranges(collect_statistics(model, data), "minmax", 8, True, True)
-    qdq, record = write_qdq(model, ranges, WeightOptions(8, False, True, 16))
+    model, data, ranges, qdq, record = _small_build(tmp_path)
     rounding = gptq_rounding(model, qdq, record, data, log=lambda _: None)
     assert rounding.integers
     # the same weights on per-channel grids (as mixed precision or a changed recipe would give)
