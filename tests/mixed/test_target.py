@@ -57,7 +57,14 @@ def test_unreachable_target_keeps_the_best_measured_and_says_so():
     search = cheapest_within(GAINS, ratio_of, metric, 0.8)
     assert not search.met
     assert search.point.metric == 0.5 and search.point.ratio == 1.0  # ties: the cheapest
-    assert any(math.isinf(p.factor) for p in search.points)  # tried every layer with a gain
+    assert any(math.isinf(p.factor) for p in search.points)  # tried every candidate
+
+
+def test_the_last_resort_promotes_candidates_without_a_measured_gain():
+    gains = {"a": 1.0, "z": 0.0}  # z showed no gain on the sensitivity frames
+    metric, calls = metric_with({"a", "z"})
+    search = cheapest_within(gains, lambda c: 1.0 + 0.1 * len(c), metric, 0.8)
+    assert search.met and search.chosen == ["a", "z"] and calls[-1] == ("a", "z")
 
 
 def test_a_factor_caps_the_search():
