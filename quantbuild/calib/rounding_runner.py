@@ -244,7 +244,7 @@ def apply_rounding(
         tensor.CopyFrom(numpy_helper.from_array(integers, tensor.name))
         applied += 1
         bias = bias_of.get(weight, "")
-        if weight in rounding.bias_shifts and bias in record["biases"]:
+        if bias in record["biases"]:
             shift = rounding.bias_shifts[weight]
             _shift_bias(tensors[f"{bias}_quantized"], record["biases"][bias], shift)
     return result, applied

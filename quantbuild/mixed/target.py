@@ -53,10 +53,9 @@ def cheapest_within(
 ) -> Search:
     """The cheapest measured selection with metric_of(selection) >= target, budgets up to
     `cap`; when none reaches it, the one with the best metric (met False)."""
-    points: list[Point] = []
-    measured: dict[tuple[str, ...], Point] = {}
+    measured: dict[tuple[str, ...], Point] = {}  # selection -> its measurement, in order
 
-    def measure(factor: float) -> tuple[list[str], Point]:
+    def measure(factor: float) -> Point:
         if math.isinf(factor):  # last resort: every candidate, measured gain or not
             chosen = sorted(gains)
         else:
@@ -64,19 +63,14 @@ def cheapest_within(
         key = tuple(chosen)
         if key not in measured:
             measured[key] = Point(factor, ratio_of(chosen), len(chosen), metric_of(chosen))
-            points.append(measured[key])
-        return chosen, measured[key]
+        return measured[key]
 
-    selections: dict[Point, list[str]] = {}
-    low = 1.0
-    chosen, point = measure(low)
-    selections[point] = chosen
-    high = None
+    low, high = 1.0, None
+    point = measure(low)
     for factor in [b for b in BUDGETS if b <= cap] + ([cap] if cap not in BUDGETS else []):
         if point.metric >= target:
             break
-        chosen, point = measure(factor)
-        selections[point] = chosen
+        point = measure(factor)
         if point.metric >= target:
             high = factor
             break
@@ -84,15 +78,15 @@ def cheapest_within(
     if high is not None and not math.isinf(high):
         for _ in range(BISECTIONS):
             middle = (low + high) / 2
-            chosen, point = measure(middle)
-            selections[point] = chosen
-            if point.metric >= target:
+            if measure(middle).metric >= target:
                 high = middle
             else:
                 low = middle
+    points = list(measured.values())
     passing = [p for p in points if p.metric >= target]
     if passing:
         best = min(passing, key=lambda p: (p.ratio, -p.metric))
     else:
         best = max(points, key=lambda p: (p.metric, -p.ratio))
-    return Search(selections[best], best, bool(passing), points)
+    chosen = next(list(key) for key, p in measured.items() if p is best)
+    return Search(chosen, best, bool(passing), points)

@@ -94,7 +94,6 @@ def run(ctx: Context, out: Path) -> dict:
     target = metric.float - float(mp["max_drop"])
     cap = float(mp.get("factor") or math.inf)
     search = cheapest_within(gains, promotions.ratio, metric_of, target, cap)
-    chosen = search.point
     result = {
         "metric": metric.kind,
         "float": metric.float,
@@ -103,7 +102,7 @@ def run(ctx: Context, out: Path) -> dict:
         "met": search.met,
         "factor_cap": None if math.isinf(cap) else cap,
         "chosen": search.chosen,
-        "ratio": chosen.ratio,
+        "ratio": search.point.ratio,
         "points": search.table(),
         "frames": len(metric.dataset.frames),
     }
@@ -111,8 +110,9 @@ def run(ctx: Context, out: Path) -> dict:
     verdict = "meets the target" if search.met else "misses the target (best measured set kept)"
     ctx.log(
         f"max_drop {mp['max_drop']}: {len(search.chosen)} layers promoted, T_MP / T_8 "
-        f"{chosen.ratio:.3f}, {metric.kind} {chosen.metric:.4f} vs float {metric.float:.4f}: "
+        f"{search.point.ratio:.3f}, {metric.kind} {search.point.metric:.4f} vs float "
+        f"{metric.float:.4f}: "
         f"{verdict}; {len(search.points)} selections measured on "
         f"{result['frames']} evaluation frames"
     )
-    return {"met": search.met, "layers": len(search.chosen), "ratio": chosen.ratio}
+    return {"met": search.met, "layers": len(search.chosen), "ratio": search.point.ratio}
