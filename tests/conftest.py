@@ -1,5 +1,17 @@
+from pathlib import Path
+
 import pytest
 from builders import make_project
+
+SLOW = (Path(__file__).parent / "integration", Path(__file__).parent / "test_example.py")
+
+
+def pytest_collection_modifyitems(items):
+    """End-to-end builds (tests/integration, the bundled example) are `slow`: a quick loop is
+    `pytest -m "not slow"`; CI runs everything."""
+    for item in items:
+        if any(item.path == p or p in item.path.parents for p in SLOW):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -10,12 +10,15 @@ from onnx import helper, numpy_helper
 
 from quantbuild.calib.bias_correction import BiasedLayer, channel_means, step_size, update
 from quantbuild.data.dataset import Dataset
-from quantbuild.evaluate.metrics import relative_error
+from quantbuild.evaluate.metrics import clearly_worse, frame_errors
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.progress import track
 from quantbuild.runtime import session, with_outputs
 
-CHECK_FRAMES = 16  # frames on which calibrated and uncalibrated biases are compared
+# Frames on which calibrated and uncalibrated biases are compared: the last calibration frames,
+# those not fitted first. 32 paired frames tell a real gain from noise where 14 unfitted ones
+# could not (orientation, held-out set: a coin toss).
+CHECK_FRAMES = 32
 
 
 def _layers(qdq: onnx.ModelProto, record: dict) -> list[BiasedLayer]:
@@ -110,9 +113,9 @@ def calibrate_biases(
     log: Callable[[str], None] = print,
 ) -> onnx.ModelProto:
     """Correct the biases of `qdq` toward the float model's per-channel output means (TI's
-    advanced bias calibration). The corrected model is returned only if its output is closer
-    to the float model's than `qdq`'s, on up to CHECK_FRAMES calibration frames after the
-    first `frames` (or the first ones when there are no others); else `qdq` itself."""
+    advanced bias calibration). The corrected model is returned unless its output is clearly
+    further from the float model's than `qdq`'s (metrics.clearly_worse) on the last
+    CHECK_FRAMES calibration frames; else `qdq` itself."""
     layers = _layers(qdq, record)
     if not layers:
         return qdq
@@ -129,32 +132,33 @@ def calibrate_biases(
         f"mean |float - quantized| channel mean {first_gap:.3g} -> {last_gap:.3g}"
     )
     # Matching every layer's channel means does not always bring the output closer to the
-    # float model's (it can even move it away, e.g. around 16-bit layers in mixed precision):
-    # keep the calibrated biases only when they do, judged on frames they were not fitted to.
+    # float model's (it can move it away, e.g. around 16-bit layers in mixed precision): the
+    # calibrated biases are dropped when they clearly do. Only clearly: what they gain is
+    # mostly on a few hard frames (on held-out data, orientation top-1 0.943 -> 0.983), which a
+    # small check set may not hold.
     check, where = check_frames(dataset, frames)
     before, after = output_errors(float_model, [qdq, result], dataset, check)
-    if after >= before:
-        log(
-            f"{summary}; output error {before:.3g} -> {after:.3g} on {where}: "
-            "kept the uncalibrated biases"
-        )
+    change = f"output error {before.mean():.3g} -> {after.mean():.3g} on {where}"
+    if clearly_worse(after, before):
+        log(f"{summary}; {change}: clearly worse, kept the uncalibrated biases")
         return qdq
-    log(f"{summary}; output error {before:.3g} -> {after:.3g} on {where}")
+    log(f"{summary}; {change}")
     return result
 
 
 def check_frames(dataset: Dataset, used: int) -> tuple[list, str]:
-    """Up to CHECK_FRAMES calibration frames after the first `used` (the first ones when there
-    are no others), and how to name them in a log line."""
-    held_out = dataset.frames[used : used + CHECK_FRAMES]
-    check = held_out or dataset.frames[:CHECK_FRAMES]
-    return check, f"{len(check)} {'held-out ' if held_out else ''}frames"
+    """The last CHECK_FRAMES calibration frames, and how to name them in a log line (how many
+    of them are among the first `used`, which a calibration was fitted on)."""
+    start = max(len(dataset.frames) - CHECK_FRAMES, 0)
+    check = dataset.frames[start:]
+    fitted = max(min(used, len(dataset.frames)) - start, 0)
+    return check, f"{len(check)} frames ({len(check) - fitted} not fitted)"
 
 
 def output_errors(
     float_model: onnx.ModelProto, candidates: list[onnx.ModelProto], dataset: Dataset, frames
-) -> list[float]:
-    """Each candidate's output error relative to the float model on `frames`."""
+) -> list[np.ndarray]:
+    """Each candidate's per-frame output error relative to the float model on `frames`."""
     inputs = graph_inputs(float_model)
     names = [o.name for o in float_model.graph.output]
     feeds = [dataset.load(frame, inputs) for frame in frames]
@@ -163,5 +167,5 @@ def output_errors(
     errors = []
     for model in candidates:
         runner = session(model)
-        errors.append(relative_error([runner.run(names, feed) for feed in feeds], reference))
+        errors.append(frame_errors([runner.run(names, feed) for feed in feeds], reference))
     return errors

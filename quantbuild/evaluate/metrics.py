@@ -88,11 +88,39 @@ class ErrorSums:
         return [sqnr_db(self.signal, noise) for noise in self.noise]
 
 
+def frame_errors(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> np.ndarray:
+    """Per frame, the mean over outputs of the squared error relative to the reference's power."""
+    return np.array(
+        [
+            np.mean(
+                [
+                    float(np.mean((g - w) ** 2) / max(float(np.mean(w**2)), 1e-30))
+                    for g, w in zip(got, want)
+                ]
+            )
+            for got, want in zip(outputs, reference)
+        ]
+    )
+
+
 def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> float:
     """Mean over frames and outputs of the squared error relative to the reference's power:
     the fidelity measure that sensitivity analysis and bias calibration minimize."""
-    errors = []
-    for got, want in zip(outputs, reference):
-        for g, w in zip(got, want):
-            errors.append(float(np.mean((g - w) ** 2) / max(float(np.mean(w**2)), 1e-30)))
-    return float(np.mean(errors))
+    return float(np.mean(frame_errors(outputs, reference)))
+
+
+# One-sided 95 %: a change is "clearly worse" only when its paired per-frame increase in error
+# exceeds 1.645 standard errors. Per-frame errors are heavy-tailed (a classifier's error is a
+# few flipped frames), so a plain comparison of means on a few frames is close to a coin toss.
+CLEARLY = 1.645
+
+
+def clearly_worse(after: np.ndarray, before: np.ndarray, z: float = CLEARLY) -> bool:
+    """Whether per-frame errors `after` are worse than `before` on the same frames beyond noise
+    (a paired one-sided test on the per-frame differences)."""
+    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    if diff.size == 0 or diff.mean() <= 0:
+        return False
+    if diff.size == 1:
+        return True
+    return bool(diff.mean() > z * diff.std(ddof=1) / np.sqrt(diff.size))

@@ -6,7 +6,7 @@ import numpy as np
 from builders import small_cnn, write_npz
 
 from quantbuild.calib.bias_correction import BiasedLayer, channel_means, step_size, update
-from quantbuild.calib.bias_runner import calibrate_biases
+from quantbuild.calib.bias_runner import CHECK_FRAMES, calibrate_biases, check_frames
 from quantbuild.calib.collect import collect_statistics
 from quantbuild.calib.policy import activation_ranges
 from quantbuild.data.dataset import open_dataset
@@ -83,11 +83,18 @@ def test_bias_calibration_reduces_the_per_channel_mean_error(tmp_path):
     ]
 
 
-def test_calibration_is_judged_on_held_out_frames(tmp_path):
+def test_calibration_is_judged_on_the_last_frames_and_says_how_many_were_fitted(tmp_path):
     model, data, qdq, record = _calibration_setup(tmp_path)
     logged = []
-    calibrate_biases(model, qdq, record, data, frames=8, iterations=16, log=logged.append)
-    assert "output error" in logged[0] and "on 8 held-out frames" in logged[0]
+    calibrate_biases(model, qdq, record, data, frames=12, iterations=16, log=logged.append)
+    assert "output error" in logged[0] and "on 16 frames (4 not fitted)" in logged[0]
+
+
+def test_check_frames_are_the_last_ones(tmp_path):
+    _, data, _, _ = _calibration_setup(tmp_path)
+    check, where = check_frames(data, 50)
+    assert check == data.frames[-CHECK_FRAMES:] and where == "16 frames (0 not fitted)"
+    assert check_frames(data, 4)[1] == "16 frames (12 not fitted)"
 
 
 def test_biases_that_move_the_output_away_from_float_are_not_kept(tmp_path, monkeypatch):
@@ -100,4 +107,4 @@ def test_biases_that_move_the_output_away_from_float_are_not_kept(tmp_path, monk
     logged = []
     result = calibrate_biases(model, qdq, record, data, frames=8, iterations=16, log=logged.append)
     assert result is qdq
-    assert "kept the uncalibrated biases" in logged[0]
+    assert "clearly worse, kept the uncalibrated biases" in logged[0]

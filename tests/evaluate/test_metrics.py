@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from quantbuild.evaluate.metrics import Fidelity, Top1
+from quantbuild.evaluate.metrics import Fidelity, Top1, clearly_worse, frame_errors, relative_error
 
 
 def test_top1_counts_argmax_matches():
@@ -101,3 +101,21 @@ def test_float32_inputs_are_accumulated_in_float64():
     expected = 10 * math.log10(np.sum(x64 * x64) / np.sum((x64 - q64) ** 2))
     assert f.sqnr_db() == pytest.approx(expected, rel=1e-9)
     assert f.sqnr_db() > 100
+
+
+def test_frame_errors_are_per_frame_relative_errors_and_their_mean_the_relative_error():
+    reference = [[np.array([1.0, 1.0])], [np.array([2.0, 0.0])]]
+    outputs = [[np.array([1.0, 0.0])], [np.array([2.0, 0.0])]]
+    assert np.allclose(frame_errors(outputs, reference), [0.5, 0.0])
+    assert relative_error(outputs, reference) == 0.25
+
+
+def test_clearly_worse_needs_a_paired_increase_beyond_noise():
+    before = np.array([0.1, 0.1, 0.1, 0.1])
+    assert clearly_worse(before + 0.01, before)
+    assert not clearly_worse(before - 0.01, before)
+    assert not clearly_worse(before, before)
+    # One frame much worse, the others better: a flip of one hard frame, not a trend.
+    assert not clearly_worse(np.array([1.0, 0.05, 0.05, 0.05]), before)
+    assert clearly_worse(np.array([1.0]), np.array([0.5]))
+    assert not clearly_worse(np.array([]), np.array([]))
