@@ -167,27 +167,33 @@ def pair(entry: dict | None, name: bool = False) -> str:
 
 def markdown(card: dict) -> str:
     meta = card["meta"]
+    quick = [r.get("quick") for r in card["rows"]]
+    title = (
+        " (QUICK smoke runs)" if all(quick) else " (some QUICK smoke runs)" if any(quick) else ""
+    )
     lines = [
-        f"# Zoo scorecard{' (QUICK smoke runs)' if meta.get('quick') else ''}",
+        f"# Zoo scorecard{title}",
         "",
         f"{meta['date']}; {len(card['rows'])} runs (model × set) of run.py, "
         f"{meta['run_s']:.0f} s in all. Each cell: metric / fidelity of the best row of that "
         f"kind (ranked by {', then '.join(meta['ranked_by'])}). Peers: every tool but quantbuild "
         "(onnxruntime, NNCF, ModelOpt, …), any method, classified per-tensor or per-channel by "
         "their config string. Gaps: quantbuild minus the peer (positive: quantbuild ahead), "
-        "tda4vm vs per-tensor peers and am68a vs per-channel peers.",
+        "tda4vm vs per-tensor peers and am68a vs per-channel peers."
+        + (" Sets marked (quick): run.py --quick smoke runs." if any(quick) else ""),
         "",
         "| model | set | float | quantbuild tda4vm | best peer per-tensor | gap metric / "
         "fidelity | quantbuild am68a | best peer per-channel | gap metric / fidelity |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in card["rows"]:
+        data_set = f"{r['set']} (quick)" if r.get("quick") else r["set"]
         if r.get("status") != "ok":
-            lines.append(f"| {r['model']} | {r['set']} | {r.get('status')} |  |  |  |  |  |  |")
+            lines.append(f"| {r['model']} | {data_set} | {r.get('status')} |  |  |  |  |  |  |")
             continue
         g = r["gaps"]
         lines.append(
-            f"| {r['model']} | {r['set']} | {fmt((r['float'] or {}).get('metric'))} | "
+            f"| {r['model']} | {data_set} | {fmt((r['float'] or {}).get('metric'))} | "
             f"{pair(r['quantbuild_tda4vm'])} | {pair(r['peer_per_tensor'], True)} | "
             f"{fmt(g['per_tensor_metric'], sign=True)} / {fmt(g['per_tensor_fidelity'], sign=True)} | "
             f"{pair(r['quantbuild_am68a'])} | {pair(r['peer_per_channel'], True)} | "
