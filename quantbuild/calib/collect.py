@@ -12,7 +12,7 @@ from quantbuild.calib.histogram import BINS, accumulate, sample
 from quantbuild.data.dataset import Dataset
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.progress import track
-from quantbuild.quant.qdq import activation_tensors
+from quantbuild.quant.qdq import VALUE_PRESERVING, activation_tensors
 from quantbuild.runtime import float_tensors, run_frame, session, with_outputs
 
 
@@ -76,6 +76,24 @@ def channel_ranges(
     return peak
 
 
+def output_forming(model: onnx.ModelProto) -> set[str]:
+    """Model outputs and the tensors they are assembled from without arithmetic: through
+    Concat and value-preserving operators (a detection head's box, objectness and class maps
+    concatenated and reshaped into one output carry the result as much as the output does)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found: set[str] = set()
+    pending = [o.name for o in model.graph.output]
+    while pending:
+        name = pending.pop()
+        if name in found:
+            continue
+        found.add(name)
+        node = producer.get(name)
+        if node is not None and (node.op_type == "Concat" or node.op_type in VALUE_PRESERVING):
+            pending.extend(node.input if node.op_type == "Concat" else node.input[:1])
+    return found
+
+
 def _result(
     model: onnx.ModelProto,
     names: list[str],
@@ -90,7 +108,7 @@ def _result(
     high[~seen] = 0.0
     if hist is None:
         hist = np.zeros((0, BINS), dtype=np.int64)
-    outputs = {o.name for o in model.graph.output}
+    outputs = output_forming(model)
     return {
         "names": np.array(names, dtype=str),
         "is_output": np.array([n in outputs for n in names]),

@@ -9,7 +9,9 @@ Every policy reads the fixed-edge (bfloat16-bucket) histograms of the stats stag
 - entropy: TensorRT-style KL divergence between the clipped and the quantized distribution of
   |x| on 2048 linear bins.
 The chosen range then maps to a grid exactly as minmax does (power-of-2 scales round up).
-Model outputs keep their observed range under every policy: they carry the result.
+Model outputs keep their observed range under every policy: they carry the result. So do the
+tensors assembled into an output without arithmetic (Concat, Reshape, ...: the box, objectness
+and class maps of a detection head); `collect.output_forming` names them.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def activation_ranges(
     outputs = stats.get("is_output", np.zeros(len(stats["names"]), dtype=bool))
     for i, name in enumerate(stats["names"].tolist()):
         low, high = float(stats["min"][i]), float(stats["max"][i])
-        if not outputs[i]:  # model outputs carry the result: never clipped
+        if not outputs[i]:  # model outputs (and what they are assembled from): never clipped
             dist = Distribution(stats["hist"][i], low, high)
             low, high = clip_range(dist, policy, bits, symmetric, power_of_2, percentile)
         out[name] = TensorRange(

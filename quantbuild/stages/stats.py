@@ -14,7 +14,7 @@ from quantbuild.stages.imports import imported_ranges
 from quantbuild.stages.settings import float_model_path
 
 NAME = "stats"
-VERSION = 5
+VERSION = 6
 READS = (
     "/calibration/data",
     "/calibration/preprocess",

@@ -8,8 +8,9 @@ import pytest
 from builders import small_cnn, write_npz
 from onnx import TensorProto, helper
 
-from quantbuild.calib.collect import collect_statistics
+from quantbuild.calib.collect import collect_statistics, output_forming
 from quantbuild.calib.histogram import BINS, bucket_indices
+from quantbuild.calib.policy import activation_ranges
 from quantbuild.data.dataset import open_dataset
 from quantbuild.errors import DataError
 from quantbuild.graph.prepare import prepare_model
@@ -128,3 +129,64 @@ def test_nan_produced_inside_the_model_is_a_data_error(tmp_path):
     names = stats["names"].tolist()
     assert stats["min"][names.index("log")] == 0.0
     assert stats["max"][names.index("log")] == np.float32(np.log(np.float32(4.0)))
+
+
+def _two_head_model() -> onnx.ModelProto:
+    """x -> Conv (trunk) -> Relu; two 1x1 heads (box: Conv, score: Conv -> Sigmoid),
+    concatenated and reshaped into the one model output, as a detection head is."""
+    rng = np.random.default_rng(0)
+
+    def weight(name, shape):
+        return helper.make_tensor(
+            name, TensorProto.FLOAT, shape, rng.normal(0, 0.5, shape).astype(np.float32).ravel()
+        )
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w0"], ["trunk"], name="trunk"),
+            helper.make_node("Relu", ["trunk"], ["t"], name="relu"),
+            helper.make_node("Conv", ["t", "wb"], ["box"], name="box"),
+            helper.make_node("Conv", ["t", "ws"], ["logit"], name="score"),
+            helper.make_node("Sigmoid", ["logit"], ["prob"], name="sigmoid"),
+            helper.make_node("Concat", ["box", "prob"], ["head"], name="concat", axis=1),
+            helper.make_node("Reshape", ["head", "shape"], ["y"], name="reshape"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 64])],
+        [
+            weight("w0", [4, 3, 3, 3]),
+            weight("wb", [4, 4, 1, 1]),
+            weight("ws", [1, 4, 1, 1]),
+            helper.make_tensor("shape", TensorProto.INT64, [3], [1, 5, 64]),
+        ],
+    )
+    graph.node[0].attribute.append(helper.make_attribute("pads", [1, 1, 1, 1]))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_tensors_assembled_into_an_output_are_outputs():
+    model = _two_head_model()
+    # Through Concat and Reshape: both heads; not the trunk or the logits before the Sigmoid.
+    assert output_forming(model) == {"y", "head", "box", "prob"}
+
+
+def test_assembled_output_tensors_keep_their_observed_range(tmp_path):
+    """Model outputs are never clipped: nor are the head maps concatenated into one."""
+    prepared = prepare_model(_two_head_model())[0]
+    npz = tmp_path / "calib.npz"
+    x = np.random.default_rng(1).normal(0, 1, (8, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(npz, x=x[:, 0])
+    stats = collect_statistics(prepared, _dataset(npz))
+    names = stats["names"].tolist()
+    flagged = {n for n, out in zip(names, stats["is_output"]) if out}
+    assert {"box", "prob"} <= flagged and "t" not in flagged
+    ranges = activation_ranges(stats, "percentile", 8, True, False, percentile=99.0)
+    for name in ("box", "prob"):
+        i = names.index(name)
+        assert (ranges[name].min, ranges[name].max) == (stats["min"][i], stats["max"][i])
+    i = names.index("t")
+    assert ranges["t"].max < stats["max"][i]  # a hidden tensor is still clipped
