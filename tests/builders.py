@@ -239,3 +239,96 @@ def heavy_cnn(size: int = 64, width: int = 64, seed: int = 0) -> onnx.ModelProto
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
+
+
+def _layernorm(prefix: str, x: str, dim: int, rng: np.random.Generator):
+    """A LayerNorm as exporters write it below opset 17 (ReduceMean ... Mul gamma, Add beta)."""
+    p = prefix
+    nodes = [
+        helper.make_node("ReduceMean", [x], [f"{p}.mean"], name=f"{p}.mean", axes=[-1]),
+        helper.make_node("Sub", [x, f"{p}.mean"], [f"{p}.centred"], name=f"{p}.sub"),
+        helper.make_node("Pow", [f"{p}.centred", "two"], [f"{p}.square"], name=f"{p}.pow"),
+        helper.make_node("ReduceMean", [f"{p}.square"], [f"{p}.var"], name=f"{p}.var", axes=[-1]),
+        helper.make_node("Add", [f"{p}.var", "eps"], [f"{p}.var_eps"], name=f"{p}.add_eps"),
+        helper.make_node("Sqrt", [f"{p}.var_eps"], [f"{p}.std"], name=f"{p}.sqrt"),
+        helper.make_node("Div", [f"{p}.centred", f"{p}.std"], [f"{p}.norm"], name=f"{p}.div"),
+        helper.make_node("Mul", [f"{p}.norm", f"{p}.gamma"], [f"{p}.scaled"], name=f"{p}.gamma"),
+        helper.make_node("Add", [f"{p}.scaled", f"{p}.beta"], [f"{p}.out"], name=f"{p}.beta"),
+    ]
+    gamma = rng.uniform(0.5, 1.5, dim)
+    gamma[0] = 8.0  # an outlier channel, as trained transformers have
+    inits = [_init(f"{p}.gamma", gamma), _init(f"{p}.beta", rng.normal(0, 0.1, dim))]
+    return nodes, inits, f"{p}.out"
+
+
+def _linear(name: str, x: str, rows: int, cols: int, rng: np.random.Generator):
+    """MatMul by a constant weight, then Add of a constant bias (a PyTorch nn.Linear export)."""
+    nodes = [
+        helper.make_node("MatMul", [x, f"{name}.w"], [f"{name}.mm"], name=f"{name}.matmul"),
+        helper.make_node("Add", [f"{name}.b", f"{name}.mm"], [f"{name}.out"], name=f"{name}.add"),
+    ]
+    weight = rng.normal(0, 1 / np.sqrt(rows), (rows, cols))
+    return nodes, [_init(f"{name}.w", weight), _init(f"{name}.b", rng.normal(0, 0.1, cols))]
+
+
+def attention_block(dim: int = 16, hidden: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """x[batch, seq, dim] (both dynamic) -> a pre-norm transformer block: LayerNorm, single-head
+    attention (MatMul-Softmax-MatMul of two activations), residual, LayerNorm, MLP with the erf
+    GELU, LayerScale, residual -> y. Opset 14, as PyTorch exports it."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], [_init("two", 2.0), _init("eps", 1e-6)]
+    n, i, h1 = _layernorm("ln1", "x", dim, rng)
+    nodes += n
+    inits += i
+    for part in ("q", "k", "v", "proj"):
+        n, i = _linear(part, "attn" if part == "proj" else h1, dim, dim, rng)
+        nodes += n
+        inits += i
+        if part == "proj":
+            break
+        if part == "k":
+            nodes.append(
+                helper.make_node("Transpose", ["k.out"], ["kT"], name="kT", perm=[0, 2, 1])
+            )
+        if part == "v":
+            nodes += [
+                helper.make_node("MatMul", ["q.out", "kT"], ["scores"], name="scores"),
+                helper.make_node("Mul", ["scores", "inv_sqrt_d"], ["scaled"], name="scale"),
+                helper.make_node("Softmax", ["scaled"], ["probs"], name="softmax", axis=-1),
+                helper.make_node("MatMul", ["probs", "v.out"], ["attn"], name="context"),
+            ]
+    inits.append(_init("inv_sqrt_d", 1 / np.sqrt(dim)))
+    nodes.append(helper.make_node("Add", ["x", "proj.out"], ["res1"], name="residual1"))
+    n, i, h2 = _layernorm("ln2", "res1", dim, rng)
+    nodes += n
+    inits += i
+    n, i = _linear("fc1", h2, dim, hidden, rng)
+    nodes += n
+    inits += i
+    nodes += [
+        helper.make_node("Div", ["fc1.out", "sqrt2"], ["g.div"], name="gelu.div"),
+        helper.make_node("Erf", ["g.div"], ["g.erf"], name="gelu.erf"),
+        helper.make_node("Add", ["g.erf", "one"], ["g.add"], name="gelu.add"),
+        helper.make_node("Mul", ["fc1.out", "g.add"], ["g.mul"], name="gelu.mul"),
+        helper.make_node("Mul", ["g.mul", "half"], ["gelu"], name="gelu.half"),
+    ]
+    inits += [_init("sqrt2", np.sqrt(2.0)), _init("one", 1.0), _init("half", 0.5)]
+    n, i = _linear("fc2", "gelu", hidden, dim, rng)
+    nodes += n
+    inits += i
+    nodes += [
+        helper.make_node("Mul", ["fc2.out", "layer_scale"], ["scaled_mlp"], name="layer_scale"),
+        helper.make_node("Add", ["res1", "scaled_mlp"], ["y"], name="residual2"),
+    ]
+    inits.append(_init("layer_scale", rng.uniform(0.01, 1.0, dim)))
+    graph = helper.make_graph(
+        nodes,
+        "attention_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", dim])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model

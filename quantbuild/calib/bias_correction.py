@@ -1,7 +1,7 @@
 """Advanced bias calibration, the update rule (numpy only).
 
 TI's reference: run the float and the quantized model on calibration frames, take per-channel
-output means (over N, H, W) of every layer with a bias, and move each bias toward the float
+output means (over N, H, W; a MatMul's channels are its last axis) of every layer with a bias, and move each bias toward the float
 mean: b <- b + alpha * (mean_float - mean_quantized), alpha = 0.05 * 0.5**epoch, one frame per
 iteration, an epoch being one pass over the frames. The bias the quantized model sees is
 always on its integer grid; the correction accumulates in float between steps.
@@ -26,6 +26,7 @@ class BiasedLayer:
     scale: np.ndarray  # per-channel bias scale
     limit: int  # largest bias integer
     value: np.ndarray  # current float bias
+    axis: int = 1  # the channel axis of the output (-1 for a MatMul over tokens)
 
     def integers(self) -> np.ndarray:
         return np.clip(np.rint(self.value / self.scale), -self.limit - 1, self.limit).astype(
@@ -37,11 +38,12 @@ class BiasedLayer:
         return (self.integers().astype(np.float32) * self.scale).astype(np.float32)
 
 
-def channel_means(tensor: np.ndarray) -> np.ndarray:
-    """Mean of every channel (axis 1) over all other axes."""
+def channel_means(tensor: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Mean of every channel (`axis`) over all other axes."""
     if tensor.ndim == 1:
         return tensor.astype(np.float64)
-    axes = tuple(i for i in range(tensor.ndim) if i != 1)
+    axis %= tensor.ndim
+    axes = tuple(i for i in range(tensor.ndim) if i != axis)
     return tensor.astype(np.float64).mean(axis=axes)
 
 

@@ -31,9 +31,9 @@ def _layers(qdq: onnx.ModelProto, record: dict) -> list[BiasedLayer]:
         scale = np.asarray(info["scale"], dtype=np.float32)
         q = numpy_helper.to_array(inits[f"{bias}_quantized"]).astype(np.float32)
         limit = 2 ** (info["bits"] - 1) - 1
-        layers.append(
-            BiasedLayer(bias, output, reference, scale, limit, (q * scale).astype(np.float32))
-        )
+        value = (q * scale).astype(np.float32)
+        axis = info.get("channel_axis", 1)
+        layers.append(BiasedLayer(bias, output, reference, scale, limit, value, axis))
     return layers
 
 
@@ -78,7 +78,7 @@ def _fit(
         outputs = reference_runner.run(
             [layer.reference for layer in layers], dataset.load(frame, inputs)
         )
-        float_means.append([channel_means(o) for o in outputs])
+        float_means.append([channel_means(o, x.axis) for o, x in zip(outputs, layers)])
     del reference_runner  # one large session at a time
     calibration = _with_bias_inputs(qdq, layers)
     runner = session(with_outputs(calibration, [layer.output for layer in layers]))
@@ -91,7 +91,8 @@ def _fit(
             **{layer.bias: layer.on_grid() for layer in layers},
         }
         quant_means = [
-            channel_means(o) for o in runner.run([layer.output for layer in layers], feed)
+            channel_means(o, x.axis)
+            for o, x in zip(runner.run([layer.output for layer in layers], feed), layers)
         ]
         gap = float(
             np.mean([np.abs(f - q).mean() for f, q in zip(float_means[index], quant_means)])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from quantbuild.calib.histogram import BINS, accumulate, sample
+from quantbuild.calib.histogram import BINS, accumulate
 from quantbuild.data.dataset import Dataset
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.progress import track
@@ -48,7 +48,7 @@ def collect_statistics(
             high[i] = max(high[i], float(value.max()))
             elements[i] += value.size
             if histograms:
-                accumulate(hist[i], sample(value))
+                accumulate(hist[i], value)
         frames += 1
     return _result(model, names, low, high, elements, hist, frames)
 
@@ -109,9 +109,11 @@ def _result(
     if hist is None:
         hist = np.zeros((0, BINS), dtype=np.int64)
     outputs = output_forming(model)
+    softmax = {n.output[0] for n in model.graph.node if n.op_type == "Softmax"}
     return {
         "names": np.array(names, dtype=str),
         "is_output": np.array([n in outputs for n in names]),
+        "is_probability": np.array([n in softmax for n in names]),
         "min": low,
         "max": high,
         "elements": elements,

@@ -4,9 +4,12 @@ A float32's top 16 bits are its bfloat16 bucket, so the bucket of a value never 
 data seen before it: histograms are exact, order-independent and mergeable by addition, and
 their relative resolution is 2**-7 (0.8 %) at every magnitude.
 
-Large tensors are histogrammed on an evenly strided sample of SAMPLE_CAP elements per frame:
-a scatter-add costs ~10x a min/max pass, and 2**16 samples per frame put hundreds of
-values in a 0.01 % tail over a calibration set. Minimum and maximum stay exact (collect.py).
+Every element of every frame is counted. A strided sample (2**16 elements per frame, the
+former scheme) made percentiles depend on the tensor's shape and on sampling noise: a stride of
+3 over a [1, 257, 384] token tensor saw only every third channel and left a ViT's outlier
+channels out of the histogram entirely, and even a stride sharing no factor with the shape moved
+the 99.99th percentile enough to swing PP-OCRv4 recognition (held-out, AM68A) from 0.62 to 0.46
+exact-string agreement with float. Minimum and maximum are exact as well (collect.py).
 """
 
 from __future__ import annotations
@@ -16,16 +19,6 @@ import sys
 import numpy as np
 
 BINS = 1 << 16
-SAMPLE_CAP = 1 << 16
-
-
-def sample(x: np.ndarray) -> np.ndarray:
-    """At most about SAMPLE_CAP elements of `x`, evenly strided (all of them when it is small)."""
-    flat = x.reshape(-1)
-    step = -(-flat.size // SAMPLE_CAP)
-    if step <= 1:
-        return flat
-    return flat[:: step | 1]  # an odd stride does not lock onto even row widths
 
 
 def bucket_indices(x: np.ndarray) -> np.ndarray:

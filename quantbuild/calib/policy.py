@@ -11,7 +11,10 @@ Every policy reads the fixed-edge (bfloat16-bucket) histograms of the stats stag
 The chosen range then maps to a grid exactly as minmax does (power-of-2 scales round up).
 Model outputs keep their observed range under every policy: they carry the result. So do the
 tensors assembled into an output without arithmetic (Concat, Reshape, ...: the box, objectness
-and class maps of a detection head); `collect.output_forming` names them.
+and class maps of a detection head); `collect.output_forming` names them. A Softmax output is a
+probability: its grid is unsigned over [0, 1] whatever was observed (a clipped attention peak
+is the value that matters most), with power-of-2 scales 2^-bits (the top step, 1 - 2^-bits, is
+the largest value; rounding the scale up to cover 1.0 exactly would halve the resolution).
 """
 
 from __future__ import annotations
@@ -162,10 +165,14 @@ def activation_ranges(
 ) -> dict[str, TensorRange]:
     """Every tensor's clip range under `policy` and the quantization grid that covers it."""
     out = {}
-    outputs = stats.get("is_output", np.zeros(len(stats["names"]), dtype=bool))
+    unset = np.zeros(len(stats["names"]), dtype=bool)
+    outputs = stats.get("is_output", unset)
+    probabilities = stats.get("is_probability", unset)
     for i, name in enumerate(stats["names"].tolist()):
         low, high = float(stats["min"][i]), float(stats["max"][i])
-        if not outputs[i]:  # model outputs (and what they are assembled from): never clipped
+        if probabilities[i]:
+            low, high = 0.0, 1.0 - 2.0**-bits if power_of_2 else 1.0
+        elif not outputs[i]:  # model outputs (and what they are assembled from): never clipped
             dist = Distribution(stats["hist"][i], low, high)
             low, high = clip_range(dist, policy, bits, symmetric, power_of_2, percentile)
         out[name] = TensorRange(

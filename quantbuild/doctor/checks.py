@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantbuild.calib.policy import Distribution, clip_range
+from quantbuild.graph.patterns import fused_layers
 from quantbuild.quant.qdq import (
     ELEMENTWISE_CONSTANTS,
     VALUE_PRESERVING,
@@ -504,6 +505,7 @@ def float_check(model: onnx.ModelProto, original: onnx.ModelProto | None = None)
         v.name: v.type for v in list(graph.input) + list(graph.value_info) + list(graph.output)
     }
     grid = set(activation_tensors(model, set(float_tensors(model))))
+    layer_of = {n: f.kind for f in fused_layers(model) for n in f.nodes}
     producer = {o: n for n in graph.node for o in n.output}
     uses = Counter(i for n in graph.node for i in n.input)
     result = CheckResult(
@@ -550,12 +552,14 @@ def float_check(model: onnx.ModelProto, original: onnx.ModelProto | None = None)
             elif node.op_type in ("Conv", "ConvTranspose", "Gemm") and index == 2:
                 if is_f32 and uses[name] == 1 and on_grid(node.input[0]):
                     continue
-            elif node.op_type in ELEMENTWISE_CONSTANTS:
+            elif node.op_type in ELEMENTWISE_CONSTANTS and node.name not in layer_of:
                 if is_f32 and uses[name] == 1:
                     continue
             elif size <= 1 and node.op_type not in WEIGHTED:
                 continue  # a scalar setting (a Pow exponent, ...): exact enough in float
             why = "shared" if uses[name] > 1 else "" if is_f32 else "not float32"
+            if node.name in layer_of:
+                why = f"a {layer_of[node.name]} parameter, at the layer's own precision"
             kept.append(
                 f"{name!r} [{'x'.join(str(d) for d in tensor.dims) or 'scalar'}]"
                 + (f" ({why})" if why else "")

@@ -156,6 +156,53 @@ def fold_into_conv(g: Graph) -> int:
     return 0
 
 
+def _last_axis(value: np.ndarray, columns: int) -> np.ndarray | None:
+    """A constant that broadcasts over the last axis only, as a vector of `columns`."""
+    if value.size == 1:
+        return np.full(columns, value.reshape(()), dtype=np.float32)
+    if value.shape[-1] == columns and value.size == columns:
+        return value.reshape(-1).astype(np.float32)
+    return None
+
+
+def scale_into_matmul(g: Graph) -> int:
+    """MatMul(x, constant W) [+ constant bias] followed by Mul/Div by a constant vector over the
+    output columns (a transformer's LayerScale) -> the same MatMul with scaled W and bias."""
+    for matmul in g.graph.node:
+        if matmul.op_type != "MatMul" or len(g.consumers[matmul.input[1]]) != 1:
+            continue
+        weight = g.const(matmul.input[1])
+        if weight is None or weight.ndim != 2 or weight.dtype != np.float32:
+            continue
+        columns = weight.shape[1]
+        chain, out, bias_name = [matmul], matmul.output[0], None
+        add = g.only_consumer(out)
+        if add is not None and add.op_type == "Add" and len(add.input) == 2:
+            other = add.input[1] if add.input[0] == out else add.input[0]
+            value = g.const(other)
+            if value is not None and value.shape == (columns,) and len(g.consumers[other]) == 1:
+                chain, out, bias_name = [matmul, add], add.output[0], other
+        user = g.only_consumer(out)
+        if user is None or user.op_type not in ("Mul", "Div") or len(user.input) != 2:
+            continue
+        other = user.input[1] if user.input[0] == out else user.input[0]
+        value = g.const(other)
+        if value is None or (user.op_type == "Div" and other != user.input[1]):
+            continue
+        vector = _last_axis(value, columns)
+        rank, _ = g.rank_and_channels(out)
+        if vector is None or value.ndim > max(rank, 1):
+            continue  # a constant of higher rank would broadcast the output to a new shape
+        factor = vector if user.op_type == "Mul" else 1.0 / vector
+        g.set_const(matmul.input[1], (weight * factor[None, :]).astype(np.float32))
+        if bias_name is not None:
+            g.set_const(bias_name, (g.const(bias_name) * factor).astype(np.float32))
+        chain[-1].output[0] = user.output[0]
+        g.remove([user])
+        return 1
+    return 0
+
+
 def _scalar(g: Graph, name: str) -> float | None:
     value = g.const(name)
     return float(value.reshape(())) if value is not None and value.size == 1 else None
@@ -287,6 +334,7 @@ def simplify(model: onnx.ModelProto) -> dict[str, int]:
     rewrites = (
         remove_identities,
         fold_into_conv,
+        scale_into_matmul,
         fuse_hardswish,
         affine_to_batchnorm,
         matmul_add_to_gemm,

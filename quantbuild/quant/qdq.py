@@ -2,12 +2,15 @@
 
 Placement follows how TIDL executes a network:
 - every activation tensor gets its own grid, except the output of an operator fused into its
-  producer (Conv/Gemm/Add followed by Relu or Clip: only the activation's output is quantized)
-  and the output of a value-preserving operator (MaxPool, Reshape, ...) whose input is
-  already on a grid;
+  producer (Conv/Gemm/Add followed by Relu or Clip: only the activation's output is quantized),
+  the output of a value-preserving operator (MaxPool, Reshape, ...) whose input is already on
+  a grid, the tensors inside a multi-node layer (LayerNorm, GELU: graph/patterns.py) and a
+  MatMul's output that only gets its bias added;
 - Conv/ConvTranspose/Gemm/MatMul weights are symmetric integers (per tensor or per output
-  channel); biases are integers at input_scale * weight_scale (16 or 32 bits);
-- constant operands of element-wise operators are symmetric per-tensor integers.
+  channel); biases (a MatMul's: the constant its Add adds) are integers at
+  input_scale * weight_scale (16 or 32 bits);
+- constant operands of element-wise operators are symmetric per-tensor integers, except the
+  parameters of a LayerNorm layer (its scale and shift), computed at the layer's precision.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from onnx import helper, numpy_helper
 
 from quantbuild.calib.weight_clip import clip_weights
 from quantbuild.graph.onnx_utils import opset_version
+from quantbuild.graph.patterns import fused_layers, linear_biases
 from quantbuild.quant.params import QParams, bias_int32, fit_weights_to_bias, weight_qparams
 from quantbuild.quant.ranges_io import TensorRange
 
@@ -95,10 +99,14 @@ def activation_tensors(model: onnx.ModelProto, candidates: set[str]) -> list[str
         for i in n.input:
             consumers[i].append(n)
     outputs = {o.name for o in graph.output}
+    # Inside a multi-node layer, and a MatMul's output before its bias: no grid of their own.
+    inside = {t for layer in fused_layers(model) for t in layer.internal}
+    by_name = {n.name: n for n in graph.node}
+    inside.update(by_name[m].output[0] for m in linear_biases(model))
     chosen: list[str] = []
     on_grid: set[str] = set()  # quantized tensors and value-preserving views of them
     for name in [i.name for i in graph.input] + [o for n in graph.node for o in n.output]:
-        if name not in candidates or name in inits:
+        if name not in candidates or name in inits or (name in inside and name not in outputs):
             continue
         if not consumers[name] and name not in outputs:
             continue
@@ -223,6 +231,9 @@ class QDQWriter:
     def _quantize_parameters(self, uses: dict[str, int]) -> None:
         graph = self.source.graph
         producer = {o: n for n in graph.node for o in n.output}
+        layer_params = {n for layer in fused_layers(self.source) for n in layer.nodes}
+        linear = linear_biases(self.source)
+        matmul_bias = {m: lb.bias for m, lb in linear.items()}
         for node in graph.node:
             opts = self.options.for_layer(node)
             if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1:
@@ -241,7 +252,7 @@ class QDQWriter:
                     )
                 else:
                     qp = stated
-                b_name = node.input[2] if len(node.input) > 2 else ""
+                b_name = node.input[2] if len(node.input) > 2 else matmul_bias.get(node.name, "")
                 x_params = self._input_params(node.input[0], producer)
                 bias = None
                 # 16-bit weights or a 16-bit input (mixed precision) accumulate wider: 32-bit
@@ -252,7 +263,7 @@ class QDQWriter:
                     b_name in self.inits
                     and uses[b_name] == 1
                     and x_params is not None
-                    and node.op_type in ("Conv", "ConvTranspose", "Gemm")
+                    and (node.op_type != "MatMul" or node.name in matmul_bias)
                 ):
                     bias = numpy_helper.to_array(self.inits[b_name])
                     # 8-bit layers: a bias must fit bias_bits at s_x * s_w, so the weight scale
@@ -278,7 +289,10 @@ class QDQWriter:
                         "layer": node.name,
                         "output": node.output[0],
                     }
-            elif node.op_type in ELEMENTWISE_CONSTANTS:
+                    if node.name in linear:  # the bias is added by the Add after the MatMul
+                        entry = self.record["biases"][b_name]
+                        entry.update(output=linear[node.name].output, channel_axis=-1)
+            elif node.op_type in ELEMENTWISE_CONSTANTS and node.name not in layer_params:
                 for name in node.input:
                     if name not in self.inits or name in self.removed_inits or uses[name] != 1:
                         continue

@@ -17,7 +17,7 @@ from quantbuild.quant.ranges_io import TensorRange, dumps
 from quantbuild.stages.context import Context
 
 NAME = "prepare"
-VERSION = 3
+VERSION = 4  # 4: LayerScale folded into MatMul weights
 READS = ("/model", "/quantization/prequantized")
 INPUTS = ()
 EXPORTS = {"layers.json": "layers.json"}

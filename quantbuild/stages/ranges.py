@@ -17,7 +17,7 @@ from quantbuild.stages.imports import imported_ranges
 from quantbuild.stages.settings import feature_map_grid, float_model_path
 
 NAME = "ranges"
-VERSION = 5
+VERSION = 6
 READS = (
     "/quantization/bits",
     "/quantization/activations",

@@ -40,7 +40,7 @@ from quantbuild.stages.context import Context
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "sensitivity"
-VERSION = 6  # 3: 32-bit biases for 8-bit layers fed 16-bit inputs; 4: factor sweep;
+VERSION = 7  # 3: 32-bit biases for 8-bit layers fed 16-bit inputs; 4: factor sweep;
 # 6: gains averaged over an 8-bit and a 16-bit background, sweep points best of smaller budgets
 READS = (
     "/quantization/bits",

@@ -15,7 +15,7 @@ def _dist(x: np.ndarray) -> Distribution:
     return Distribution(hist, float(x.min()), float(x.max()))
 
 
-def _stats(*tensors: np.ndarray, outputs=()) -> dict:
+def _stats(*tensors: np.ndarray, outputs=(), probabilities=()) -> dict:
     hist = np.zeros((len(tensors), BINS), dtype=np.int64)
     for row, x in zip(hist, tensors):
         accumulate(row, x)
@@ -25,6 +25,7 @@ def _stats(*tensors: np.ndarray, outputs=()) -> dict:
         "max": np.array([x.max() for x in tensors], dtype=np.float64),
         "hist": hist,
         "is_output": np.array([i in outputs for i in range(len(tensors))]),
+        "is_probability": np.array([i in probabilities for i in range(len(tensors))]),
     }
 
 
@@ -108,3 +109,21 @@ def test_power_of_2_grids_cover_the_clipped_range(gaussian_with_outliers):
     scale = float(r.qparams.scale)
     assert np.log2(scale) == round(np.log2(scale))
     assert scale * 127 >= max(-r.min, r.max)
+
+
+@pytest.mark.parametrize("power_of_2", [False, True])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_softmax_outputs_get_the_whole_unit_interval(power_of_2, bits):
+    # Attention probabilities: mostly tiny, a rare peak near 1 that percentile would clip.
+    x = np.random.default_rng(2).dirichlet(np.full(64, 0.05), 2000).astype(np.float32).ravel()
+    ranges = activation_ranges(
+        _stats(x, x, probabilities=(1,)), "percentile", bits, True, power_of_2
+    )
+    assert ranges["t0"].max < 0.9  # clipped as any other tensor
+    r = ranges["t1"]
+    assert r.min == 0.0 and r.qparams.dtype == f"uint{bits}"
+    step = float(r.qparams.scale)
+    if power_of_2:  # 2^-bits: the top code is 1 - 2^-bits, one step short of 1
+        assert step == 2.0**-bits
+    else:
+        assert step * (2**bits - 1) == pytest.approx(1.0)

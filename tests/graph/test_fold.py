@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
+from builders import attention_block
 from onnx import TensorProto, helper, numpy_helper
 
 from quantbuild.graph.prepare import prepare_model
@@ -155,3 +156,17 @@ def test_the_input_model_is_not_modified():
     before = model.SerializeToString()
     prepare_model(model)
     assert model.SerializeToString() == before
+
+
+def test_layer_scale_folds_into_the_linear_layer_before_it():
+    model = attention_block()
+    prepared, summary = prepare_model(model)
+    assert summary["scale_into_matmul"] == 1
+    assert "layer_scale" not in {n.name for n in prepared.graph.node}
+    x = np.random.default_rng(1).normal(0, 1, (2, 7, 16)).astype(np.float32)
+    np.testing.assert_allclose(
+        session(prepared).run(None, {"x": x})[0],
+        session(model).run(None, {"x": x})[0],
+        rtol=1e-5,
+        atol=1e-5,
+    )

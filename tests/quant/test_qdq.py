@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import pytest
-from builders import small_cnn, write_npz
+from builders import attention_block, small_cnn, write_npz
 from onnx import TensorProto, helper, numpy_helper
 
 from quantbuild.calib.collect import collect_statistics
@@ -584,3 +584,49 @@ def test_input_model_is_not_modified(cnn):
     before = prepared.SerializeToString()
     _build(cnn)
     assert prepared.SerializeToString() == before
+
+
+# -- transformer layers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    npz = write_npz(
+        tmp_path_factory.mktemp("calib") / "calib.npz", 6, shape=(1, 5, 16), seed=1, name="x"
+    )
+    prepared = prepare_model(attention_block())[0]
+    stats = collect_statistics(prepared, _dataset(npz))
+    return prepared, stats
+
+
+def test_transformer_layers_get_grids_only_at_their_outputs(block):
+    prepared, stats = block
+    names = set(stats["names"].tolist())
+    # LayerNorm and GELU outputs, both operands of the attention MatMuls, the probabilities
+    assert {"ln1.out", "ln2.out", "gelu", "scores", "probs", "attn", "q.out", "k.out"} <= names
+    # nothing inside a LayerNorm or a GELU, no MatMul output before its bias
+    assert not names & {"ln1.mean", "ln1.std", "ln2.norm", "g.erf", "g.mul", "fc1.mm", "q.mm"}
+    probability = dict(zip(stats["names"].tolist(), stats["is_probability"].tolist()))
+    assert probability["probs"] and not probability["scores"]
+
+
+def test_matmul_biases_are_int32_and_layernorm_parameters_stay_with_their_layer(block):
+    prepared, stats = block
+    ranges = minmax_ranges(stats, 8, True, False)
+    qdq, record = write_qdq(prepared, ranges, WeightOptions(8, True, False, 32))
+    onnx.checker.check_model(qdq, full_check=True)
+    inits = _inits(qdq)
+    bias = record["biases"]["fc1.b"]
+    assert bias["dtype"] == "int32" and bias["output"] == "fc1.out" and bias["channel_axis"] == -1
+    w_scale = np.asarray(record["weights"]["fc1.w"]["scale"])
+    x_scale = float(ranges["ln2.out"].qparams.scale)
+    np.testing.assert_allclose(bias["scale"], x_scale * w_scale, rtol=1e-6)
+    assert inits["fc1.b_quantized"].data_type == TensorProto.INT32
+    # the LayerNorm's scale and shift and the GELU's constants are the layers' own parameters
+    assert {"ln1.gamma", "ln1.beta", "sqrt2", "half"} <= set(inits)
+    assert "ln1.gamma" not in record["weights"]
+    x = np.random.default_rng(4).normal(0, 1, (1, 9, 16)).astype(np.float32)  # another length
+    want = session(prepared).run(None, {"x": x})[0]
+    got = session(qdq).run(None, {"x": x})[0]
+    cosine = float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got))
+    assert cosine > 0.98  # 8 bits, six calibration frames of a random block
