@@ -21,10 +21,11 @@ _INT = re.compile(r"^-?\d+$")
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A model input: name and shape (None for symbolic dimensions)."""
+    """A model input: name, shape (None for symbolic dimensions) and element type."""
 
     name: str
     shape: tuple[int | None, ...]
+    dtype: np.dtype = np.dtype(np.float32)  # token ids are int64, attention masks int64/bool
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,21 @@ class Dataset:
                 array = load_all(array)
                 if len(spec.shape) == array.ndim + 1:
                     array = array[None]
-            feed[spec.name] = np.array(array, dtype=np.float32)
+            feed[spec.name] = _as_input_type(np.asarray(array), spec, self, frame)
         return feed
+
+
+def _as_input_type(array: np.ndarray, spec: InputSpec, dataset: Dataset, frame: FrameRef):
+    """The array in the input's own element type; integer and bool inputs (token ids, masks)
+    take only integral values, never a silently truncated float."""
+    integral = array.dtype.kind != "f" or np.array_equal(array, np.round(array))
+    if spec.dtype.kind in "iub" and not integral:
+        raise DataError(
+            f"{dataset.field}: {frame.file.name}: array {spec.name!r} holds fractional "
+            f"values, but the model input is {spec.dtype}; store integers",
+            dataset.where,
+        )
+    return np.array(array, dtype=spec.dtype)
 
 
 def _check_shape(array: np.ndarray, spec: InputSpec, dataset: Dataset, frame: FrameRef) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from quantbuild.data.dataset import InputSpec
 from quantbuild.errors import ModelError
@@ -48,12 +49,10 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     for value in model.graph.input:
         if value.name in inits:
             continue
-        dims = value.type.tensor_type.shape.dim
-        specs.append(
-            InputSpec(
-                value.name, tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-            )
-        )
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type or TensorProto.FLOAT))
+        specs.append(InputSpec(value.name, dims, dtype))
     return specs
 
 

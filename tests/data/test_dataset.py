@@ -411,3 +411,28 @@ def test_limit_samples_image_frames_with_their_labels(tmp_path):
 def test_limit_at_or_above_the_size_keeps_every_frame(tmp_path, limit):
     path = write_npz(tmp_path / "c.npz", 20)
     assert _indices(path, limit=limit, seed=7) == list(range(20))
+
+
+def test_arrays_are_fed_in_the_model_inputs_own_element_types(tmp_path):
+    path = tmp_path / "tokens.npz"
+    ids = np.array([[101, 7592, 102, 0], [101, 2088, 999, 102]], dtype=np.int64)
+    np.savez(path, input_ids=ids, attention_mask=(ids > 0).astype(np.float64))
+    ds = _open({"tensors": str(path)})
+    specs = [
+        InputSpec("input_ids", (1, None), np.dtype(np.int64)),
+        InputSpec("attention_mask", (1, None), np.dtype(np.int64)),
+    ]
+    feed = ds.load(ds.frames[1], specs)
+    assert feed["input_ids"].dtype == np.int64 and feed["attention_mask"].dtype == np.int64
+    np.testing.assert_array_equal(feed["input_ids"], ids[1:2])
+    np.testing.assert_array_equal(feed["attention_mask"], [[1, 1, 1, 1]])
+    masks = ds.load(ds.frames[0], [InputSpec("attention_mask", (1, None), np.dtype(bool))])
+    assert masks["attention_mask"].dtype == bool
+
+
+def test_fractional_values_for_an_integer_input_are_an_error(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, input_ids=np.array([[1.0, 2.5]]))
+    ds = _open({"tensors": str(path)})
+    with pytest.raises(DataError, match="'input_ids' holds fractional values.*int64"):
+        ds.load(ds.frames[0], [InputSpec("input_ids", (1, None), np.dtype(np.int64))])

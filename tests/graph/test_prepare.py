@@ -9,7 +9,7 @@ from builders import small_cnn
 from onnx import TensorProto, helper, numpy_helper
 
 from quantbuild.errors import ModelError
-from quantbuild.graph.onnx_utils import load_model, opset_version
+from quantbuild.graph.onnx_utils import graph_inputs, load_model, opset_version
 from quantbuild.graph.prepare import prepare_model
 from quantbuild.runtime import session
 
@@ -291,3 +291,14 @@ def test_load_model_valid_file(tmp_path):
     onnx.save(small_cnn(), str(path))
     model = load_model(path)
     assert _ops(model) == _ops(small_cnn())
+
+
+def test_graph_inputs_carry_their_element_types():
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["ids"], ["y"], to=TensorProto.FLOAT)],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    (spec,) = graph_inputs(helper.make_model(graph))
+    assert (spec.name, spec.shape, spec.dtype) == ("ids", (None, None), np.dtype(np.int64))
