@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import small_cnn, write_npz
+from builders import attention_block, small_cnn, write_npz
 from onnx import TensorProto, helper
 
 from quantbuild.calib.collect import collect_statistics, output_forming
@@ -190,3 +190,17 @@ def test_assembled_output_tensors_keep_their_observed_range(tmp_path):
         assert (ranges[name].min, ranges[name].max) == (stats["min"][i], stats["max"][i])
     i = names.index("t")
     assert ranges["t"].max < stats["max"][i]  # a hidden tensor is still clipped
+
+
+def test_statistics_over_frames_of_different_sequence_lengths(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, length in enumerate((5, 9, 12)):
+        np.save(folder / f"{i}.npy", rng.normal(0, 1, (1, length, 16)).astype(np.float32))
+    dataset = open_dataset({"tensors": str(folder)}, {}, "calibration.data", "recipe.yaml")
+    stats = collect_statistics(prepare_model(attention_block())[0], dataset)
+    names = stats["names"].tolist()
+    assert int(stats["frames"]) == 3
+    assert stats["elements"][names.index("x")] == 16 * (5 + 9 + 12)
+    assert stats["elements"][names.index("scores")] == 5 * 5 + 9 * 9 + 12 * 12
