@@ -98,6 +98,11 @@ def main() -> None:
         action="store_true",
         help="fuse BatchNormalization into convolutions first (onnxruntime basic optimizations)",
     )
+    parser.add_argument(
+        "--transformer",
+        action="store_true",
+        help="model_type=nncf.ModelType.TRANSFORMER (NNCF's transformer scheme, SmoothQuant on)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -133,6 +138,7 @@ def main() -> None:
         preset=nncf.QuantizationPreset(args.preset),
         subset_size=len(frames),
         advanced_parameters=advanced,
+        model_type=nncf.ModelType.TRANSFORMER if args.transformer else None,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(quantized, str(args.out))
@@ -146,6 +152,7 @@ def main() -> None:
             "preset": args.preset,
             "per_channel": args.per_channel,
             "fold_batchnorm": args.fold_batchnorm,
+            "model_type": "transformer" if args.transformer else None,
             "fixed_shape": args.shape,
             "opset": {"source": source_opset, "quantized": opset(quantized)},
             "quantized_weights": weight_granularity(quantized),

@@ -94,6 +94,9 @@ NNCF_SHAPE = {"orientation": None, "detection": None, "resnet": None, "saliency"
 NNCF_SHAPE |= {"recognition": None, "yolox": None}
 NNCF_OPSET = {"orientation": None, "detection": 13, "resnet": 13, "saliency": None}
 NNCF_OPSET |= {"recognition": 13, "yolox": 13}  # opset 12 / 11: per-tensor only otherwise
+# Transformers are quantized with NNCF's transformer scheme (model_type=TRANSFORMER: SmoothQuant,
+# its transformer ignored-pattern set), as NNCF recommends for them.
+NNCF_TRANSFORMER = {"saliency"}
 EVAL_IMAGES = {"orientation": 600, "detection": 100, "resnet": 200, "saliency": 200}
 EVAL_IMAGES |= {"recognition": 300, "yolox": 200}
 QUICK_EVAL_IMAGES = {"orientation": 40, "detection": 12, "resnet": 16, "saliency": 16}
@@ -229,6 +232,7 @@ def nncf_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> l
     for fold, preset, per_channel in itertools.product(NNCF_FOLD, NNCF_PRESETS, (False, True)):
         config = f"{preset}, {'per-channel' if per_channel else 'per-tensor'}"
         config += ", BatchNorm folded" if fold else ""
+        config += ", transformer" if model in NNCF_TRANSFORMER else ""
         name = f"{preset}-{'pc' if per_channel else 'pt'}{'-folded' if fold else ''}"
         settings = {
             "preset": preset,
@@ -236,6 +240,7 @@ def nncf_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> l
             "fold_batchnorm": fold,
             "fixed_shape": NNCF_SHAPE[model],
             "opset": NNCF_OPSET[model],
+            "model_type": "transformer" if model in NNCF_TRANSFORMER else None,
         }
         if not installed:
             entry = row(model, "NNCF", config, frames, None)
@@ -249,6 +254,7 @@ def nncf_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> l
         command += ["--preset", preset, "--out", str(onnx_out)]
         command += ["--per-channel"] if per_channel else []
         command += ["--fold-batchnorm"] if fold else []
+        command += ["--transformer"] if model in NNCF_TRANSFORMER else []
         command += ["--shape", NNCF_SHAPE[model]] if NNCF_SHAPE[model] else []
         command += ["--opset", str(NNCF_OPSET[model])] if NNCF_OPSET[model] else []
         run = measured(name, command, out / "logs", cwd=out)
