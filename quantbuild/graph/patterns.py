@@ -238,7 +238,7 @@ def fused_layers(model: onnx.ModelProto) -> list[Fused]:
 
 
 def linear_biases(model: onnx.ModelProto) -> dict[str, LinearBias]:
-    """MatMul nodes by name whose only consumer adds a constant vector over the weight's
+    """MatMul nodes by name whose only consumer adds a constant 1-D vector over the weight's
     output columns: the bias of that (inner product) layer."""
     ix = _Index(model)
     found = {}
@@ -251,9 +251,7 @@ def linear_biases(model: onnx.ModelProto) -> dict[str, LinearBias]:
         value = ix.const(bias) if bias is not None else None
         if weight is None or weight.ndim != 2 or value is None:
             continue
-        if value.dtype != np.float32 or value.reshape(-1).shape != (weight.shape[1],):
-            continue
-        if value.ndim > 1 and any(d != 1 for d in value.shape[:-1]):
-            continue
+        if value.dtype != np.float32 or value.shape != (weight.shape[1],):
+            continue  # a vector over the output columns (per-channel bias grids are 1-D)
         found[node.name] = LinearBias(node.name, add.name, bias, add.output[0])
     return found
