@@ -17,7 +17,7 @@ from quantbuild.quant.ranges_io import TensorRange, dumps
 from quantbuild.stages.context import Context
 
 NAME = "prepare"
-VERSION = 4  # 4: LayerScale folded into MatMul weights
+VERSION = 5  # 4: LayerScale folded into MatMul weights; 5: per-frame MACs with a symbolic batch
 READS = ("/model", "/quantization/prequantized")
 INPUTS = ()
 EXPORTS = {"layers.json": "layers.json"}

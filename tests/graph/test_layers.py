@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from builders import small_cnn
+from builders import attention_block, small_cnn
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from quantbuild.graph.layers import layer_table
@@ -93,11 +93,19 @@ def test_matmul_macs_and_params():
     assert rows["mm_left"]["params"] == 8
 
 
-def test_dynamic_shape_gives_unknown_macs():
+def test_symbolic_batch_counts_one_frame_other_symbolic_dims_give_unknown_macs():
     rows = _table(
         [helper.make_node("Conv", ["x", "w"], ["c"], name="conv")],
         [_vi("x", ["batch", 3, 8, 8])],
         [_vi("c", ["batch", 2, 6, 6])],
+        [_f32("w", (2, 3, 3, 3))],
+    )
+    assert rows["conv"]["macs"] == 2 * 6 * 6 * 27
+    assert rows["conv"]["output_shape"] == [1, 2, 6, 6]
+    rows = _table(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv")],
+        [_vi("x", [1, 3, "h", "w"])],
+        [_vi("c", [1, 2, "h2", "w2"])],
         [_f32("w", (2, 3, 3, 3))],
     )
     assert rows["conv"]["macs"] is None
@@ -120,3 +128,15 @@ def test_small_cnn_table():
     assert by_name["fc"]["params"] == 35
     assert by_name["add2"]["params"] == 6
     assert sum(r["macs"] for r in rows) == 6912 + 3456 + 30
+
+
+def test_macs_per_frame_with_a_symbolic_batch_and_unknown_with_a_symbolic_sequence():
+    model = prepare_model(attention_block())[0]  # x: [batch, seq, 16]
+    rows = {r["name"]: r for r in layer_table(model)}
+    assert rows["fc1.matmul"]["macs"] is None  # the sequence length is not known
+    fixed = attention_block()
+    fixed.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 10  # [batch, 10, 16]
+    rows = {r["name"]: r for r in layer_table(prepare_model(fixed)[0])}
+    assert rows["fc1.matmul"]["output_shape"] == [1, 10, 32]
+    assert rows["fc1.matmul"]["macs"] == 10 * 16 * 32
+    assert rows["scores"]["macs"] == 10 * 10 * 16  # two activations: Q (10x16) by K^T (16x10)
