@@ -40,6 +40,11 @@ class Graph:
     def const(self, name: str) -> np.ndarray | None:
         return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
 
+    def scalar(self, name: str) -> float | None:
+        """The value of a one-element constant (None when `name` is not one)."""
+        value = self.const(name)
+        return float(value.reshape(())) if value is not None and value.size == 1 else None
+
     def set_const(self, name: str, value: np.ndarray) -> None:
         self.inits[name].CopyFrom(numpy_helper.from_array(value, name))
 
@@ -203,15 +208,10 @@ def scale_into_matmul(g: Graph) -> int:
     return 0
 
 
-def _scalar(g: Graph, name: str) -> float | None:
-    value = g.const(name)
-    return float(value.reshape(())) if value is not None and value.size == 1 else None
-
-
 def fuse_hardswish(g: Graph) -> int:
     """x * Clip(x + 3, 0, 6) / 6  ->  HardSwish(x)."""
     for div in g.graph.node:
-        if div.op_type != "Div" or _scalar(g, div.input[1]) != 6.0:
+        if div.op_type != "Div" or g.scalar(div.input[1]) != 6.0:
             continue
         mul = g.producer.get(div.input[0])
         if mul is None or mul.op_type != "Mul" or g.only_consumer(mul.output[0]) is not div:
@@ -224,14 +224,14 @@ def fuse_hardswish(g: Graph) -> int:
             if (
                 add is None
                 or add.op_type != "Add"
-                or _scalar(g, clip.input[1]) != 0.0
-                or _scalar(g, clip.input[2]) != 6.0
+                or g.scalar(clip.input[1]) != 0.0
+                or g.scalar(clip.input[2]) != 6.0
                 or g.only_consumer(clip.output[0]) is not mul
                 or g.only_consumer(add.output[0]) is not clip
             ):
                 continue
             others = [i for i in add.input if i != x]
-            if len(others) != 1 or _scalar(g, others[0]) != 3.0:
+            if len(others) != 1 or g.scalar(others[0]) != 3.0:
                 continue
             div.CopyFrom(helper.make_node("HardSwish", [x], [div.output[0]], name=div.name))
             g.remove([add, clip, mul])

@@ -10,12 +10,13 @@ inside it, which get no grid, and the constants it owns, which are the layer's p
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
+
+from quantbuild.graph.fold import Graph
 
 
 @dataclass(frozen=True)
@@ -39,36 +40,17 @@ class LinearBias:
     output: str  # the Add's output
 
 
-class _Index:
-    def __init__(self, model: onnx.ModelProto):
-        graph = model.graph
-        self.inits = {t.name: t for t in graph.initializer}
-        self.producer = {o: n for n in graph.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in graph.node:
-            for i in n.input:
-                self.consumers[i].append(n)
-        self.outputs = {o.name for o in graph.output}
+def _only(g: Graph, tensor: str, op: str) -> onnx.NodeProto | None:
+    """The single consumer of `tensor` when it is an `op` node (and the tensor no output)."""
+    user = g.only_consumer(tensor)
+    return user if user is not None and user.op_type == op else None
 
-    def const(self, name: str) -> np.ndarray | None:
-        return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
 
-    def scalar(self, name: str) -> float | None:
-        value = self.const(name)
-        return float(value.reshape(())) if value is not None and value.size == 1 else None
-
-    def only(self, tensor: str, op: str) -> onnx.NodeProto | None:
-        """The single consumer of `tensor` when it is an `op` node (and the tensor no output)."""
-        users = self.consumers.get(tensor, [])
-        if len(users) == 1 and users[0].op_type == op and tensor not in self.outputs:
-            return users[0]
+def _other(node: onnx.NodeProto | None, tensor: str) -> str | None:
+    """The operand of a binary node that is not `tensor`."""
+    if node is None or len(node.input) != 2 or tensor not in node.input:
         return None
-
-    def other(self, node: onnx.NodeProto, tensor: str) -> str | None:
-        """The operand of a binary node that is not `tensor`."""
-        if len(node.input) != 2 or tensor not in node.input:
-            return None
-        return node.input[1] if node.input[0] == tensor else node.input[0]
+    return node.input[1] if node.input[0] == tensor else node.input[0]
 
 
 def _close(value: float | None, target: float, tolerance: float = 1e-3) -> bool:
@@ -82,41 +64,41 @@ def _axes(node: onnx.NodeProto) -> tuple[int, ...] | None:
     return None
 
 
-def _layernorm(ix: _Index, mean: onnx.NodeProto) -> Fused | None:
+def _layernorm(g: Graph, mean: onnx.NodeProto) -> Fused | None:
     """x - mean(x) over the last axes, divided by sqrt(var + eps), then * gamma + beta."""
     x = mean.input[0]
-    sub = ix.only(mean.output[0], "Sub")
+    sub = _only(g, mean.output[0], "Sub")
     if sub is None or list(sub.input) != [x, mean.output[0]] or _axes(mean) is None:
         return None
     centred = sub.output[0]
-    users = ix.consumers.get(centred, [])
-    if len(users) != 2 or centred in ix.outputs:
+    users = g.consumers.get(centred, [])
+    if len(users) != 2 or centred in g.outputs:
         return None
     square = next((u for u in users if u.op_type in ("Pow", "Mul")), None)
     divide = next((u for u in users if u is not square), None)
     if square is None or divide is None:
         return None
-    if square.op_type == "Pow" and not _close(ix.scalar(square.input[1]), 2.0):
+    if square.op_type == "Pow" and not _close(g.scalar(square.input[1]), 2.0):
         return None
     if square.op_type == "Mul" and list(square.input) != [centred, centred]:
         return None
     nodes = [mean, sub, square]
-    variance = ix.only(square.output[0], "ReduceMean")
+    variance = _only(g, square.output[0], "ReduceMean")
     if variance is None or _axes(variance) != _axes(mean):
         return None
-    add_eps = ix.only(variance.output[0], "Add")
+    add_eps = _only(g, variance.output[0], "Add")
     if add_eps is None:
         return None
-    eps = ix.scalar(ix.other(add_eps, variance.output[0]) or "")
-    sqrt = ix.only(add_eps.output[0], "Sqrt")
+    eps = g.scalar(_other(add_eps, variance.output[0]) or "")
+    sqrt = _only(g, add_eps.output[0], "Sqrt")
     if eps is None or eps < 0 or sqrt is None:
         return None
     nodes += [variance, add_eps, sqrt]
     if divide.op_type == "Div" and list(divide.input) == [centred, sqrt.output[0]]:
         pass
     elif divide.op_type == "Mul":
-        reciprocal = ix.only(sqrt.output[0], "Reciprocal")
-        if reciprocal is None or ix.other(divide, centred) != reciprocal.output[0]:
+        reciprocal = _only(g, sqrt.output[0], "Reciprocal")
+        if reciprocal is None or _other(divide, centred) != reciprocal.output[0]:
             return None
         nodes.append(reciprocal)
     else:
@@ -124,77 +106,77 @@ def _layernorm(ix: _Index, mean: onnx.NodeProto) -> Fused | None:
     nodes.append(divide)
     out = divide.output[0]
     for op in ("Mul", "Add"):  # optional gamma, then beta
-        node = ix.only(out, op)
-        operand = ix.other(node, out) if node is not None else None
-        if node is None or operand is None or ix.const(operand) is None:
+        node = _only(g, out, op)
+        operand = _other(node, out) if node is not None else None
+        if node is None or operand is None or g.const(operand) is None:
             break
         nodes.append(node)
         out = node.output[0]
-    return _fused(ix, "LayerNorm", x, out, nodes)
+    return _fused(g, "LayerNorm", x, out, nodes)
 
 
-def _gelu(ix: _Index, core: onnx.NodeProto) -> Fused | None:
+def _gelu(g: Graph, core: onnx.NodeProto) -> Fused | None:
     """0.5 * x * (1 + erf(x / sqrt 2)), or with tanh(sqrt(2 / pi) * (x + 0.044715 x^3))."""
-    pre = ix.producer.get(core.input[0])
+    pre = g.producer.get(core.input[0])
     if pre is None:
         return None
     nodes: list[onnx.NodeProto] = [pre]
     if core.op_type == "Erf":
         x = pre.input[0]
-        if pre.op_type == "Div" and _close(ix.scalar(pre.input[1]), np.sqrt(2.0)):
+        if pre.op_type == "Div" and _close(g.scalar(pre.input[1]), np.sqrt(2.0)):
             pass
         elif pre.op_type == "Mul":
-            x = next((i for i in pre.input if ix.const(i) is None), "")
-            if not _close(ix.scalar(ix.other(pre, x) or ""), np.sqrt(0.5)):
+            x = next((i for i in pre.input if g.const(i) is None), "")
+            if not _close(g.scalar(_other(pre, x) or ""), np.sqrt(0.5)):
                 return None
         else:
             return None
     else:  # Tanh
-        inner = next((i for i in pre.input if ix.const(i) is None), "")
-        if pre.op_type != "Mul" or not _close(ix.scalar(ix.other(pre, inner) or ""), 0.7978846):
+        inner = next((i for i in pre.input if g.const(i) is None), "")
+        if pre.op_type != "Mul" or not _close(g.scalar(_other(pre, inner) or ""), 0.7978846):
             return None
-        add = ix.producer.get(inner)
+        add = g.producer.get(inner)
         if add is None or add.op_type != "Add":
             return None
         for x, cubic in (add.input, add.input[::-1]):
-            scale = ix.producer.get(cubic)
+            scale = g.producer.get(cubic)
             if scale is None or scale.op_type != "Mul":
                 continue
-            power_out = next((i for i in scale.input if ix.const(i) is None), "")
-            power = ix.producer.get(power_out)
+            power_out = next((i for i in scale.input if g.const(i) is None), "")
+            power = g.producer.get(power_out)
             if (
-                _close(ix.scalar(ix.other(scale, power_out) or ""), 0.044715)
+                _close(g.scalar(_other(scale, power_out) or ""), 0.044715)
                 and power is not None
                 and power.op_type == "Pow"
                 and power.input[0] == x
-                and _close(ix.scalar(power.input[1]), 3.0)
+                and _close(g.scalar(power.input[1]), 3.0)
             ):
                 nodes += [power, scale, add]
                 break
         else:
             return None
     nodes.append(core)
-    one = ix.only(core.output[0], "Add")
-    if one is None or not _close(ix.scalar(ix.other(one, core.output[0]) or ""), 1.0):
+    one = _only(g, core.output[0], "Add")
+    if one is None or not _close(g.scalar(_other(one, core.output[0]) or ""), 1.0):
         return None
     nodes.append(one)
     out, seen_x, seen_half = one.output[0], False, False
     for _ in range(3):  # the product with x and with 0.5, in any order and grouping
-        mul = ix.only(out, "Mul")
-        operand = ix.other(mul, out) if mul is not None else None
+        mul = _only(g, out, "Mul")
+        operand = _other(mul, out) if mul is not None else None
         if mul is None or operand is None:
             return None
-        half = ix.producer.get(operand)
+        half = g.producer.get(operand)
         if operand == x and not seen_x:
             seen_x = True
-        elif _close(ix.scalar(operand), 0.5) and not seen_half:
+        elif _close(g.scalar(operand), 0.5) and not seen_half:
             seen_half = True
         elif (
             half is not None
             and half.op_type == "Mul"
             and x in half.input
-            and _close(ix.scalar(ix.other(half, x) or ""), 0.5)
-            and ix.only(operand, "Mul") is mul
+            and _close(g.scalar(_other(half, x) or ""), 0.5)
+            and _only(g, operand, "Mul") is mul
             and not (seen_x or seen_half)
         ):
             seen_x = seen_half = True
@@ -204,23 +186,23 @@ def _gelu(ix: _Index, core: onnx.NodeProto) -> Fused | None:
         nodes.append(mul)
         out = mul.output[0]
         if seen_x and seen_half:
-            return _fused(ix, "GELU", x, out, nodes)
+            return _fused(g, "GELU", x, out, nodes)
     return None
 
 
-def _fused(ix: _Index, kind: str, x: str, out: str, nodes: list[onnx.NodeProto]) -> Fused | None:
+def _fused(g: Graph, kind: str, x: str, out: str, nodes: list[onnx.NodeProto]) -> Fused | None:
     """The pattern, if nothing outside it reads a tensor computed inside it."""
     names = {n.name for n in nodes}
     internal = [o for n in nodes for o in n.output if o != out]
     for tensor in internal:
-        if tensor in ix.outputs or any(u.name not in names for u in ix.consumers[tensor]):
+        if tensor in g.outputs or any(u.name not in names for u in g.consumers[tensor]):
             return None
     return Fused(kind, x, out, tuple(n.name for n in nodes), tuple(internal))
 
 
 def fused_layers(model: onnx.ModelProto) -> list[Fused]:
     """Every LayerNorm and GELU pattern of the graph, in graph order (nodes must be named)."""
-    ix = _Index(model)
+    g = Graph(model)
     found: list[Fused] = []
     taken: set[str] = set()
     for node in model.graph.node:
@@ -228,9 +210,9 @@ def fused_layers(model: onnx.ModelProto) -> list[Fused]:
             continue
         match = None
         if node.op_type == "ReduceMean":
-            match = _layernorm(ix, node)
+            match = _layernorm(g, node)
         elif node.op_type in ("Erf", "Tanh"):
-            match = _gelu(ix, node)
+            match = _gelu(g, node)
         if match is not None and not taken.intersection(match.nodes):
             found.append(match)
             taken.update(match.nodes)
@@ -240,15 +222,15 @@ def fused_layers(model: onnx.ModelProto) -> list[Fused]:
 def linear_biases(model: onnx.ModelProto) -> dict[str, LinearBias]:
     """MatMul nodes by name whose only consumer adds a constant 1-D vector over the weight's
     output columns: the bias of that (inner product) layer."""
-    ix = _Index(model)
+    g = Graph(model)
     found = {}
     for node in model.graph.node:
         if node.op_type != "MatMul":
             continue
-        weight = ix.const(node.input[1])
-        add = ix.only(node.output[0], "Add")
-        bias = ix.other(add, node.output[0]) if add is not None else None
-        value = ix.const(bias) if bias is not None else None
+        weight = g.const(node.input[1])
+        add = _only(g, node.output[0], "Add")
+        bias = _other(add, node.output[0]) if add is not None else None
+        value = g.const(bias) if bias is not None else None
         if weight is None or weight.ndim != 2 or value is None:
             continue
         if value.dtype != np.float32 or value.shape != (weight.shape[1],):
