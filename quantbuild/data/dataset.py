@@ -124,7 +124,9 @@ class Dataset:
         return feed
 
 
-def _as_input_type(array: np.ndarray, spec: InputSpec, dataset: Dataset, frame: FrameRef):
+def _as_input_type(
+    array: np.ndarray, spec: InputSpec, dataset: Dataset, frame: FrameRef
+) -> np.ndarray:
     """The array in the input's own element type; integer and bool inputs (token ids, masks)
     take only integral values, never a silently truncated float."""
     integral = array.dtype.kind != "f" or np.array_equal(array, np.round(array))

@@ -491,7 +491,8 @@ def float_check(model: onnx.ModelProto, original: onnx.ModelProto | None = None)
 
     Mirrors quant/qdq.py: float32 activations get a grid (activation_tensors); weights of
     Conv/ConvTranspose/Gemm/MatMul (input 1, used once), their biases (when the input is on
-    a grid) and constants of element-wise operators are quantized; nothing else is.
+    a grid) and constants of element-wise operators are quantized (not the scale and shift of a
+    LayerNorm layer, which stay the layer's own); nothing else is.
     `original` (the model before prepare's rewrites) names where a node came from."""
     graph = model.graph
     before = {n.name: n for n in original.graph.node} if original is not None else {}
