@@ -56,9 +56,12 @@ class Graph:
         self.inits[name] = self.graph.initializer[-1]
         return name
 
-    def only_consumer(self, tensor: str) -> onnx.NodeProto | None:
+    def only_consumer(self, tensor: str, op: str | None = None) -> onnx.NodeProto | None:
+        """The single reader of a tensor that is no graph output (and an `op` node, if given)."""
         users = self.consumers.get(tensor, [])
-        return users[0] if len(users) == 1 and tensor not in self.outputs else None
+        if len(users) != 1 or tensor in self.outputs or op not in (None, users[0].op_type):
+            return None
+        return users[0]
 
     def remove(self, nodes: list[onnx.NodeProto]) -> None:
         """Delete nodes in place (by their unique names), then refresh the maps."""
@@ -80,6 +83,13 @@ class Graph:
         dims = value_type.tensor_type.shape.dim
         channels = dims[1].dim_value if len(dims) >= 2 and dims[1].HasField("dim_value") else None
         return len(dims), channels
+
+
+def other_operand(node: onnx.NodeProto | None, tensor: str) -> str | None:
+    """The operand of a binary node that is not `tensor` (None if `tensor` is not one)."""
+    if node is None or len(node.input) != 2 or tensor not in node.input:
+        return None
+    return node.input[1] if node.input[0] == tensor else node.input[0]
 
 
 def _per_channel(value: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
@@ -181,18 +191,15 @@ def scale_into_matmul(g: Graph) -> int:
             continue
         columns = weight.shape[1]
         chain, out, bias_name = [matmul], matmul.output[0], None
-        add = g.only_consumer(out)
-        if add is not None and add.op_type == "Add" and len(add.input) == 2:
-            other = add.input[1] if add.input[0] == out else add.input[0]
-            value = g.const(other)
-            if value is not None and value.shape == (columns,) and len(g.consumers[other]) == 1:
-                chain, out, bias_name = [matmul, add], add.output[0], other
-        user = g.only_consumer(out)
-        if user is None or user.op_type not in ("Mul", "Div") or len(user.input) != 2:
-            continue
-        other = user.input[1] if user.input[0] == out else user.input[0]
-        value = g.const(other)
-        if value is None or (user.op_type == "Div" and other != user.input[1]):
+        add = g.only_consumer(out, "Add")
+        other = other_operand(add, out)
+        value = g.const(other) if other is not None else None
+        if value is not None and value.shape == (columns,) and len(g.consumers[other]) == 1:
+            chain, out, bias_name = [matmul, add], add.output[0], other
+        user = g.only_consumer(out, "Mul") or g.only_consumer(out, "Div")
+        other = other_operand(user, out)
+        value = g.const(other) if other is not None else None
+        if user is None or value is None or (user.op_type == "Div" and other != user.input[1]):
             continue
         vector = _last_axis(value, columns)
         rank, _ = g.rank_and_channels(out)

@@ -1,7 +1,8 @@
 """Layer table: name, op, output shape, MACs and parameter count of every node.
 
 Shapes and MACs are per frame: a symbolic leading (batch) dimension counts as 1, as the device
-runs one frame at a time; any other symbolic dimension (a sequence length) leaves them unknown.
+runs one frame at a time; any other symbolic dimension (a sequence length) leaves them unknown
+in this table (mixed precision's latency model uses the shapes observed on calibration frames).
 """
 
 from __future__ import annotations
@@ -10,18 +11,7 @@ import math
 
 import onnx
 
-from quantbuild.graph.onnx_utils import initializers, tensor_types
-
-
-def frame_shape(type_proto: onnx.TypeProto | None) -> tuple[int, ...] | None:
-    """A tensor's shape for one frame (symbolic batch = 1), or None when not fully known."""
-    if type_proto is None or not type_proto.tensor_type.HasField("shape"):
-        return None
-    dims = type_proto.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if shape and shape[0] is None and len(shape) > 1:
-        shape[0] = 1
-    return None if any(d is None for d in shape) else tuple(shape)
+from quantbuild.graph.onnx_utils import frame_shape, initializers, tensor_types
 
 
 def layer_macs(node: onnx.NodeProto, types: dict, inits: dict) -> int | None:

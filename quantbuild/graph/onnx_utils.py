@@ -49,9 +49,9 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     for value in model.graph.input:
         if value.name in inits:
             continue
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type or TensorProto.FLOAT))
+        dims = tuple(dims_of(value.type) or ())
+        elem_type = value.type.tensor_type.elem_type or TensorProto.FLOAT
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
         specs.append(InputSpec(value.name, dims, dtype))
     return specs
 
@@ -64,13 +64,33 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     return out
 
 
-def static_shape(type_proto: onnx.TypeProto | None) -> tuple[int, ...] | None:
+def dims_of(type_proto: onnx.TypeProto | None) -> list[int | None] | None:
+    """A tensor type's dimensions (None where symbolic), or None when it has no shape."""
     if type_proto is None or not type_proto.tensor_type.HasField("shape"):
         return None
-    dims = type_proto.tensor_type.shape.dim
-    if not all(d.HasField("dim_value") for d in dims):
+    return [
+        d.dim_value if d.HasField("dim_value") else None for d in type_proto.tensor_type.shape.dim
+    ]
+
+
+def _known(dims: list[int | None] | None) -> tuple[int, ...] | None:
+    if dims is None or any(d is None for d in dims):
         return None
-    return tuple(d.dim_value for d in dims)
+    return tuple(d for d in dims if d is not None)
+
+
+def static_shape(type_proto: onnx.TypeProto | None) -> tuple[int, ...] | None:
+    """The shape when every dimension is known, else None."""
+    return _known(dims_of(type_proto))
+
+
+def frame_shape(type_proto: onnx.TypeProto | None) -> tuple[int, ...] | None:
+    """The shape of one frame: as static_shape, with a symbolic leading (batch) dimension
+    counted as 1."""
+    dims = dims_of(type_proto)
+    if dims and len(dims) > 1 and dims[0] is None:
+        dims[0] = 1
+    return _known(dims)
 
 
 def to_array(tensor: onnx.TensorProto):

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from quantbuild.graph.fold import Graph
+from quantbuild.graph.fold import Graph, other_operand
 
 
 @dataclass(frozen=True)
@@ -40,19 +40,6 @@ class LinearBias:
     output: str  # the Add's output
 
 
-def _only(g: Graph, tensor: str, op: str) -> onnx.NodeProto | None:
-    """The single consumer of `tensor` when it is an `op` node (and the tensor no output)."""
-    user = g.only_consumer(tensor)
-    return user if user is not None and user.op_type == op else None
-
-
-def _other(node: onnx.NodeProto | None, tensor: str) -> str | None:
-    """The operand of a binary node that is not `tensor`."""
-    if node is None or len(node.input) != 2 or tensor not in node.input:
-        return None
-    return node.input[1] if node.input[0] == tensor else node.input[0]
-
-
 def _close(value: float | None, target: float, tolerance: float = 1e-3) -> bool:
     return value is not None and abs(value - target) <= tolerance * abs(target)
 
@@ -67,7 +54,7 @@ def _axes(node: onnx.NodeProto) -> tuple[int, ...] | None:
 def _layernorm(g: Graph, mean: onnx.NodeProto) -> Fused | None:
     """x - mean(x) over the last axes, divided by sqrt(var + eps), then * gamma + beta."""
     x = mean.input[0]
-    sub = _only(g, mean.output[0], "Sub")
+    sub = g.only_consumer(mean.output[0], "Sub")
     if sub is None or list(sub.input) != [x, mean.output[0]] or _axes(mean) is None:
         return None
     centred = sub.output[0]
@@ -83,22 +70,22 @@ def _layernorm(g: Graph, mean: onnx.NodeProto) -> Fused | None:
     if square.op_type == "Mul" and list(square.input) != [centred, centred]:
         return None
     nodes = [mean, sub, square]
-    variance = _only(g, square.output[0], "ReduceMean")
+    variance = g.only_consumer(square.output[0], "ReduceMean")
     if variance is None or _axes(variance) != _axes(mean):
         return None
-    add_eps = _only(g, variance.output[0], "Add")
+    add_eps = g.only_consumer(variance.output[0], "Add")
     if add_eps is None:
         return None
-    eps = g.scalar(_other(add_eps, variance.output[0]) or "")
-    sqrt = _only(g, add_eps.output[0], "Sqrt")
+    eps = g.scalar(other_operand(add_eps, variance.output[0]) or "")
+    sqrt = g.only_consumer(add_eps.output[0], "Sqrt")
     if eps is None or eps < 0 or sqrt is None:
         return None
     nodes += [variance, add_eps, sqrt]
     if divide.op_type == "Div" and list(divide.input) == [centred, sqrt.output[0]]:
         pass
     elif divide.op_type == "Mul":
-        reciprocal = _only(g, sqrt.output[0], "Reciprocal")
-        if reciprocal is None or _other(divide, centred) != reciprocal.output[0]:
+        reciprocal = g.only_consumer(sqrt.output[0], "Reciprocal")
+        if reciprocal is None or other_operand(divide, centred) != reciprocal.output[0]:
             return None
         nodes.append(reciprocal)
     else:
@@ -106,8 +93,8 @@ def _layernorm(g: Graph, mean: onnx.NodeProto) -> Fused | None:
     nodes.append(divide)
     out = divide.output[0]
     for op in ("Mul", "Add"):  # optional gamma, then beta
-        node = _only(g, out, op)
-        operand = _other(node, out) if node is not None else None
+        node = g.only_consumer(out, op)
+        operand = other_operand(node, out)
         if node is None or operand is None or g.const(operand) is None:
             break
         nodes.append(node)
@@ -127,13 +114,13 @@ def _gelu(g: Graph, core: onnx.NodeProto) -> Fused | None:
             pass
         elif pre.op_type == "Mul":
             x = next((i for i in pre.input if g.const(i) is None), "")
-            if not _close(g.scalar(_other(pre, x) or ""), np.sqrt(0.5)):
+            if not _close(g.scalar(other_operand(pre, x) or ""), np.sqrt(0.5)):
                 return None
         else:
             return None
     else:  # Tanh
         inner = next((i for i in pre.input if g.const(i) is None), "")
-        if pre.op_type != "Mul" or not _close(g.scalar(_other(pre, inner) or ""), 0.7978846):
+        if pre.op_type != "Mul" or not _close(g.scalar(other_operand(pre, inner) or ""), 0.7978846):
             return None
         add = g.producer.get(inner)
         if add is None or add.op_type != "Add":
@@ -145,7 +132,7 @@ def _gelu(g: Graph, core: onnx.NodeProto) -> Fused | None:
             power_out = next((i for i in scale.input if g.const(i) is None), "")
             power = g.producer.get(power_out)
             if (
-                _close(g.scalar(_other(scale, power_out) or ""), 0.044715)
+                _close(g.scalar(other_operand(scale, power_out) or ""), 0.044715)
                 and power is not None
                 and power.op_type == "Pow"
                 and power.input[0] == x
@@ -156,14 +143,14 @@ def _gelu(g: Graph, core: onnx.NodeProto) -> Fused | None:
         else:
             return None
     nodes.append(core)
-    one = _only(g, core.output[0], "Add")
-    if one is None or not _close(g.scalar(_other(one, core.output[0]) or ""), 1.0):
+    one = g.only_consumer(core.output[0], "Add")
+    if one is None or not _close(g.scalar(other_operand(one, core.output[0]) or ""), 1.0):
         return None
     nodes.append(one)
     out, seen_x, seen_half = one.output[0], False, False
     for _ in range(3):  # the product with x and with 0.5, in any order and grouping
-        mul = _only(g, out, "Mul")
-        operand = _other(mul, out) if mul is not None else None
+        mul = g.only_consumer(out, "Mul")
+        operand = other_operand(mul, out)
         if mul is None or operand is None:
             return None
         half = g.producer.get(operand)
@@ -175,8 +162,8 @@ def _gelu(g: Graph, core: onnx.NodeProto) -> Fused | None:
             half is not None
             and half.op_type == "Mul"
             and x in half.input
-            and _close(g.scalar(_other(half, x) or ""), 0.5)
-            and _only(g, operand, "Mul") is mul
+            and _close(g.scalar(other_operand(half, x) or ""), 0.5)
+            and g.only_consumer(operand, "Mul") is mul
             and not (seen_x or seen_half)
         ):
             seen_x = seen_half = True
@@ -228,8 +215,8 @@ def linear_biases(model: onnx.ModelProto) -> dict[str, LinearBias]:
         if node.op_type != "MatMul":
             continue
         weight = g.const(node.input[1])
-        add = _only(g, node.output[0], "Add")
-        bias = _other(add, node.output[0]) if add is not None else None
+        add = g.only_consumer(node.output[0], "Add")
+        bias = other_operand(add, node.output[0])
         value = g.const(bias) if bias is not None else None
         if weight is None or weight.ndim != 2 or value is None:
             continue
