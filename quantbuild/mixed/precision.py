@@ -21,6 +21,9 @@ Confirmed in TI's public sources (TexasInstruments/edgeai-tidl-tools):
 - TIDL's importer (tidl_updateMixedPrecisionState) repeats until nothing changes: a 16-bit
   layer that cannot change precision makes its producers that cannot change 16-bit, and any
   16-bit layer makes its consumers that cannot change 16-bit.
+- docs/tidl_fsg_vtfr.md lists LayerNorm as a layer of its own; it is not among those that
+  change precision, so it cannot. A MatMul by a constant with its bias Add is one inner product
+  layer (our reading of the importer's bias merge). graph.patterns finds both below opset 17.
 Not confirmed: ConvTranspose imports as TIDL_Deconv2DLayer, which the list above does not name;
 the importer converts deconvolutions to convolutions (TIDL_convertDeconv2DtoConv), so it is
 treated as a convolution here.
@@ -43,6 +46,7 @@ import onnx
 
 from quantbuild.errors import RecipeError, Where
 from quantbuild.graph.onnx_utils import tensor_types
+from quantbuild.graph.patterns import fused_layers, linear_biases
 from quantbuild.quant.qdq import FUSED_ACTIVATIONS, FUSING_PRODUCERS
 from quantbuild.suggest import closest
 
@@ -185,6 +189,25 @@ class Network:
                 and source not in outputs
             ):
                 self.host[n.name] = producer
+        self._patterns(model)
+
+    def _patterns(self, model: onnx.ModelProto) -> None:
+        """Multi-node layers (graph.patterns) as TIDL imports them: a MatMul's bias Add is part
+        of its inner product layer; a LayerNorm or GELU is one layer, named by its last node, a
+        TIDL_LayerNormLayer (cannot change precision) or an activation layer (can)."""
+        for bias in linear_biases(model).values():
+            self.host[bias.add] = bias.matmul
+        for pattern in fused_layers(model):
+            last = self.producer[pattern.output]
+            for node in pattern.nodes:
+                if node != last:
+                    self.host[node] = last
+            self.op[last] = "LayerNormalization" if pattern.kind == "LayerNorm" else "Gelu"
+        # An activation fused into a bias Add belongs to the inner product layer.
+        for node, host in self.host.items():
+            while host in self.host:
+                host = self.host[host]
+            self.host[node] = host
 
     def ties(self, node: str) -> bool:
         """Whether a node's feature inputs and outputs must share one precision."""

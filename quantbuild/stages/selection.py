@@ -26,7 +26,7 @@ from quantbuild.stages.sensitivity import MixedModels, Promotions, observed_shap
 from quantbuild.stages.settings import float_model_path
 
 NAME = "selection"
-VERSION = 2  # 2: the last resort promotes every candidate
+VERSION = 3  # 2: the last resort promotes every candidate
 READS = (
     "/quantization/mixed_precision",
     "/evaluation/data",

@@ -328,3 +328,30 @@ def test_prepared_model_with_lists_and_a_range():
         "flatten": "propagated from fc",
         "fc": "listed",
     }
+
+
+def test_transformer_layers_follow_tidl_layer_mapping():
+    """In an attention block, a MatMul's bias Add belongs to its inner product layer and a
+    LayerNorm is one layer: neither changes precision, so promoting the query projection makes
+    the whole attention branch 16-bit up to the residual Add, and stops there. GELU is an
+    activation layer of its own (it changes precision)."""
+    from builders import attention_block
+
+    model = attention_block()
+    attention = promote(model, ["q.matmul"])
+    for tensor in ("ln1.out", "q.out", "k.out", "v.out", "scores", "probs", "attn", "proj.out"):
+        assert attention.bits(tensor) == 16, tensor
+    assert attention.bits("x") == 16  # the LayerNorm ties its input
+    assert attention.bits("res1") == 8 and attention.bits("ln2.out") == 8
+    assert attention.layers["q.add"]["output_bits"] == 16  # the bias Add is the same layer
+    assert {"q.w", "k.w", "v.w", "proj.w"} <= attention.weights_16bit
+    assert "fc1.w" not in attention.weights_16bit
+    # The same assignment whichever MatMul of the branch is named.
+    assert promote(model, ["scores"]).tensors_16bit == attention.tensors_16bit
+    # fc1 ends at the GELU, which changes precision; fc2 takes its input from it.
+    fc1 = promote(model, ["fc1.matmul"])
+    assert fc1.bits("fc1.out") == 16 and fc1.bits("gelu") == 8
+    assert fc1.bits("ln2.out") == 16 and fc1.bits("res1") == 16
+    assert promote(model, ["fc2.matmul"]).bits("gelu") == 16
+    # A layer named by a tensor inside a pattern resolves to the pattern's layer.
+    assert promote(model, ["ln2.var"]).tensors_16bit == promote(model, ["ln2.beta"]).tensors_16bit
