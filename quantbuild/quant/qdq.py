@@ -65,10 +65,23 @@ class WeightOptions:
     given: dict[str, QParams] = field(default_factory=dict)
     # Mixed precision: nodes whose weights (or element-wise constants) are 16-bit.
     wide_layers: frozenset[str] = frozenset()
+    # Clipped weights by (name, bits, axis), when one model is written many times (the mixed
+    # precision probe): MSE clipping is most of a write's time and depends only on these.
+    clip_memo: dict | None = field(default=None, compare=False, repr=False)
 
     def for_layer(self, node: onnx.NodeProto) -> WeightOptions:
         """These options, in 16 bits when mixed precision widens this node's parameters."""
         return replace(self, bits=16) if node.name in self.wide_layers else self
+
+    def clipped(self, name: str, weight: np.ndarray, axis: int | None) -> np.ndarray:
+        """`weight` (the initializer `name`) clipped by the clipping method for these bits."""
+        key = (name, self.bits, axis, self.clipping, self.power_of_2)
+        if self.clip_memo is not None and key in self.clip_memo:
+            return self.clip_memo[key]
+        clipped = clip_weights(weight, self.clipping, self.bits, axis, self.power_of_2)
+        if self.clip_memo is not None:
+            self.clip_memo[key] = clipped
+        return clipped
 
     def stated(self, name: str, axis: int | None, symmetric: bool = True) -> QParams | None:
         """The given grid of a constant if it fits these options (bits, axis, power-of-2).
@@ -246,7 +259,7 @@ class QDQWriter:
                 axis = weight_axis(node, weight) if opts.per_channel else None
                 stated = opts.stated(w_name, axis)
                 if stated is None:
-                    weight = clip_weights(weight, opts.clipping, opts.bits, axis, opts.power_of_2)
+                    weight = opts.clipped(w_name, weight, axis)
                     qp = weight_qparams(
                         weight, opts.bits, axis is not None, opts.power_of_2, axis or 0
                     )

@@ -126,7 +126,7 @@ class MixedModels:
         self.model = model
         self.ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
         self.stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
-        self.options = weight_options(q)
+        self.options = replace(weight_options(q), clip_memo={})
         self.grid = feature_map_grid(q)
 
     def qdq(

@@ -6,7 +6,7 @@ Pipeline as the build runs it: prepare -> collect_statistics -> minmax_ranges ->
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -630,3 +630,26 @@ def test_matmul_biases_are_int32_and_layernorm_parameters_stay_with_their_layer(
     got = session(qdq).run(None, {"x": x})[0]
     cosine = float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got))
     assert cosine > 0.98  # 8 bits, six calibration frames of a random block
+
+
+def test_clip_memo_gives_the_same_model_and_clips_each_weight_once(cnn, monkeypatch):
+    """The mixed-precision probe writes one model many times: with a memo, each weight is
+    clipped once per grid and the models are byte-identical to those written without it."""
+    import quantbuild.quant.qdq as qdq
+
+    prepared, stats, _ = cnn
+    ranges = minmax_ranges(stats, 8, True, False)
+    plain = WeightOptions(8, True, False, 32, clipping="mse")
+    expected = write_qdq(prepared, ranges, plain)[0].SerializeToString()
+    calls = []
+    clip = qdq.clip_weights
+    monkeypatch.setattr(qdq, "clip_weights", lambda *a: calls.append(a[1:]) or clip(*a))
+    memo = WeightOptions(8, True, False, 32, clipping="mse", clip_memo={})
+    for _ in range(3):
+        assert write_qdq(prepared, ranges, memo)[0].SerializeToString() == expected
+    assert len(calls) == 3  # w1, w2, wfc: once each
+    # A 16-bit layer clips its weights on its own grid, once.
+    wide = replace(memo, wide_layers=frozenset({prepared.graph.node[0].name}))
+    write_qdq(prepared, ranges, wide)
+    write_qdq(prepared, ranges, wide)
+    assert len(calls) == 4 and calls[-1][1] == 16
