@@ -5,7 +5,8 @@ Placement follows how TIDL executes a network:
   producer (Conv/Gemm/Add followed by Relu or Clip: only the activation's output is quantized),
   the output of a value-preserving operator (MaxPool, Reshape, ...) whose input is already on
   a grid, the tensors inside a multi-node layer (LayerNorm, GELU: graph/patterns.py) and a
-  MatMul's output that only gets its bias added;
+  MatMul's output that only gets its bias added, and float tensors computed from token ids,
+  masks or positions alone (an attention mask cast to float and scaled: `index_derived`);
 - Conv/ConvTranspose/Gemm/MatMul weights are symmetric integers (per tensor or per output
   channel); biases (a MatMul's: the constant its Add adds) are integers at
   input_scale * weight_scale (16 or 32 bits);
@@ -23,7 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from quantbuild.calib.weight_clip import clip_weights
-from quantbuild.graph.onnx_utils import opset_version
+from quantbuild.graph.onnx_utils import opset_version, tensor_types
 from quantbuild.graph.patterns import fused_layers, linear_biases
 from quantbuild.quant.params import QParams, bias_int32, fit_weights_to_bias, weight_qparams
 from quantbuild.quant.ranges_io import TensorRange
@@ -102,6 +103,46 @@ class WeightOptions:
         return qp
 
 
+# Graph inputs of these types are indices, masks or positions (token ids, attention masks), not
+# pixel data (uint8/int8 inputs are images or already-quantized features).
+_INDEX_TYPES = {onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.BOOL}
+
+
+def index_derived(model: onnx.ModelProto) -> set[str]:
+    """Float tensors computed from index or mask tensors alone (an attention mask cast to float,
+    inverted and scaled): per-frame constants of the input's structure, not features.
+
+    A tensor is index-derived when its node reads at least one index-derived or integer tensor,
+    nothing else but constants, and no float constant of more than one element (an embedding
+    table or a weight makes the output a feature)."""
+    types = tensor_types(model)
+    consts = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            consts.update({o: node.attribute[0].t for o in node.output if node.attribute})
+
+    def elem(name: str) -> int | None:
+        kind = types.get(name)
+        return kind.tensor_type.elem_type if kind is not None else None
+
+    derived = {i.name for i in model.graph.input if elem(i.name) in _INDEX_TYPES}
+    found: set[str] = set()
+    for node in model.graph.node:
+        inputs = [i for i in node.input if i]
+        variable = [i for i in inputs if i not in consts]
+        table = any(
+            consts[i].data_type not in _INDEX_TYPES and int(np.prod(consts[i].dims)) > 1
+            for i in inputs
+            if i in consts
+        )
+        if table or not any(i in derived for i in variable):
+            continue
+        if all(i in derived or elem(i) in _INDEX_TYPES for i in variable):
+            derived.update(node.output)
+            found.update(o for o in node.output if elem(o) not in _INDEX_TYPES)
+    return found
+
+
 def activation_tensors(model: onnx.ModelProto, candidates: set[str]) -> list[str]:
     """The tensors among `candidates` that get their own grid, in graph order (see module doc)."""
     graph = model.graph
@@ -116,6 +157,7 @@ def activation_tensors(model: onnx.ModelProto, candidates: set[str]) -> list[str
     inside = {t for layer in fused_layers(model) for t in layer.internal}
     by_name = {n.name: n for n in graph.node}
     inside.update(by_name[m].output[0] for m in linear_biases(model))
+    inside.update(index_derived(model))
     chosen: list[str] = []
     on_grid: set[str] = set()  # quantized tensors and value-preserving views of them
     for name in [i.name for i in graph.input] + [o for n in graph.node for o in n.output]:

@@ -38,7 +38,7 @@ from quantbuild.stages.sensitivity import (
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "quantize"
-VERSION = 22  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs; 17: bias calibration kept
+VERSION = 23  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs; 17: bias calibration kept
 # only when it brings the output closer to float; 18: weight_rounding; 19: rounding and
 # selection stages; 20: bias calibration dropped only when clearly worse, on 32 frames; 21:
 # TIDL layers of transformers (LayerNorm, GELU, MatMul bias)

@@ -14,7 +14,7 @@ from quantbuild.stages.imports import imported_ranges
 from quantbuild.stages.settings import float_model_path
 
 NAME = "stats"
-VERSION = 8  # 7: transformer layers get no inner grids; 8: every element histogrammed
+VERSION = 9  # 7: transformer layers get no inner grids; 8: every element histogrammed
 READS = (
     "/calibration/data",
     "/calibration/preprocess",

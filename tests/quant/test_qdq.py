@@ -653,3 +653,36 @@ def test_clip_memo_gives_the_same_model_and_clips_each_weight_once(cnn, monkeypa
     write_qdq(prepared, ranges, wide)
     write_qdq(prepared, ranges, wide)
     assert len(calls) == 4 and calls[-1][1] == 16
+
+
+def test_mask_paths_get_no_grid_and_embeddings_do():
+    """Float tensors computed from an int64 attention mask alone (cast, inverted, scaled) carry
+    the input's structure, not features: no grid. An embedding looked up by int64 ids is a
+    feature, and so is the sum of features and the mask."""
+    from quantbuild.quant.qdq import activation_tensors, index_derived
+
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["embedded"], name="embed"),
+        helper.make_node("Cast", ["mask"], ["mask_f"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "mask_f"], ["inverted"], name="invert"),
+        helper.make_node("Mul", ["inverted", "big"], ["bias"], name="scale"),
+        helper.make_node("Add", ["embedded", "bias"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "masked",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "seq"]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, [1, "seq"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seq", 4])],
+        [
+            numpy_helper.from_array(np.ones((10, 4), np.float32), "table"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array(-1e4, np.float32), "big"),
+        ],
+    )
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph))
+    assert index_derived(model) == {"mask_f", "inverted", "bias"}
+    every = {"embedded", "mask_f", "inverted", "bias", "y"}
+    assert activation_tensors(model, every) == ["embedded", "y"]
