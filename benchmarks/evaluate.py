@@ -11,6 +11,8 @@ recognition (PP-OCRv4 rec): CTC greedy decode; character accuracy (1 - normalize
 spaces ignored) against the rendered text, exact-string agreement with the float model's decode.
 yolox (ddddocr's YOLOX): decode + NMS as ddddocr; box F1 at IoU 0.5 against the rendered
 characters' boxes, box F1 against the float model's boxes.
+minilm (all-MiniLM-L6-v2, tokenized sentences, no labels): the sentence_embedding output's
+cosine similarity with the float model's, mean over sentences (metric and fidelity) and minimum.
 All: mean per-frame cosine similarity of the output with the float model's output.
 
     python benchmarks/evaluate.py --model detection --onnx model.qdq.onnx --data DIR --float DIR
@@ -27,7 +29,16 @@ import numpy as np
 import onnxruntime as ort
 from scipy import ndimage
 
-from common import MODELS, list_images, load_pixels, normalize, recognition_charset, write_json
+from common import (
+    MODELS,
+    list_frames,
+    list_images,
+    load_feeds,
+    load_pixels,
+    normalize,
+    recognition_charset,
+    write_json,
+)
 
 THRESH = 0.3  # DB binarization threshold (rapidocr Det.thresh)
 BOX_THRESH = 0.5  # mean probability a component needs to count as a box (rapidocr box_thresh)
@@ -44,20 +55,30 @@ def session(onnx_path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
-def run_model(model: str, onnx_path: Path, pixels: np.ndarray) -> np.ndarray:
-    """The model's first output for every frame (batch 1), stacked."""
+def run_model(model: str, onnx_path: Path, frames: np.ndarray | list[dict]) -> np.ndarray:
+    """The model's scored output (ModelSpec.output, else the first) for every frame (batch 1),
+    stacked. Frames are reference pixels, or the feeds of a tensors model."""
     sess = session(onnx_path)
-    name = sess.get_inputs()[0].name
-    outputs = [sess.run(None, {name: normalize(model, frame)})[0][0] for frame in pixels]
-    return np.stack(outputs)
+    output = MODELS[model].output or sess.get_outputs()[0].name
+    if MODELS[model].tensors:
+        feeds = iter(frames)
+    else:
+        name = sess.get_inputs()[0].name
+        feeds = ({name: normalize(model, frame)} for frame in frames)
+    return np.stack([sess.run([output], feed)[0][0] for feed in feeds])
+
+
+def frame_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per frame, the cosine similarity of flattened outputs (1 when both are zero)."""
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over frames of the cosine similarity of flattened outputs."""
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(np.mean(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)))
+    return float(np.mean(frame_cosines(a, b)))
 
 
 # -- detection post-processing --------------------------------------------------------------------
@@ -258,8 +279,11 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # -- evaluation sets ----------------------------------------------------------------------------
-def eval_set(model: str, data: Path) -> tuple[np.ndarray, list]:
-    """(reference pixels of the evaluation images, their labels or ground-truth boxes)."""
+def eval_set(model: str, data: Path) -> tuple[np.ndarray | list[dict], list]:
+    """(reference pixels of the evaluation images, their labels or ground-truth boxes); of a
+    tensors model: (the feeds of its .npz frames, no labels)."""
+    if MODELS[model].tensors:
+        return load_feeds(list_frames(data / "eval")), []
     files = list_images(data / "eval")
     pixels = load_pixels(model, files, cache=data / "cache" / "eval_pixels.npy")
     if model == "orientation":
@@ -276,14 +300,14 @@ def evaluate(model: str, onnx_path: Path, data: Path, float_dir: Path) -> dict:
     """Metrics of one ONNX model; float_dir caches the float model's outputs (written when the
     evaluated model is the float one, i.e. when float_dir has no outputs yet)."""
     started = time.perf_counter()
-    pixels, truth = eval_set(model, data)
-    outputs = run_model(model, onnx_path, pixels)
+    frames, truth = eval_set(model, data)
+    outputs = run_model(model, onnx_path, frames)
     float_file = float_dir / "outputs.npy"
     if not float_file.is_file():
         float_dir.mkdir(parents=True, exist_ok=True)
         np.save(float_file, outputs)
     reference = np.load(float_file, mmap_mode="r")
-    result: dict = {"frames": len(pixels), "cosine": cosine(outputs, reference)}
+    result: dict = {"frames": len(frames), "cosine": cosine(outputs, reference)}
     if model == "orientation":
         pred = outputs.argmax(1)
         result["top1"] = float(np.mean(pred == np.asarray(truth)))
@@ -305,6 +329,11 @@ def evaluate(model: str, onnx_path: Path, data: Path, float_dir: Path) -> dict:
         result["metric"] = result["char_accuracy"]
         result["fidelity"] = result["float_agreement"]
         result["texts"] = texts[:20]
+    elif MODELS[model].metric == "embedding_cosine":
+        per_frame = frame_cosines(outputs, reference)
+        result["cosine_min"] = float(per_frame.min())
+        result["cosine_p05"] = float(np.percentile(per_frame, 5))
+        result["metric"] = result["fidelity"] = result["cosine"]
     elif model == "yolox":
         boxes = [yolox_boxes(p) for p in outputs]
         float_boxes = [yolox_boxes(p) for p in reference]

@@ -40,7 +40,17 @@ import numpy as np
 import onnx
 import onnx.version_converter
 
-from common import MODELS, float_layers, list_images, load_pixels, normalize, write_json
+from common import (
+    MODELS,
+    float_inputs,
+    float_layers,
+    list_frames,
+    list_images,
+    load_feeds,
+    load_pixels,
+    normalize,
+    write_json,
+)
 from nncf_baseline import fix_input_shape, opset, weight_granularity
 
 # Settings that are not ModelOpt's defaults, and why: see the module docstring.
@@ -96,11 +106,29 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     return len(nodes)
 
 
+def stacked_feeds(files: list[Path]) -> dict[str, np.ndarray]:
+    """A tensors model's .npz frames as ModelOpt's calibration_data: one array per input, the
+    frames along the first axis (ModelOpt cuts it into batches of calibration_shapes' size).
+    Frames of different lengths (sentences) cannot be stacked; padding them would calibrate
+    ModelOpt on other frames than every other tool, so that is an error."""
+    feeds = load_feeds(files)
+    shapes = sorted({a.shape[1:] for feed in feeds for a in feed.values()})
+    if len(shapes) > 1:
+        raise SystemExit(
+            f"ModelOpt calibrates on one array per input cut along its first axis; the "
+            f"{len(feeds)} frames have {len(shapes)} different shapes {shapes[0]}..{shapes[-1]} "
+            f"and are not padded (every tool calibrates on the same frames)"
+        )
+    return {name: np.concatenate([feed[name] for feed in feeds]) for name in feeds[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, choices=list(MODELS))
     parser.add_argument("--onnx", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True, help="folder of calibration images")
+    parser.add_argument(
+        "--calib", type=Path, required=True, help="folder of calibration images (.npz frames)"
+    )
     parser.add_argument("--method", choices=["max", "entropy"], default="max")
     parser.add_argument("--shape", help="fix the input shape first, e.g. 1,3,480,480")
     parser.add_argument("--opset", type=int, help="convert the model to this opset first if older")
@@ -115,10 +143,14 @@ def main() -> None:
     started = time.perf_counter()
     from modelopt.onnx.quantization import quantize
 
-    files = list_images(args.calib)
-    pixels = load_pixels(args.model, files)
-    # All frames as one array; ModelOpt splits it into steps of calibration_shapes' batch (1).
-    batch = np.concatenate([normalize(args.model, p) for p in pixels], axis=0)
+    tensors = MODELS[args.model].tensors
+    files = list_frames(args.calib) if tensors else list_images(args.calib)
+    if tensors:
+        calibration = stacked_feeds(files)
+    else:
+        pixels = load_pixels(args.model, files)
+        # All frames as one array; ModelOpt splits it into steps of calibration_shapes' batch (1).
+        batch = np.concatenate([normalize(args.model, p) for p in pixels], axis=0)
     loaded = time.perf_counter()
     model = onnx.load(str(args.onnx))
     source_opset = opset(model)
@@ -127,8 +159,12 @@ def main() -> None:
     if args.opset and source_opset < args.opset:
         model = onnx.version_converter.convert_version(model, args.opset)
     moved = 0 if args.keep_constants else constants_to_initializers(model)
-    input_name = model.graph.input[0].name
-    shapes = f"{input_name}:{'x'.join(str(d) for d in (1, *batch.shape[1:]))}"
+    if not tensors:
+        calibration = {model.graph.input[0].name: batch}
+    shapes = ",".join(
+        f"{name}:{'x'.join(str(d) for d in (1, *array.shape[1:]))}"
+        for name, array in calibration.items()
+    )
     source_layers = len(float_layers(model))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent, prefix=f".{args.out.stem}-") as folder:
@@ -138,7 +174,7 @@ def main() -> None:
         quantize(
             str(prepared),
             quantize_mode="int8",
-            calibration_data={input_name: batch},
+            calibration_data=calibration,
             calibration_method=args.method,
             calibration_shapes=shapes,
             calibration_eps=CALIBRATION_EPS,
@@ -171,6 +207,7 @@ def main() -> None:
             "layers": source_layers,
             "float_layers": left,
             "float_layer_op_types": layer_op_types(quantized, left),
+            "float_inputs": float_inputs(quantized),
             "seconds": {
                 "import_modelopt_and_load_frames": round(loaded - started, 3),
                 "prepare": round(prepared_at - loaded, 3),

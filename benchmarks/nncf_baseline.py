@@ -6,8 +6,9 @@ One configuration per process (run it under measure.py for wall time and peak RS
         --preset performance [--per-channel] [--shape 1,3,480,480] [--opset 13] --out model.qdq.onnx
 
 The calibration frames are the same files quantbuild and onnxruntime calibrate on, turned
-into tensors by the same reference preprocessing the evaluator uses, batch 1, and NNCF uses
-all of them (subset_size = number of frames). Everything else is NNCF's default: target
+into tensors by the same reference preprocessing the evaluator uses (a tensors model's .npz
+frames as they are, every input), batch 1, and NNCF uses all of them (subset_size = number of
+frames). Everything else is NNCF's default: target
 device ANY, fast bias correction, min/max range estimators. --preset performance (NNCF's
 default) is symmetric int8 weights and activations; mixed makes activations asymmetric.
 Weights are per-channel with --per-channel (NNCF's default), otherwise per-tensor
@@ -34,7 +35,18 @@ import onnx
 import onnx.version_converter
 from onnx import numpy_helper
 
-from common import LAYER_OPS, MODELS, float_layers, list_images, load_pixels, normalize, write_json
+from common import (
+    LAYER_OPS,
+    MODELS,
+    float_inputs,
+    float_layers,
+    list_frames,
+    list_images,
+    load_feeds,
+    load_pixels,
+    normalize,
+    write_json,
+)
 
 os.environ.setdefault("NNCF_CI", "1")  # read when nncf is imported (in main)
 
@@ -88,7 +100,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, choices=list(MODELS))
     parser.add_argument("--onnx", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True, help="folder of calibration images")
+    parser.add_argument(
+        "--calib", type=Path, required=True, help="folder of calibration images (.npz frames)"
+    )
     parser.add_argument("--preset", choices=["performance", "mixed"], default="performance")
     parser.add_argument("--per-channel", action="store_true", help="per-channel weights")
     parser.add_argument("--shape", help="fix the input shape first, e.g. 1,3,480,480")
@@ -113,9 +127,12 @@ def main() -> None:
         QuantizationParameters,
     )
 
-    files = list_images(args.calib)
-    pixels = load_pixels(args.model, files)
-    frames = [normalize(args.model, p) for p in pixels]  # each [1, 3, H, W] float32
+    tensors = MODELS[args.model].tensors
+    files = list_frames(args.calib) if tensors else list_images(args.calib)
+    if tensors:  # each {input name: [1, tokens] int64}
+        frames = load_feeds(files)
+    else:  # each [1, 3, H, W] float32
+        frames = [normalize(args.model, p) for p in load_pixels(args.model, files)]
     loaded = time.perf_counter()
     model = onnx.load(str(args.onnx))
     source_opset = opset(model)
@@ -134,7 +151,7 @@ def main() -> None:
         )
     quantized = nncf.quantize(
         model,
-        nncf.Dataset(frames, lambda frame: {input_name: np.asarray(frame)}),
+        nncf.Dataset(frames, dict if tensors else lambda frame: {input_name: np.asarray(frame)}),
         preset=nncf.QuantizationPreset(args.preset),
         subset_size=len(frames),
         advanced_parameters=advanced,
@@ -158,6 +175,7 @@ def main() -> None:
             "quantized_weights": weight_granularity(quantized),
             "batchnorm_left": sum(n.op_type == "BatchNormalization" for n in quantized.graph.node),
             "float_layers": left,
+            "float_inputs": float_inputs(quantized),
             "seconds": {
                 "import_nncf_and_load_frames": round(loaded - started, 3),
                 "prepare": round(prepared_at - loaded, 3),

@@ -6,9 +6,12 @@ One configuration per process (run it under measure.py for wall time and peak RS
         --calib DIR --method MinMax [--per-channel] [--shape 1,3,480,480] --out model.qdq.onnx
 
 The calibration frames are the same files quantbuild calibrates on, turned into tensors by
-the same reference preprocessing the evaluator uses. Preparation, as onnxruntime recommends:
+the same reference preprocessing the evaluator uses (a tensors model's .npz frames are fed as
+they are, every input, one frame of its own length at a time). Preparation, as onnxruntime recommends:
 optionally fix the input shape, then `quant_pre_process` (symbolic shape inference, ONNX
-optimizer, shape inference); for per-channel weights the model must be at opset 13 or
+optimizer, shape inference; --auto-merge lets symbolic shape inference merge dimensions it
+cannot prove equal, e.g. a BERT's sequence length and the Min(512, sequence) rows of its
+position table); for per-channel weights the model must be at opset 13 or
 later (DequantizeLinear's axis), so older models can be converted first (--opset 13).
 Then calibration and quantization. All of it is timed.
 """
@@ -19,6 +22,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,19 +37,20 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from common import MODELS, list_images, load_pixels, normalize, write_json
+from common import MODELS, list_frames, list_images, load_feeds, load_pixels, normalize, write_json
 
 
 class FrameReader(CalibrationDataReader):
-    """Feeds preprocessed calibration frames one at a time (batch 1)."""
+    """Feeds calibration frames one at a time (batch 1), each made into the model feed by
+    `feed` when it is read (reference pixels -> the normalized input)."""
 
-    def __init__(self, model: str, input_name: str, pixels: np.ndarray):
-        self.model, self.input_name, self.pixels = model, input_name, pixels
-        self.start, self.end = 0, len(pixels)
+    def __init__(self, frames: Sequence, feed: Callable[..., dict[str, np.ndarray]]):
+        self.frames, self.feed = frames, feed
+        self.start, self.end = 0, len(frames)
         self.index = 0
 
     def __len__(self) -> int:
-        return len(self.pixels)
+        return len(self.frames)
 
     def set_range(self, start_index: int, end_index: int) -> None:
         self.start, self.end, self.index = start_index, end_index, start_index
@@ -53,9 +58,8 @@ class FrameReader(CalibrationDataReader):
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.index >= self.end:
             return None
-        frame = normalize(self.model, self.pixels[self.index])
         self.index += 1
-        return {self.input_name: frame}
+        return self.feed(self.frames[self.index - 1])
 
 
 def fix_input_shape(model: onnx.ModelProto, shape: list[int]) -> None:
@@ -74,19 +78,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, choices=list(MODELS))
     parser.add_argument("--onnx", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True, help="folder of calibration images")
+    parser.add_argument(
+        "--calib", type=Path, required=True, help="folder of calibration images (.npz frames)"
+    )
     parser.add_argument("--method", required=True, choices=["MinMax", "Entropy", "Percentile"])
     parser.add_argument("--per-channel", action="store_true")
     parser.add_argument("--shape", help="fix the input shape first, e.g. 1,3,480,480")
     parser.add_argument("--opset", type=int, help="convert the model to this opset first if older")
     parser.add_argument("--no-pre-process", action="store_true", help="skip quant_pre_process")
+    parser.add_argument(
+        "--auto-merge", action="store_true", help="quant_pre_process(auto_merge=True)"
+    )
     parser.add_argument("--extra", default="{}", help="quantize_static extra_options (JSON)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     started = time.perf_counter()
-    files = list_images(args.calib)
-    pixels = load_pixels(args.model, files)
+    tensors = MODELS[args.model].tensors
+    files = list_frames(args.calib) if tensors else list_images(args.calib)
+    frames = load_feeds(files) if tensors else load_pixels(args.model, files)
     loaded = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ort-baseline.") as tmp:
         model = onnx.load(str(args.onnx))
@@ -98,7 +108,7 @@ def main() -> None:
         onnx.save(model, str(source))
         if not args.no_pre_process:
             prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(source), str(prepared))
+            quant_pre_process(str(source), str(prepared), auto_merge=args.auto_merge)
             source = prepared
         input_name = model.graph.input[0].name
         prepared_at = time.perf_counter()
@@ -106,7 +116,9 @@ def main() -> None:
         quantize_static(
             str(source),
             str(args.out),
-            FrameReader(args.model, input_name, pixels),
+            FrameReader(frames, dict)
+            if tensors
+            else FrameReader(frames, lambda pixels: {input_name: normalize(args.model, pixels)}),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
@@ -124,6 +136,7 @@ def main() -> None:
             "fixed_shape": args.shape,
             "opset": opset(onnx.load(str(args.out), load_external_data=False)),
             "pre_process": not args.no_pre_process,
+            "auto_merge": args.auto_merge,
             "extra_options": json.loads(args.extra),
             "seconds": {
                 "load_frames": round(loaded - started, 3),

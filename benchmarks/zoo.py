@@ -34,6 +34,7 @@ METRIC = {
     "saliency": ("Pearson vs float", "Pearson vs float"),
     "recognition": ("character accuracy", "exact-string agreement with float"),
     "yolox": ("box F1 vs ground truth", "box F1 vs float"),
+    "minilm": ("embedding cosine vs float", "embedding cosine vs float"),
 }
 # Rows are ranked by fidelity (closeness to the float model: the labelled metrics are noisy on
 # small sets and a quantized model can beat float by chance), then metric (--rank metric: the
