@@ -356,6 +356,19 @@ def activation_quantizers(model: Path | str | onnx.ModelProto) -> int:
     )
 
 
+def _dequantized(producer: dict, name: str) -> bool:
+    """Whether a tensor comes from a DequantizeLinear, directly or through PASS_THROUGH_OPS (a
+    Concat: through every input)."""
+    node = producer.get(name)
+    if node is None:
+        return False
+    if node.op_type == "DequantizeLinear":
+        return True
+    if node.op_type == "Concat":
+        return all(_dequantized(producer, x) for x in node.input)
+    return node.op_type in PASS_THROUGH_OPS and _dequantized(producer, node.input[0])
+
+
 def float_layers(model: Path | str | onnx.ModelProto) -> list[str]:
     """Names of the LAYER_OPS nodes of a QDQ model that are left in float: their activation
     input (input 0) or their weight input (input 1; BatchNormalization's scale) does not come from a
@@ -367,14 +380,7 @@ def float_layers(model: Path | str | onnx.ModelProto) -> list[str]:
     producer = {out: node for node in model.graph.node for out in node.output}
 
     def dequantized(name: str) -> bool:
-        node = producer.get(name)
-        if node is None:
-            return False
-        if node.op_type == "DequantizeLinear":
-            return True
-        if node.op_type == "Concat":
-            return all(dequantized(x) for x in node.input)
-        return node.op_type in PASS_THROUGH_OPS and dequantized(node.input[0])
+        return _dequantized(producer, name)
 
     return [
         node.name or f"{node.op_type}#{i}"
@@ -400,12 +406,7 @@ def float_inputs(model: Path | str | onnx.ModelProto, ops: tuple = TRANSFORMER_O
     producer = {out: node for node in model.graph.node for out in node.output}
 
     def dequantized(name: str) -> bool:
-        node = producer.get(name)
-        if node is None:
-            return False
-        if node.op_type == "DequantizeLinear":
-            return True
-        return node.op_type in PASS_THROUGH_OPS and dequantized(node.input[0])
+        return _dequantized(producer, name)
 
     found = {}
     for op in ops:
