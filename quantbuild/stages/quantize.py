@@ -38,7 +38,7 @@ from quantbuild.stages.sensitivity import (
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "quantize"
-VERSION = 23  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs; 17: bias calibration kept
+VERSION = 24  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs; 17: bias calibration kept
 # only when it brings the output closer to float; 18: weight_rounding; 19: rounding and
 # selection stages; 20: bias calibration dropped only when clearly worse, on 32 frames; 21:
 # TIDL layers of transformers (LayerNorm, GELU, MatMul bias)
@@ -250,10 +250,12 @@ def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[
     probe = functools.cache(lambda: ErrorProbe(ctx, model, check))  # only if selections differ
     factor, gains = float(mp["factor"]), sensitivity["gains"]
     chosen = select_within(
-        gains, ratio_of, factor, SWEEP, lambda c: probe().error(*lists(c), spans)
+        gains, ratio_of, factor, SWEEP, lambda c: probe().frame_errors(*lists(c), spans)
     )
     greedy = select_layers(gains, ratio_of, factor)
-    smaller = " (a smaller budget's selection: it measured lower error)" * (chosen != greedy)
+    smaller = " (a smaller budget's selection: it measured clearly lower error)" * (
+        chosen != greedy
+    )
     ctx.log(
         f"automatic mixed precision (factor {mp['factor']}): {len(chosen)} layers promoted"
         f"{smaller}, estimated T_MP / T_8 {ratio_of(chosen):.3f} (manual lists alone "

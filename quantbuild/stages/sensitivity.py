@@ -13,7 +13,7 @@ all-16-bit is a two-point estimate of its average marginal gain along that path.
 
 A cached artifact of its own: changing the latency budget (factor) re-runs only the selection
 in quantize, which takes the greedy selection for the factor unless a smaller budget's
-measures a lower error (mixed.select.select_within).
+measures clearly lower per-frame errors (mixed.select.select_within).
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from quantbuild.build.files import load_npz
-from quantbuild.evaluate.metrics import relative_error
+from quantbuild.evaluate.metrics import frame_errors
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.latency import estimate, static_shapes
@@ -46,7 +47,7 @@ from quantbuild.stages.context import Context
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
 
 NAME = "sensitivity"
-VERSION = 8  # 3: 32-bit biases for 8-bit layers fed 16-bit inputs; 4: factor sweep;
+VERSION = 9  # 3: 32-bit biases for 8-bit layers fed 16-bit inputs; 4: factor sweep;
 # 6: gains averaged over an 8-bit and a 16-bit background, sweep points best of smaller budgets
 READS = (
     "/quantization/bits",
@@ -159,7 +160,22 @@ class ErrorProbe:
         self.reference = [float_runner.run(self.names, feed) for feed in self.feeds]
         # Lists that TIDL's rules turn into the same precisions are measured once: in a
         # transformer every MatMul of an attention block ties to the others.
-        self._errors: dict[tuple[frozenset[str], frozenset[str]], float] = {}
+        self._errors: dict[tuple[frozenset[str], frozenset[str]], np.ndarray] = {}
+
+    def frame_errors(
+        self,
+        output_16bit: Iterable[str],
+        params_16bit: Iterable[str] = (),
+        ranges: Iterable[tuple[str, str]] = (),
+    ) -> np.ndarray:
+        """Per-frame error with TIDL's lists (and start/end `ranges`) applied."""
+        assignment = assign(self.models.model, output_16bit, params_16bit, ranges)
+        key = (assignment.tensors_16bit, assignment.weights_16bit)
+        if key not in self._errors:
+            runner = session(self.models.build(assignment))
+            outputs = [runner.run(self.names, feed) for feed in self.feeds]
+            self._errors[key] = frame_errors(outputs, self.reference)
+        return self._errors[key]
 
     def error(
         self,
@@ -167,14 +183,8 @@ class ErrorProbe:
         params_16bit: Iterable[str] = (),
         ranges: Iterable[tuple[str, str]] = (),
     ) -> float:
-        """Error with TIDL's lists (and start/end `ranges`) applied."""
-        assignment = assign(self.models.model, output_16bit, params_16bit, ranges)
-        key = (assignment.tensors_16bit, assignment.weights_16bit)
-        if key not in self._errors:
-            runner = session(self.models.build(assignment))
-            outputs = [runner.run(self.names, feed) for feed in self.feeds]
-            self._errors[key] = relative_error(outputs, self.reference)
-        return self._errors[key]
+        """Error with TIDL's lists (and start/end `ranges`) applied: the mean over frames."""
+        return float(np.mean(self.frame_errors(output_16bit, params_16bit, ranges)))
 
 
 def run(ctx: Context, out: Path) -> dict:
@@ -218,13 +228,8 @@ def run(ctx: Context, out: Path) -> dict:
     ratio_of = Promotions(model, {}, shapes).ratio
 
     # What automatic selection buys at each budget, for the report's fidelity/latency plot.
-    errors: dict[tuple[str, ...], float] = {(): base}
-
-    def measured(chosen: list[str]) -> float:
-        key = tuple(chosen)
-        if key not in errors:
-            errors[key] = error_with(chosen)
-        return errors[key]
+    def measured(chosen: list[str]) -> np.ndarray:
+        return probe.frame_errors(*split_candidates(chosen))
 
     sweep = [{"factor": 1.0, "ratio": 1.0, "error": base, "layers": 0}]
     for factor in SWEEP:
@@ -233,7 +238,7 @@ def run(ctx: Context, out: Path) -> dict:
             {
                 "factor": factor,
                 "ratio": ratio_of(chosen),
-                "error": measured(chosen),
+                "error": float(np.mean(measured(chosen))),
                 "layers": len(chosen),
             }
         )
