@@ -83,8 +83,8 @@ def test_automatic_selection_under_a_factor_and_factor_change_reruns_only_the_se
     sweep = sensitivity["sweep"]
     assert [p["factor"] for p in sweep] == [1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0]
     assert all(p["ratio"] <= p["factor"] + 1e-9 for p in sweep)
-    # More budget never measures worse: each point is the best of the smaller budgets' too.
-    assert all(b["error"] <= a["error"] for a, b in zip(sweep, sweep[1:]))
+    # Each point is its budget's greedy selection unless a smaller budget's measured clearly
+    # lower per-frame errors (the rule is tested in tests/mixed/test_select.py).
     assert sweep[-1]["error"] < sweep[0]["error"] and sweep[-1]["layers"] > 0
     assert (
         "Automatic mixed precision: fidelity against latency"
