@@ -24,7 +24,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from quantbuild.calib.weight_clip import clip_weights
-from quantbuild.graph.onnx_utils import opset_version, tensor_types
+from quantbuild.graph.fold import Graph
+from quantbuild.graph.onnx_utils import opset_version
 from quantbuild.graph.patterns import fused_layers, linear_biases
 from quantbuild.quant.params import QParams, bias_int32, fit_weights_to_bias, weight_qparams
 from quantbuild.quant.ranges_io import TensorRange
@@ -114,26 +115,23 @@ def index_derived(model: onnx.ModelProto) -> set[str]:
 
     A tensor is index-derived when its node reads at least one index-derived or integer tensor,
     nothing else but constants, and no float constant of more than one element (an embedding
-    table or a weight makes the output a feature)."""
-    types = tensor_types(model)
-    consts = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            consts.update({o: node.attribute[0].t for o in node.output if node.attribute})
+    table or a weight makes the output a feature). `model` is prepared (constants are
+    initializers)."""
+    g = Graph(model)
 
     def elem(name: str) -> int | None:
-        kind = types.get(name)
+        kind = g.types.get(name)
         return kind.tensor_type.elem_type if kind is not None else None
 
     derived = {i.name for i in model.graph.input if elem(i.name) in _INDEX_TYPES}
     found: set[str] = set()
     for node in model.graph.node:
         inputs = [i for i in node.input if i]
-        variable = [i for i in inputs if i not in consts]
+        variable = [i for i in inputs if i not in g.inits]
         table = any(
-            consts[i].data_type not in _INDEX_TYPES and int(np.prod(consts[i].dims)) > 1
+            g.inits[i].data_type not in _INDEX_TYPES and int(np.prod(g.inits[i].dims)) > 1
             for i in inputs
-            if i in consts
+            if i in g.inits
         )
         if table or not any(i in derived for i in variable):
             continue
