@@ -288,7 +288,7 @@ class Network:
 
 
 def assign(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | Network,
     output_16bit: Iterable[str] = (),
     params_16bit: Iterable[str] = (),
     ranges: Iterable[tuple[str, str]] = (),
@@ -300,8 +300,9 @@ def assign(
 
     `ranges` adds every node on a path from start to end (inclusive) to `output_16bit`.
     Errors name the entry under `field` (e.g. "quantization.mixed_precision.output_16bit[1]").
+    A caller assigning many lists on one model passes its `Network`, built once.
     """
-    net = Network(model)
+    net = model if isinstance(model, Network) else Network(model)
     outputs = [
         name if name in net.model_inputs else net.resolve(name, f"{field}.output_16bit[{i}]", where)
         for i, name in enumerate(output_16bit)

@@ -101,6 +101,7 @@ class Promotions:
 
     def __init__(self, model: onnx.ModelProto, mp: dict, shapes: dict):
         self.model, self.mp, self.shapes = model, mp, shapes
+        self.net = Network(model)  # built once: every ratio assigns lists on this model
         self.spans = [tuple(pair) for pair in mp.get("ranges", [])]
         self._ratios: dict[tuple[str, ...], float] = {}
 
@@ -113,7 +114,7 @@ class Promotions:
     def ratio(self, chosen: list[str]) -> float:
         key = tuple(chosen)
         if key not in self._ratios:
-            assignment = assign(self.model, *self.lists(chosen), self.spans)
+            assignment = assign(self.net, *self.lists(chosen), self.spans)
             self._ratios[key] = estimate(self.model, assignment, self.shapes).ratio
         return self._ratios[key]
 
@@ -125,6 +126,7 @@ class MixedModels:
     def __init__(self, ctx: Context, model: onnx.ModelProto):
         q = ctx.recipe.data["quantization"]
         self.model = model
+        self.net = Network(model)  # built once: every candidate assigns lists on this model
         self.ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
         self.stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
         self.options = replace(weight_options(q), clip_memo={})
@@ -136,7 +138,7 @@ class MixedModels:
         params_16bit: Iterable[str] = (),
         ranges: Iterable[tuple[str, str]] = (),
     ) -> onnx.ModelProto:
-        return self.build(assign(self.model, output_16bit, params_16bit, ranges))
+        return self.build(assign(self.net, output_16bit, params_16bit, ranges))
 
     def build(self, assignment: Assignment) -> onnx.ModelProto:
         """The QDQ model of a precision assignment."""
@@ -169,7 +171,7 @@ class ErrorProbe:
         ranges: Iterable[tuple[str, str]] = (),
     ) -> np.ndarray:
         """Per-frame error with TIDL's lists (and start/end `ranges`) applied."""
-        assignment = assign(self.models.model, output_16bit, params_16bit, ranges)
+        assignment = assign(self.models.net, output_16bit, params_16bit, ranges)
         key = (assignment.tensors_16bit, assignment.weights_16bit)
         if key not in self._errors:
             runner = session(self.models.build(assignment))
