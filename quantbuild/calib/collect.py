@@ -54,23 +54,25 @@ def collect_statistics(
 
 
 def channel_ranges(
-    model: onnx.ModelProto, dataset: Dataset, tensors: list[str], frames: int
+    model: onnx.ModelProto, dataset: Dataset, tensors: dict[str, int], frames: int
 ) -> dict[str, np.ndarray]:
-    """Per-channel (axis 1) max |x| of `tensors` over the first `frames` calibration frames."""
+    """Per-channel max |x| of each tensor along its channel axis (`tensors`: name -> axis; 1
+    for feature maps, -1 for a transformer's tokens) over the first `frames` calibration
+    frames."""
     if not tensors:
         return {}
-    runner = session(with_outputs(model, tensors))
+    names = list(tensors)
+    runner = session(with_outputs(model, names))
     inputs = graph_inputs(model)
     peak: dict[str, np.ndarray] = {}
     chosen = dataset.frames[:frames]
     for frame in track(chosen, "equalization ranges", len(chosen)):
         feed = dataset.load(frame, inputs)
-        for name, value in zip(
-            tensors, run_frame(runner, tensors, feed, dataset, frame, finite=True)
-        ):
+        for name, value in zip(names, run_frame(runner, names, feed, dataset, frame, finite=True)):
             if value.ndim < 2 or value.size == 0:
                 continue
-            axes = (0,) + tuple(range(2, value.ndim))
+            axis = tensors[name] % value.ndim
+            axes = tuple(i for i in range(value.ndim) if i != axis)
             channel = np.abs(value).max(axis=axes).astype(np.float64)
             peak[name] = channel if name not in peak else np.maximum(peak[name], channel)
     return peak

@@ -142,8 +142,7 @@ def _resolve_equalization(q: dict, doc: Located) -> None:
             q["equalization"] = False
             doc.values[path] = Where("default for prequantized")
         elif imported:
-            frames = _imported_equalization_frames(Path(imported))
-            q["equalization"] = {"frames": frames} if frames else False
+            q["equalization"] = _imported_equalization(Path(imported)) or False
             doc.values[path] = Where(f"default for ranges import {Path(imported).name}")
         else:
             q["equalization"] = dict(EQUALIZATION)
@@ -158,19 +157,24 @@ def _resolve_equalization(q: dict, doc: Located) -> None:
         doc.values.setdefault(path + ("frames",), doc.where(path))
 
 
-def _imported_equalization_frames(source: Path) -> int | None:
-    """The equalization frames a quantbuild ranges file was calibrated with (None: none)."""
+def _imported_equalization(source: Path) -> dict | None:
+    """The equalization a quantbuild ranges file was calibrated with (None: none)."""
     if source.suffix.lower() not in (".yaml", ".yml") or not source.is_file():
         return None  # a missing file is reported by _check_inputs
     from quantbuild.quant.ranges_io import read
 
     _, info = read(source)
     equalization = info.get("equalization")
-    frames = equalization.get("frames") if isinstance(equalization, dict) else None
-    # A hand-edited file is not schema-checked: only a positive count is taken.
-    return (
-        frames if isinstance(frames, int) and not isinstance(frames, bool) and frames > 0 else None
-    )
+    if not isinstance(equalization, dict):
+        return None
+    frames, alpha = equalization.get("frames"), equalization.get("smoothquant")
+    # A hand-edited file is not schema-checked: only a positive count and an alpha in [0, 1].
+    if not (isinstance(frames, int) and not isinstance(frames, bool) and frames > 0):
+        return None
+    found: dict = {"frames": frames}
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0 <= alpha <= 1:
+        found["smoothquant"] = alpha
+    return found
 
 
 def _resolve_paths(data: dict, doc: Located, recipe_file: Path) -> None:

@@ -1,5 +1,6 @@
 """equalize: the prepared float model with cross-layer equalization applied (same function,
-per-channel ranges evened out for per-tensor grids)."""
+per-channel ranges evened out for per-tensor grids), and SmoothQuant's migration from
+LayerNorm outputs into the linear layers reading them when the recipe asks for it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import onnx
 from quantbuild.build.keys import digest
 from quantbuild.calib.collect import channel_ranges
 from quantbuild.graph.equalize import equalize, find_pairs
+from quantbuild.graph.smooth import find_norm_pairs, smooth
 from quantbuild.stages.context import Context
 
 NAME = "equalize"
@@ -29,13 +31,19 @@ STAMP = "quantbuild.equalization"  # metadata key: digest of the channel factors
 
 
 def run(ctx: Context, out: Path) -> dict:
-    frames = ctx.recipe.data["quantization"]["equalization"]["frames"]
+    settings = ctx.recipe.data["quantization"]["equalization"]
+    frames, alpha = settings["frames"], settings.get("smoothquant")
     model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
-    tensors = [p.tensor for p in find_pairs(model)]
-    measured = channel_ranges(model, ctx.dataset("calibration"), tensors, frames)
+    tensors = {p.tensor: 1 for p in find_pairs(model)}
+    norms = {p.tensor: -1 for p in find_norm_pairs(model)} if alpha is not None else {}
+    measured = channel_ranges(model, ctx.dataset("calibration"), tensors | norms, frames)
     per_tensor = not ctx.recipe.data["quantization"]["weights"]["per_channel"]
-    equalized, factors = equalize(model, measured, affine_weights=per_tensor)
-    record = {name: [float(x) for x in f] for name, f in factors.items()}
+    pairs = {t: r for t, r in measured.items() if t in tensors}
+    equalized, factors = equalize(model, pairs, affine_weights=per_tensor)
+    smoothed: dict[str, np.ndarray] = {}
+    if norms:
+        equalized, smoothed = smooth(equalized, {t: measured[t] for t in norms}, alpha)
+    record = {name: [float(x) for x in f] for name, f in (factors | smoothed).items()}
     # Stamped only when something changed: an unchanged model fits any ranges of the original.
     stamp = digest(record) if record else None
     if stamp:
@@ -44,16 +52,25 @@ def run(ctx: Context, out: Path) -> dict:
         meta[STAMP] = stamp
         onnx.helper.set_model_props(equalized, dict(sorted(meta.items())))
     (out / "model.onnx").write_bytes(equalized.SerializeToString())
+    summary = {"digest": stamp, "frames": frames}
+    if alpha is not None:
+        summary["smoothquant"] = alpha
     (out / "equalization.json").write_text(
-        json.dumps({"digest": stamp, "frames": frames, "factors": record}, indent=1) + "\n",
-        encoding="utf-8",
+        json.dumps({**summary, "factors": record}, indent=1) + "\n", encoding="utf-8"
     )
     spread = [float(np.max(f) / np.min(f)) for f in factors.values() if len(f)]
+    used = min(frames, len(ctx.dataset("calibration").frames))
     ctx.log(
-        f"{len(factors)} tensors equalized on {min(frames, len(ctx.dataset('calibration').frames))} "
-        f"frames; largest channel factor ratio {max(spread, default=1.0):.3g}"
+        f"{len(factors)} tensors equalized on {used} frames; largest channel factor ratio "
+        f"{max(spread, default=1.0):.3g}"
+        + (
+            f"; SmoothQuant (alpha {alpha:g}) on {len(smoothed)} LayerNorm outputs "
+            f"({len(norms)} read only by linear layers)"
+            if alpha is not None
+            else ""
+        )
     )
-    return {"tensors": len(factors), "digest": stamp}
+    return {"tensors": len(factors), "smoothed": len(smoothed), "digest": stamp}
 
 
 def stamp_of(model: onnx.ModelProto) -> str | None:

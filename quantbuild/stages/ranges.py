@@ -61,6 +61,8 @@ def run(ctx: Context, out: Path) -> dict:
         info["equalization"] = {"digest": stamp}
         if q["equalization"]:  # an importing recipe re-equalizes the same way by default
             info["equalization"]["frames"] = q["equalization"]["frames"]
+            if "smoothquant" in q["equalization"]:
+                info["equalization"]["smoothquant"] = q["equalization"]["smoothquant"]
     (out / "ranges.yaml").write_text(dumps(ranges, info), encoding="utf-8")
     note = (
         f"; {len(imported)} imported ({requantized} re-quantized for the target)"
