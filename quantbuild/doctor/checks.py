@@ -32,7 +32,7 @@ WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # A channel whose max|w| is r times smaller uses 127 / r of them: it loses log2(r) bits.
 # At r > 8 the median channel is down to < 16 steps (3 of 7 magnitude bits gone).
 SPREAD_LIMIT = 8.0
-# TIDL's weight clipping rule (TIDL-REFERENCE.md): max|w| > 15 and max|w| > 16 * median|w|.
+# TIDL's weight clipping rule (docs/tidl.md): max|w| > 15 and max|w| > 16 * median|w|.
 TIDL_CLIP_PEAK = 15.0
 TIDL_CLIP_FACTOR = 16.0
 # Where the rule does not fire: max|w| > 64 * median|w| leaves the median weight < 2 steps

@@ -2,7 +2,7 @@
 
 Per layer, cycles = max(compute, memory):
 - compute = MACs / MACS_PER_CYCLE[bits]: the MMA does 4096 8-bit MACs per cycle and 1024
-  16-bit ones (TIDL-REFERENCE.md). A layer runs at the 16-bit rate when a multiplier operand is
+  16-bit ones (docs/tidl.md). A layer runs at the 16-bit rate when a multiplier operand is
   16-bit: any feature-map input or its weights. A 16-bit *output* alone does not slow the
   MACs: it is written after the wide accumulation, so it costs bytes, not MAC rate (our
   reading of the MMA; TI publishes no per-case figure).
