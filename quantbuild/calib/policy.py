@@ -25,7 +25,6 @@ from quantbuild.calib.histogram import bucket_bounds
 from quantbuild.quant.params import QParams, activation_qparams
 from quantbuild.quant.ranges_io import TensorRange
 
-POLICIES = ("minmax", "percentile", "mse", "entropy")
 _LOW, _HIGH = bucket_bounds()
 
 

@@ -14,8 +14,6 @@ import numpy as np
 
 from quantbuild.quant.params import weight_qparams
 
-METHODS = ("none", "tidl", "mse")
-
 
 def tidl_clip(weight: np.ndarray) -> np.ndarray:
     """TIDL's weight clipping rule, per tensor."""
