@@ -42,7 +42,9 @@ def run(ctx: Context, out: Path) -> dict:
     equalized, factors = equalize(model, pairs, affine_weights=per_tensor)
     smoothed: dict[str, np.ndarray] = {}
     if norms:
-        equalized, smoothed = smooth(equalized, {t: measured[t] for t in norms}, alpha)
+        # A tensor with no channel axis on these frames (rank < 2) is simply not measured.
+        norm_ranges = {t: measured[t] for t in norms if t in measured}
+        equalized, smoothed = smooth(equalized, norm_ranges, alpha)
     record = {name: [float(x) for x in f] for name, f in (factors | smoothed).items()}
     # Stamped only when something changed: an unchanged model fits any ranges of the original.
     stamp = digest(record) if record else None
