@@ -119,7 +119,9 @@ def smooth(
         for name in (pair.gamma, pair.beta):
             if name is not None:
                 value = g.const(name)
-                scaled = np.broadcast_to(value.astype(np.float64), s.shape) / s
+                # γ or β of shape [C] or [1, 1, C] keeps its shape; a scalar becomes [C].
+                shape = value.shape if value.size == s.size else s.shape
+                scaled = (value.astype(np.float64).reshape(-1) / s).reshape(shape)
                 g.set_const(name, scaled.astype(value.dtype))
         for name, w in zip(pair.weights, weights):
             g.set_const(name, (w.astype(np.float64) * s[:, None]).astype(w.dtype))

@@ -104,3 +104,23 @@ def test_scales_follow_alpha_and_leave_dead_channels_alone():
     np.testing.assert_allclose(full[0] / full[1], 4.0)
     live = smooth_scales(a, w, alpha=0.5)[[0, 1, 3]]
     np.testing.assert_allclose(np.exp(np.mean(np.log(live))), 1.0)
+
+
+def test_a_three_dimensional_gamma_keeps_its_shape():
+    model = attention_block()
+    for init in model.graph.initializer:
+        if init.name in ("ln1.gamma", "ln1.beta"):
+            value = numpy_helper.to_array(init).reshape(1, 1, -1)
+            init.CopyFrom(numpy_helper.from_array(value, init.name))
+    frames = _frames()
+    smoothed, factors = smooth(model, _last_axis_ranges(model, ["ln1.out"], frames), alpha=0.5)
+    assert list(factors) == ["ln1.out"]
+    gamma = next(i for i in smoothed.graph.initializer if i.name == "ln1.gamma")
+    assert list(gamma.dims) == [1, 1, 16]
+    for x in frames:
+        np.testing.assert_allclose(
+            session(smoothed).run(["y"], {"x": x})[0],
+            session(model).run(["y"], {"x": x})[0],
+            rtol=1e-4,
+            atol=1e-5,
+        )
