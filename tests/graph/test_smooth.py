@@ -26,6 +26,14 @@ def _last_axis_ranges(model, tensors, frames):
     return peak
 
 
+def _assert_same_function(model, smoothed, frames):
+    before, after = session(model), session(smoothed)
+    for x in frames:
+        np.testing.assert_allclose(
+            after.run(["y"], {"x": x})[0], before.run(["y"], {"x": x})[0], rtol=1e-4, atol=1e-5
+        )
+
+
 def test_pairs_are_layernorm_outputs_read_only_by_linear_layers():
     pairs = find_norm_pairs(attention_block())
     assert [(p.tensor, p.gamma, p.beta, p.weights) for p in pairs] == [
@@ -48,11 +56,7 @@ def test_smoothed_model_computes_the_same_function_with_a_flatter_layernorm_outp
     measured = _last_axis_ranges(model, ["ln1.out", "ln2.out"], frames)
     smoothed, factors = smooth(model, measured, alpha=0.5)
     assert set(factors) == {"ln1.out", "ln2.out"}
-    before, after = session(model), session(smoothed)
-    for x in _frames(n=3, seed=7):
-        np.testing.assert_allclose(
-            after.run(["y"], {"x": x})[0], before.run(["y"], {"x": x})[0], rtol=1e-4, atol=1e-5
-        )
+    _assert_same_function(model, smoothed, _frames(n=3, seed=7))
     # The outlier channel (gamma 8) no longer sets the per-tensor range alone.
     flat = _last_axis_ranges(smoothed, ["ln1.out"], frames)["ln1.out"]
     raw = measured["ln1.out"]
@@ -85,13 +89,7 @@ def test_an_opset17_layernormalization_node_carries_the_factors():
     smoothed, factors = smooth(model, _last_axis_ranges(model, ["h"], frames), alpha=0.5)
     assert list(factors) == ["h"] and factors["h"][3] == factors["h"].max()
     onnx.checker.check_model(smoothed, full_check=True)
-    for x in frames:
-        np.testing.assert_allclose(
-            session(smoothed).run(["y"], {"x": x})[0],
-            session(model).run(["y"], {"x": x})[0],
-            rtol=1e-4,
-            atol=1e-5,
-        )
+    _assert_same_function(model, smoothed, frames)
 
 
 def test_scales_follow_alpha_and_leave_dead_channels_alone():
@@ -117,10 +115,4 @@ def test_a_three_dimensional_gamma_keeps_its_shape():
     assert list(factors) == ["ln1.out"]
     gamma = next(i for i in smoothed.graph.initializer if i.name == "ln1.gamma")
     assert list(gamma.dims) == [1, 1, 16]
-    for x in frames:
-        np.testing.assert_allclose(
-            session(smoothed).run(["y"], {"x": x})[0],
-            session(model).run(["y"], {"x": x})[0],
-            rtol=1e-4,
-            atol=1e-5,
-        )
+    _assert_same_function(model, smoothed, frames)
