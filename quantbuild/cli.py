@@ -14,13 +14,13 @@ from quantbuild.errors import EXIT_BUILD_FAILED, EXIT_INTERNAL, QuantbuildError,
 
 
 def _project(args):
-    from quantbuild.build.project import Project
+    from quantbuild.pipeline.project import Project
 
     return Project(Path(args.directory), tuple(args.set or ()))
 
 
 def cmd_init(args) -> int:
-    from quantbuild.build.project import CONFIG, CONFIG_TEXT
+    from quantbuild.pipeline.project import CONFIG, CONFIG_TEXT
 
     target = Path(args.directory) / CONFIG
     if target.exists() and not args.force:
@@ -36,9 +36,9 @@ def cmd_init(args) -> int:
 def cmd_build(args) -> int:
     from doit.doit_cmd import DoitMain
 
-    from quantbuild.build import failures
-    from quantbuild.build.loader import RecipeLoader
-    from quantbuild.build.plan import load_builds
+    from quantbuild.pipeline import failures
+    from quantbuild.pipeline.loader import RecipeLoader
+    from quantbuild.pipeline.plan import load_builds
 
     project = _project(args)
     builds = load_builds(project)  # a bad recipe or dataset never starts a build
@@ -73,8 +73,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from quantbuild.build.plan import RecipeBuild
-    from quantbuild.build.status import recipe_status
+    from quantbuild.pipeline.plan import RecipeBuild
+    from quantbuild.pipeline.status import recipe_status
 
     project = _project(args)
     recipes = (
@@ -102,7 +102,7 @@ def cmd_show(args) -> int:
     if args.resolved:
         sys.stdout.write(resolved_yaml(recipe))
         return 0
-    from quantbuild.build.plan import RecipeBuild
+    from quantbuild.pipeline.plan import RecipeBuild
 
     build = RecipeBuild(project, recipe)
     print(f"recipe   {recipe.name} ({recipe.file})")
@@ -149,7 +149,7 @@ def cmd_clean(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from quantbuild.build import cache
+    from quantbuild.pipeline import store_admin as cache
 
     for flag, action in (("fix", "verify"), ("keep_days", "gc"), ("dry_run", "gc")):
         if getattr(args, flag) and args.action != action:
@@ -166,7 +166,7 @@ def cmd_cache(args) -> int:
 
 
 def cmd_import_config(args) -> int:
-    from quantbuild.recipe.tidl_config import import_config, read_config, render_recipe
+    from quantbuild.interop.tidl_config import import_config, read_config, render_recipe
 
     out = Path(args.output) if args.output else None
     imported = import_config(
@@ -184,8 +184,8 @@ def cmd_import_config(args) -> int:
 
 
 def cmd_export_config(args) -> int:
+    from quantbuild.interop.tidl_config import export_config
     from quantbuild.recipe import load_recipe
-    from quantbuild.recipe.tidl_config import export_config
 
     out = Path(args.output) if args.output else None
     fmt = args.format or ("edgeai" if out and out.suffix in (".yaml", ".yml") else "tidl")
@@ -212,7 +212,7 @@ def cmd_doctor(args) -> int:
     ):
         report = diagnose_model(target)
     else:
-        from quantbuild.build.plan import RecipeBuild
+        from quantbuild.pipeline.plan import RecipeBuild
 
         project = _project(args)
         build = RecipeBuild(project, project.find(args.target))
@@ -222,7 +222,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
-    from quantbuild.diagnose import diagnose, render_json, render_text
+    from quantbuild.pipeline.diagnose import diagnose, render_json, render_text
 
     result = diagnose(
         _project(args), args.recipe, args.factor, log=lambda line: print(line, file=sys.stderr)

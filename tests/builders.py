@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from quantbuild.build.project import CONFIG_TEXT
+from quantbuild.pipeline.project import CONFIG_TEXT
 
 
 def _init(name: str, array: np.ndarray) -> TensorProto:

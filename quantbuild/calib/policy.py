@@ -22,8 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from quantbuild.calib.histogram import bucket_bounds
-from quantbuild.quant.params import QParams, activation_qparams
-from quantbuild.quant.ranges_io import TensorRange
+from quantbuild.quant.params import QParams, TensorRange, activation_qparams
 
 _LOW, _HIGH = bucket_bounds()
 

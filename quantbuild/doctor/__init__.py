@@ -24,7 +24,7 @@ from quantbuild.doctor.checks import (
 from quantbuild.errors import ModelError
 from quantbuild.graph.onnx_utils import load_model
 from quantbuild.graph.prepare import prepare_model
-from quantbuild.graph.qdq_strip import is_qdq
+from quantbuild.quant.qdq_strip import is_qdq
 
 __all__ = ["CheckResult", "Finding", "Report", "diagnose_model", "diagnose_recipe"]
 
@@ -88,9 +88,9 @@ def diagnose_model(path: Path) -> Report:
 def diagnose_recipe(build, log: Callable[[str], None]) -> Report:
     """All checks, the activation check on the recipe's calibration statistics.
 
-    `build` is a quantbuild.build.plan.RecipeBuild; the stages up to `stats` are run, or
+    `build` is a quantbuild.pipeline.plan.RecipeBuild; the stages up to `stats` are run, or
     their artifacts reused from the store."""
-    from quantbuild.build.files import load_npz
+    from quantbuild.store.files import load_npz
 
     recipe = build.recipe
     q = recipe.data["quantization"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from quantbuild.mixed.precision import Assignment
-from quantbuild.quant.params import activation_qparams
+from quantbuild.quant.params import TensorRange, activation_qparams
 from quantbuild.quant.qdq import ELEMENTWISE_CONSTANTS
-from quantbuild.quant.ranges_io import TensorRange
 
 
 def widen_ranges(

@@ -50,6 +50,19 @@ class QParams:
         return ((q.astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class TensorRange:
+    """Calibrated range and quantization parameters of one activation tensor."""
+
+    min: float
+    max: float
+    qparams: QParams
+
+    @property
+    def bits(self) -> int:
+        return int(self.qparams.dtype.lstrip("uint"))
+
+
 _TINY = np.finfo(np.float32).tiny  # smallest normal float32, a power of two
 
 

@@ -23,12 +23,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from quantbuild.calib.weight_clip import clip_weights
 from quantbuild.graph.fold import Graph
 from quantbuild.graph.onnx_utils import opset_version
 from quantbuild.graph.patterns import fused_layers, linear_biases
-from quantbuild.quant.params import QParams, bias_int32, fit_weights_to_bias, weight_qparams
-from quantbuild.quant.ranges_io import TensorRange
+from quantbuild.quant.params import (
+    QParams,
+    TensorRange,
+    bias_int32,
+    fit_weights_to_bias,
+    weight_qparams,
+)
+from quantbuild.quant.weight_clip import clip_weights
 
 # Operators whose output values are a subset of their input values: no new grid needed.
 VALUE_PRESERVING = {

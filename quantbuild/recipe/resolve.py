@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from quantbuild.errors import DataError, ModelError, RecipeError, Where
-from quantbuild.recipe.load import Located
+from quantbuild.recipe.load import Located, load_yaml
 from quantbuild.recipe.merge import load_with_extends
 from quantbuild.recipe.overrides import apply_overrides
 from quantbuild.recipe.validate import fill_defaults, validate
@@ -161,10 +161,14 @@ def _imported_equalization(source: Path) -> dict | None:
     """The equalization a quantbuild ranges file was calibrated with (None: none)."""
     if source.suffix.lower() not in (".yaml", ".yml") or not source.is_file():
         return None  # a missing file is reported by _check_inputs
-    from quantbuild.quant.ranges_io import read
-
-    _, info = read(source)
-    equalization = info.get("equalization")
+    # Only the header is needed, read with the recipe loader's safe YAML (the ranges file
+    # format itself belongs to interop/, a layer above recipes); a broken file is reported
+    # when the ranges stage reads it.
+    try:
+        header = load_yaml(source).data
+    except RecipeError:
+        return None
+    equalization = header.get("equalization") if isinstance(header, dict) else None
     if not isinstance(equalization, dict):
         return None
     frames, alpha = equalization.get("frames"), equalization.get("smoothquant")

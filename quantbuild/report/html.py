@@ -10,8 +10,7 @@ from html import escape
 import numpy as np
 
 from quantbuild.calib.histogram import bucket_bounds
-from quantbuild.quant.params import DTYPES
-from quantbuild.quant.ranges_io import TensorRange
+from quantbuild.quant.params import DTYPES, TensorRange
 from quantbuild.report import svg
 from quantbuild.report.markdown import Row, precision_label, scheme_label
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from quantbuild.build.store import Entry
 from quantbuild.data.dataset import Dataset
 from quantbuild.recipe import Recipe
+from quantbuild.store.entries import Entry
 
 
 @dataclass

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from quantbuild.build.keys import digest
 from quantbuild.calib.collect import channel_ranges
 from quantbuild.graph.equalize import equalize, find_pairs
 from quantbuild.graph.smooth import find_norm_pairs, smooth
 from quantbuild.stages.context import Context
+from quantbuild.store.keys import digest
 
 NAME = "equalize"
 VERSION = 3  # 2: no stamp when no tensor qualifies; 3: per-channel affine producers

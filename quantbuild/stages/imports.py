@@ -7,8 +7,8 @@ from pathlib import Path
 import onnx
 
 from quantbuild.errors import RecipeError
-from quantbuild.quant.imported import ImportedRange, activations_only, read_imported
-from quantbuild.quant.ranges_io import read
+from quantbuild.interop.imported import ImportedRange, activations_only, read_imported
+from quantbuild.interop.ranges_file import read
 from quantbuild.runtime import float_tensors
 from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import stamp_of

@@ -11,9 +11,9 @@ from quantbuild.errors import ModelError
 from quantbuild.graph.layers import layer_table
 from quantbuild.graph.onnx_utils import graph_inputs, load_model
 from quantbuild.graph.prepare import prepare_model
-from quantbuild.graph.qdq_strip import is_qdq, strip_qdq
-from quantbuild.quant.params import QParams
-from quantbuild.quant.ranges_io import TensorRange, dumps
+from quantbuild.interop.ranges_file import dumps
+from quantbuild.quant.params import QParams, TensorRange
+from quantbuild.quant.qdq_strip import is_qdq, strip_qdq
 from quantbuild.stages.context import Context
 
 NAME = "prepare"

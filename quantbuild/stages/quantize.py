@@ -11,17 +11,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from quantbuild.build.files import load_npz
 from quantbuild.calib.bias_runner import calibrate_biases, check_frames, output_errors
 from quantbuild.calib.rounding_runner import ROUNDING_FRAMES, Rounding, apply_rounding
+from quantbuild.interop import ort_overrides, tidl_proto
+from quantbuild.interop.ranges_file import read
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.latency import estimate
 from quantbuild.mixed.precision import Assignment, assign
 from quantbuild.mixed.select import select_layers, select_within
-from quantbuild.quant import ort_overrides, tidl_proto
 from quantbuild.quant.params import DTYPES, QParams
 from quantbuild.quant.qdq import write_qdq
-from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
@@ -36,6 +35,7 @@ from quantbuild.stages.sensitivity import (
     split_candidates,
 )
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
+from quantbuild.store.files import load_npz
 
 NAME = "quantize"
 VERSION = 24  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs; 17: bias calibration kept

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import onnx
 
-from quantbuild.build.files import load_npz
 from quantbuild.calib.policy import activation_ranges
-from quantbuild.quant.imported import to_ranges
+from quantbuild.interop.imported import to_ranges
+from quantbuild.interop.ranges_file import dumps
 from quantbuild.quant.qdq import activation_tensors
-from quantbuild.quant.ranges_io import dumps
 from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import stamp_of
 from quantbuild.stages.imports import imported_ranges
 from quantbuild.stages.settings import feature_map_grid, float_model_path
+from quantbuild.store.files import load_npz
 
 NAME = "ranges"
 VERSION = 6

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import onnx
 
-from quantbuild.build.files import npz_bytes
 from quantbuild.calib.rounding_runner import gptq_rounding
+from quantbuild.interop.ranges_file import read
 from quantbuild.quant.qdq import write_qdq
-from quantbuild.quant.ranges_io import read
 from quantbuild.stages.context import Context
 from quantbuild.stages.settings import float_model_path, weight_options
+from quantbuild.store.files import npz_bytes
 
 NAME = "rounding"
 VERSION = 1

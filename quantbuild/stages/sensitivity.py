@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from quantbuild.build.files import load_npz
 from quantbuild.evaluate.metrics import frame_errors
 from quantbuild.graph.onnx_utils import graph_inputs
+from quantbuild.interop.ranges_file import read
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.latency import estimate, static_shapes
 from quantbuild.mixed.precision import (
@@ -41,10 +41,10 @@ from quantbuild.mixed.precision import (
 from quantbuild.mixed.select import select_within
 from quantbuild.progress import track
 from quantbuild.quant.qdq import write_qdq
-from quantbuild.quant.ranges_io import read
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
+from quantbuild.store.files import load_npz
 
 NAME = "sensitivity"
 VERSION = 9  # 3: 32-bit biases for 8-bit layers fed 16-bit inputs; 4: factor sweep;

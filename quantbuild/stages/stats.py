@@ -7,11 +7,11 @@ from pathlib import Path
 
 import onnx
 
-from quantbuild.build.files import npz_bytes
 from quantbuild.calib.collect import collect_statistics
 from quantbuild.stages.context import Context
 from quantbuild.stages.imports import imported_ranges
 from quantbuild.stages.settings import float_model_path
+from quantbuild.store.files import npz_bytes
 
 NAME = "stats"
 VERSION = 9  # 7: transformer layers get no inner grids; 8: every element histogrammed

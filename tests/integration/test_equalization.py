@@ -12,7 +12,7 @@ import pytest
 from builders import make_project, separable, write_model, write_npz
 from cli_runner import run_cli, run_doit
 
-from quantbuild.quant.ranges_io import read
+from quantbuild.interop.ranges_file import read
 from quantbuild.runtime import session
 from quantbuild.stages.equalize import stamp_of
 

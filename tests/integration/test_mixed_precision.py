@@ -7,7 +7,7 @@ import json
 from builders import RECIPE
 from cli_runner import run_cli, run_doit
 
-from quantbuild.quant.ranges_io import read
+from quantbuild.interop.ranges_file import read
 
 MP = "quantization: {{mixed_precision: {{output_16bit: [{names}]}}}}\n"
 

@@ -11,7 +11,7 @@ from builders import RECIPE, small_cnn, write_model, write_npz
 from cli_runner import run_cli, run_doit
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from quantbuild.quant.ranges_io import read
+from quantbuild.interop.ranges_file import read
 
 
 def _build_base(project):
@@ -230,7 +230,7 @@ def test_onnxruntime_and_tidl_exports_import_back(project):
 def test_tidl_export_carries_the_biases_the_quantized_model_uses(project):
     from onnx import numpy_helper
 
-    from quantbuild.quant import tidl_proto
+    from quantbuild.interop import tidl_proto
 
     assert run_doit(project).code == 0
     base = project / "build" / "base"

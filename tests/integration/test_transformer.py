@@ -12,7 +12,7 @@ import pytest
 from builders import attention_block, make_project, write_model, write_npz
 from cli_runner import run_cli, run_doit
 
-from quantbuild.quant.ranges_io import read
+from quantbuild.interop.ranges_file import read
 from quantbuild.runtime import session
 
 RECIPE = """\

@@ -19,8 +19,8 @@ from quantbuild.calib.policy import minmax_ranges
 from quantbuild.data.dataset import open_dataset
 from quantbuild.graph.onnx_utils import opset_version
 from quantbuild.graph.prepare import prepare_model
+from quantbuild.interop.ranges_file import TensorRange, dumps, loads
 from quantbuild.quant.qdq import WeightOptions, write_qdq
-from quantbuild.quant.ranges_io import TensorRange, dumps, loads
 from quantbuild.runtime import session, with_outputs
 
 _ONNX_DTYPE = {

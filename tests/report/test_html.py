@@ -12,8 +12,8 @@ from builders import device_recipes, make_project
 from cli_runner import run_cli, run_doit
 
 from quantbuild.calib.histogram import BINS, accumulate
+from quantbuild.interop.ranges_file import TensorRange
 from quantbuild.quant.params import QParams
-from quantbuild.quant.ranges_io import TensorRange
 from quantbuild.report import html, svg
 from quantbuild.report.markdown import Row
 from quantbuild.report.markdown import render as render_markdown

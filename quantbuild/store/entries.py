@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantbuild.build.keys import canonical_json, digest, file_sha256
 from quantbuild.errors import StoreError
+from quantbuild.store.keys import canonical_json, digest, file_sha256
 
 MANIFEST = "manifest.json"
 STAGING = ".tmp-"  # <root>/<stage>/.tmp-<host>-<pid>-<hex>: a build in progress

@@ -1,4 +1,4 @@
-"""schemas/ranges.v1.schema.json describes what ranges_io.dumps writes, and ships in the wheel."""
+"""schemas/ranges.v1.schema.json describes what interop.ranges_file.dumps writes, and ships in the wheel."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from ruamel.yaml import YAML
 
+from quantbuild.interop.ranges_file import FORMAT, TensorRange, dumps
 from quantbuild.quant.params import QParams, activation_qparams
-from quantbuild.quant.ranges_io import FORMAT, TensorRange, dumps
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "schemas" / "ranges.v1.schema.json"

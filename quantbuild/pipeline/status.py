@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantbuild.build.plan import RecipeBuild
+from quantbuild.pipeline.plan import RecipeBuild
 
 
 @dataclass(frozen=True)

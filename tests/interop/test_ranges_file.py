@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from quantbuild.errors import RecipeError
+from quantbuild.interop.ranges_file import FORMAT, TensorRange, dumps, loads, read
 from quantbuild.quant.params import QParams, activation_qparams
-from quantbuild.quant.ranges_io import FORMAT, TensorRange, dumps, loads, read
 
 
 def _ranges(count: int = 300, seed: int = 0) -> dict[str, TensorRange]:

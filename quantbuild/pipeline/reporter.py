@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from doit.reporter import ConsoleReporter
 
-from quantbuild.build import failures
+from quantbuild.pipeline import failures
 
 
 class QuantbuildReporter(ConsoleReporter):

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantbuild.build.files import load_npz, npz_bytes, write_atomic
-from quantbuild.build.keys import FileHasher, canonical_json, digest, file_sha256
+from quantbuild.store.files import load_npz, npz_bytes, write_atomic
+from quantbuild.store.keys import FileHasher, canonical_json, digest, file_sha256
 
 # -- canonical JSON and digests ---------------------------------------------------------------
 

@@ -12,8 +12,7 @@ from jsonschema import Draft202012Validator
 from ruamel.yaml import YAML
 
 from quantbuild.errors import RecipeError
-from quantbuild.recipe import load_recipe
-from quantbuild.recipe.tidl_config import (
+from quantbuild.interop.tidl_config import (
     _has_field,
     export_config,
     export_options,
@@ -21,6 +20,7 @@ from quantbuild.recipe.tidl_config import (
     read_config,
     render_recipe,
 )
+from quantbuild.recipe import load_recipe
 from quantbuild.resources import recipe_schema
 
 DEVICES = ["tda4vm", "am62a", "am67a", "am68a", "am69a"]

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from quantbuild.build import store as store_module
-from quantbuild.build.cache import leftovers, scan
-from quantbuild.build.keys import digest
-from quantbuild.build.store import MANIFEST, Store, discard
 from quantbuild.errors import StoreError
+from quantbuild.pipeline.store_admin import leftovers, scan
+from quantbuild.store import entries as store_module
+from quantbuild.store.entries import MANIFEST, Store, discard
+from quantbuild.store.keys import digest
 
 KEY = "ab" + "0" * 62
 OTHER_KEY = "cd" + "1" * 62

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from quantbuild.errors import RecipeError, Where
-from quantbuild.quant.params import QParams, activation_qparams
-from quantbuild.quant.ranges_io import TensorRange
+from quantbuild.quant.params import QParams, TensorRange, activation_qparams
 from quantbuild.suggest import closest
 
 
@@ -51,18 +50,18 @@ def read_imported(path: Path) -> dict[str, ImportedRange | None]:
     text = path.read_text(encoding="utf-8")
     kind = _format(path)
     if kind == "quantbuild":
-        from quantbuild.quant.ranges_io import loads
+        from quantbuild.interop.ranges_file import loads
 
         ranges, _ = loads(text, str(path))
         return {n: ImportedRange(r.min, r.max, r.qparams) for n, r in ranges.items()}
     if kind == "tidl":
-        from quantbuild.quant import tidl_proto
+        from quantbuild.interop import tidl_proto
 
         net = tidl_proto.loads(text, str(path))
         return {
             n: ImportedRange(lo, hi) for n, (lo, hi) in tidl_proto.activation_ranges(net).items()
         }
-    from quantbuild.quant import ort_overrides
+    from quantbuild.interop import ort_overrides
 
     out = {}
     for name, o in ort_overrides.loads(text, str(path)).items():

@@ -8,7 +8,7 @@ import pytest
 from builders import RECIPE, make_project
 from cli_runner import run_cli
 
-from quantbuild.diagnose import Diagnosis, Result, steps
+from quantbuild.pipeline.diagnose import Diagnosis, Result, steps
 
 
 def _result(name: str, top1: float, ratio: float, sqnr: float = 20.0) -> Result:

@@ -14,10 +14,10 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 from quantbuild.errors import RecipeError
 from quantbuild.graph.prepare import prepare_model
-from quantbuild.quant import ort_overrides as oo
+from quantbuild.interop import ort_overrides as oo
+from quantbuild.interop.ranges_file import TensorRange
 from quantbuild.quant.params import DTYPES, activation_qparams
 from quantbuild.quant.qdq import WeightOptions, write_qdq
-from quantbuild.quant.ranges_io import TensorRange
 
 
 @pytest.fixture(scope="module")

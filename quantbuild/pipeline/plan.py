@@ -17,15 +17,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from quantbuild.build.keys import digest, file_sha256
-from quantbuild.build.project import Project, ProjectErrors
-from quantbuild.build.store import Entry
 from quantbuild.data.dataset import Dataset, open_dataset
 from quantbuild.data.preprocess import check_channels
 from quantbuild.errors import DataError, QuantbuildError, RecipeError
+from quantbuild.pipeline.project import Project, ProjectErrors
 from quantbuild.recipe import Recipe
 from quantbuild.stages import BY_NAME
 from quantbuild.stages.context import Context
+from quantbuild.store.entries import Entry
+from quantbuild.store.keys import digest, file_sha256
 
 
 def pointer_get(data: Any, pointer: str) -> Any:

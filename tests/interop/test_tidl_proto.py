@@ -11,10 +11,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantbuild.errors import ModelError, RecipeError
 from quantbuild.graph.prepare import prepare_model
-from quantbuild.quant import tidl_proto as tp
+from quantbuild.interop import tidl_proto as tp
+from quantbuild.interop.ranges_file import TensorRange
 from quantbuild.quant.params import activation_qparams
 from quantbuild.quant.qdq import WeightOptions, write_qdq
-from quantbuild.quant.ranges_io import TensorRange
 
 
 def _ranges(model, bits: int, symmetric: bool) -> dict[str, TensorRange]:

@@ -7,7 +7,6 @@ gives bit-identical scales.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +14,13 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from quantbuild.errors import RecipeError
-from quantbuild.quant.params import DTYPES, QParams
+from quantbuild.quant.params import DTYPES, QParams, TensorRange
 
 FORMAT = "quantbuild-ranges/1"
 HEADER = (
     "# quantbuild quant-proto ranges: for every quantized tensor, the calibrated [min, max]\n"
     "# and the grid it maps to: q = clip(round(x / scale) + zero_point) in dtype.\n"
 )
-
-
-@dataclass(frozen=True)
-class TensorRange:
-    """Calibrated range and quantization parameters of one activation tensor."""
-
-    min: float
-    max: float
-    qparams: QParams
-
-    @property
-    def bits(self) -> int:
-        return int(self.qparams.dtype.lstrip("uint"))
 
 
 def dumps(ranges: dict[str, TensorRange], info: dict) -> str:

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantbuild.build.plan import RecipeBuild
-from quantbuild.build.project import Project
-from quantbuild.build.store import STAGING, TRASH, BadEntry, check_entry, discard, staging_owner
 from quantbuild.errors import StoreError
+from quantbuild.pipeline.plan import RecipeBuild
+from quantbuild.pipeline.project import Project
 from quantbuild.stages import BY_NAME
+from quantbuild.store.entries import STAGING, TRASH, BadEntry, check_entry, discard, staging_owner
 
 LEFTOVER_AGE = 3600.0  # seconds; a younger staging or trash folder may belong to a live writer
 DAY = 86400.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quantbuild.calib.weight_clip import clip_weights, mse_clip, tidl_clip
 from quantbuild.quant.params import weight_qparams
+from quantbuild.quant.weight_clip import clip_weights, mse_clip, tidl_clip
 
 
 def _error(original: np.ndarray, clipped: np.ndarray, axis) -> float:

@@ -7,11 +7,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quantbuild.build.keys import FileHasher
-from quantbuild.build.store import Store
 from quantbuild.errors import QuantbuildError, RecipeError
 from quantbuild.recipe import Recipe, load_recipe
 from quantbuild.recipe.validate import RecipeErrors
+from quantbuild.store.entries import Store
+from quantbuild.store.keys import FileHasher
 
 CONFIG = "doit.cfg"
 STATE = ".quantbuild"
@@ -31,7 +31,7 @@ dep_file = .quantbuild/doit.db
 backend = sqlite3
 
 [LOADER]
-quantbuild = quantbuild.build.loader:RecipeLoader
+quantbuild = quantbuild.pipeline.loader:RecipeLoader
 
 [quantbuild]
 # Recipe files (globs, relative to this folder); bases kept elsewhere are found via extends.

@@ -12,9 +12,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from quantbuild.build.plan import RecipeBuild
-from quantbuild.build.project import Project
 from quantbuild.errors import RecipeError
+from quantbuild.pipeline.plan import RecipeBuild
+from quantbuild.pipeline.project import Project
 from quantbuild.recipe import Recipe
 from quantbuild.recipe.resolve import load_recipe
 

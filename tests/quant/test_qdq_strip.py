@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from quantbuild.errors import ModelError
-from quantbuild.graph.qdq_strip import is_qdq, strip_qdq
+from quantbuild.quant.qdq_strip import is_qdq, strip_qdq
 from quantbuild.runtime import session
 
 

@@ -1,0 +1,2 @@
+"""Below the stages: canonical keys and file digests, deterministic atomic files, and the
+content-addressed artifact store."""
