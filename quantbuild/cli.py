@@ -1,4 +1,5 @@
-"""The `quantbuild` command: init, build, list, status, show, clean."""
+"""The `quantbuild` command: init, build, list, status, show, clean, cache, diagnose,
+import-config, export-config and doctor (`quantbuild COMMAND --help` for each)."""
 
 from __future__ import annotations
 
@@ -38,20 +39,20 @@ def cmd_build(args) -> int:
 
     from quantbuild.pipeline import failures
     from quantbuild.pipeline.loader import RecipeLoader
-    from quantbuild.pipeline.plan import load_builds
+    from quantbuild.pipeline.plan import Plan
 
     project = _project(args)
-    builds = load_builds(project)  # a bad recipe or dataset never starts a build
+    plan = Plan(project)  # a bad recipe or dataset never starts a build
     targets = []
     for ref in args.recipes:
         name = project.find(ref).name
-        targets.append(f"{builds[name].stages[-1].NAME}:{name}")
+        targets += [f"{stage.name}:{name}" for stage in plan.builds[name].stages]
     doit_args = (
         ["run"]
         + (["--continue"] if args.keep_going else [])
         + (["--always-execute"] if args.force else [])
     )
-    code = DoitMain(RecipeLoader(project), config_filenames=()).run(doit_args + targets)
+    code = DoitMain(RecipeLoader(plan=plan), config_filenames=()).run(doit_args + targets)
     if code == 0:
         return 0
     error = failures.first()
@@ -85,7 +86,7 @@ def cmd_status(args) -> int:
     stale = False
     for recipe in recipes:
         print(f"{recipe.name}:")
-        for status in recipe_status(RecipeBuild(project, recipe), project.state / "doit.db"):
+        for status in recipe_status(RecipeBuild(project, recipe)):
             stale |= status.state != "up to date"
             print(f"  {status.stage:9} {status.state}")
             if args.why:
@@ -103,17 +104,18 @@ def cmd_show(args) -> int:
         sys.stdout.write(resolved_yaml(recipe))
         return 0
     from quantbuild.pipeline.plan import RecipeBuild
+    from quantbuild.stages.quantize import PRECISION
 
     build = RecipeBuild(project, recipe)
     print(f"recipe   {recipe.name} ({recipe.file})")
     print(f"results  {build.export_dir()}")
-    for module in build.stages:
-        entry = build.entry(module.NAME)
+    for stage in build.stages:
+        entry = build.entry(stage.name)
         where = entry.dir if entry else "not built"
-        print(f"{module.NAME:9}{where}")
+        print(f"{stage.name:9}{where}")
     quantized = build.entry("quantize")
-    if quantized is not None and quantized.path("precision.json").is_file():
-        _print_precision(json.loads(quantized.path("precision.json").read_text(encoding="utf-8")))
+    if quantized is not None and quantized.path(PRECISION).is_file():
+        _print_precision(json.loads(quantized.path(PRECISION).read_text(encoding="utf-8")))
     return 0
 
 
@@ -203,20 +205,31 @@ def cmd_export_config(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from quantbuild.doctor import diagnose_model, diagnose_recipe
+    from quantbuild.doctor import check_model, check_recipe
     from quantbuild.doctor.render import render_json, render_text
 
     target = Path(args.target)
     if target.suffix.lower() == ".onnx" or (
         target.is_file() and target.suffix.lower() not in (".yaml", ".yml")
     ):
-        report = diagnose_model(target)
+        report = check_model(target)
     else:
         from quantbuild.pipeline.plan import RecipeBuild
+        from quantbuild.stages.stats import STATS
 
         project = _project(args)
         build = RecipeBuild(project, project.find(args.target))
-        report = diagnose_recipe(build, log=lambda line: print(line, file=sys.stderr))
+        log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+
+        def statistics() -> Path:
+            """Build (or reuse) the stages up to `stats`; the statistics file."""
+            for stage in build.stages:
+                entry, _ = build.run(stage.name, log=lambda line, s=stage.name: log(f"{s}: {line}"))
+                if stage.name == "stats":
+                    return entry.path(STATS)
+            raise AssertionError("every recipe builds stats")
+
+        report = check_recipe(build.recipe, statistics)
     sys.stdout.write(render_json(report) if args.json else render_text(report, args.all))
     return 0  # findings are a diagnosis, not a failure
 

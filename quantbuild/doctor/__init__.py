@@ -1,6 +1,6 @@
 """`quantbuild doctor`: why a float model may lose accuracy when quantized, from the model itself.
 
-`diagnose_model` checks a model file; `diagnose_recipe` also reads the recipe's calibration
+`check_model` checks a model file; `check_recipe` also reads the recipe's calibration
 statistics (built, or reused from the store) for the activation check.
 """
 
@@ -25,8 +25,9 @@ from quantbuild.errors import ModelError
 from quantbuild.graph.onnx_utils import load_model
 from quantbuild.graph.prepare import prepare_model
 from quantbuild.quant.qdq_strip import is_qdq
+from quantbuild.recipe import Recipe
 
-__all__ = ["CheckResult", "Finding", "Report", "diagnose_model", "diagnose_recipe"]
+__all__ = ["CheckResult", "Finding", "Report", "check_model", "check_recipe"]
 
 
 @dataclass
@@ -75,7 +76,7 @@ def _static_checks(
     return report, original, prepared
 
 
-def diagnose_model(path: Path) -> Report:
+def check_model(path: Path) -> Report:
     """All checks that need only the model; the activation check is skipped."""
     report, original, prepared = _static_checks(_load(path), path, None, None)
     report.checks.append(float_check(prepared, original))
@@ -85,14 +86,13 @@ def diagnose_model(path: Path) -> Report:
     return report
 
 
-def diagnose_recipe(build, log: Callable[[str], None]) -> Report:
+def check_recipe(recipe: Recipe, statistics: Callable[[], Path]) -> Report:
     """All checks, the activation check on the recipe's calibration statistics.
 
-    `build` is a quantbuild.pipeline.plan.RecipeBuild; the stages up to `stats` are run, or
-    their artifacts reused from the store."""
+    `statistics()` returns the recipe's stats.npz, built (or taken from the store) by the
+    caller: doctor knows nothing of the pipeline."""
     from quantbuild.store.files import load_npz
 
-    recipe = build.recipe
     q = recipe.data["quantization"]
     if q.get("prequantized"):
         raise ModelError(
@@ -111,13 +111,7 @@ def diagnose_recipe(build, log: Callable[[str], None]) -> Report:
             "This recipe applies cross-layer equalization, which evens out per-channel ranges "
             "before quantization; the numbers here are the model's own (BN-folded) weights."
         )
-    for module in build.stages:  # whatever the pipeline puts before `stats`
-        entry, _ = build.run(
-            module.NAME, log=lambda line, stage=module.NAME: log(f"{stage}: {line}")
-        )
-        if module.NAME == "stats":
-            break
-    stats = load_npz(entry.path("stats.npz"))
+    stats = load_npz(statistics())
     report.facts["calibration_frames"] = int(np.asarray(stats["frames"]))
     report.checks.append(
         activation_tail_check(prepared, stats, float(q["percentile"]), q["activation_clipping"])

@@ -17,6 +17,9 @@ from quantbuild.pipeline.plan import RecipeBuild
 from quantbuild.pipeline.project import Project
 from quantbuild.recipe import Recipe
 from quantbuild.recipe.resolve import load_recipe
+from quantbuild.stages.evaluate import METRICS
+from quantbuild.stages.quantize import PRECISION
+from quantbuild.stages.sensitivity import SENSITIVITY
 
 DEFAULT_FACTOR = 1.2
 # "Accurate": within a point of float top-1, or, without labels, output SQNR of 30 dB or more
@@ -141,17 +144,17 @@ def diagnose(
         recipe = _variant(project, base, step)
         build = RecipeBuild(project, recipe)
         for stage in build.stages:
-            log(f"{stage.NAME}:{recipe.name}")
-            build.run(stage.NAME, log=lambda line: log(f"   {line}"))
+            log(f"{stage.name}:{recipe.name}")
+            build.run(stage.name, log=lambda line: log(f"   {line}"))
         entry = build.entry
         result = Result(
             step,
             recipe.name,
-            json.loads(entry("evaluate").path("metrics.json").read_text(encoding="utf-8")),
-            json.loads(entry("quantize").path("precision.json").read_text(encoding="utf-8")),
+            json.loads(entry("evaluate").path(METRICS).read_text(encoding="utf-8")),
+            json.loads(entry("quantize").path(PRECISION).read_text(encoding="utf-8")),
         )
         if step.name == "mixed":
-            path = entry("sensitivity").path("sensitivity.json")
+            path = entry("sensitivity").path(SENSITIVITY)
             result.sensitivity = json.loads(path.read_text(encoding="utf-8"))
         results[step.name] = result
     return Diagnosis(base.name, factor, results)

@@ -8,41 +8,38 @@ files match it; doit checks this just before the task would run, after its upstr
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from doit.cmd_base import TaskLoader2
 from doit.exceptions import InvalidDodoFile, TaskFailed
 from doit.loader import generate_tasks
 
 from quantbuild.errors import QuantbuildError
-from quantbuild.interop.ranges_file import read as read_ranges
 from quantbuild.pipeline import failures
-from quantbuild.pipeline.plan import RecipeBuild, load_builds
+from quantbuild.pipeline.plan import Plan, RecipeBuild
 from quantbuild.pipeline.project import Project
 from quantbuild.pipeline.reporter import QuantbuildReporter
-from quantbuild.report import html
-from quantbuild.report.html import RecipeDetails
-from quantbuild.report.markdown import Row, render
-from quantbuild.stages import BY_NAME, PIPELINE
-from quantbuild.store.files import load_npz, write_atomic
+from quantbuild.report.assemble import REPORTS, RecipeFiles, report_files
+from quantbuild.stages import PIPELINE, Stage
+from quantbuild.stages.evaluate import LAYER_ERRORS, METRICS
+from quantbuild.stages.quantize import PRECISION
+from quantbuild.stages.ranges import RANGES
+from quantbuild.stages.selection import SELECTION
+from quantbuild.stages.sensitivity import SENSITIVITY
+from quantbuild.stages.stats import STATS
+from quantbuild.store.files import write_atomic
 
-REPORTS = ("report.md", "report.html")
 
-
-def _execute(build: RecipeBuild, stage: str):
+def _execute(build: RecipeBuild, stage: str) -> TaskFailed | dict[str, Any]:
     task = f"{stage}:{build.recipe.name}"
     try:
         entry, hit = build.run(stage, log=lambda message: print(f"   {message}", flush=True))
     except QuantbuildError as err:
         failures.record(task, err)
         return TaskFailed(str(err))
-    return {
-        "key": entry.manifest["key"],
-        "fields": build.fields(stage),
-        "inputs": entry.manifest["record"]["inputs"],
-        "hit": hit,
-    }
+    return {"key": entry.manifest["key"], "hit": hit}
 
 
 def _is_current(build: RecipeBuild, stage: str) -> bool:
@@ -52,59 +49,42 @@ def _is_current(build: RecipeBuild, stage: str) -> bool:
         return False  # the action will run and report the error properly
 
 
-def report_files(builds: dict[str, RecipeBuild]) -> dict[str, bytes] | None:
+def recipe_files(build: RecipeBuild) -> RecipeFiles | None:
+    """What the report reads of one recipe, or None while its evaluation is missing."""
+    data = build.recipe.data
+    found: dict[str, Path] = {}
+    if "evaluation" in data:
+        evaluated = build.entry("evaluate")
+        if evaluated is None:
+            return None
+        found |= {"metrics": evaluated.path(METRICS), "layer_errors": evaluated.path(LAYER_ERRORS)}
+    quantized = build.entry("quantize")
+    if quantized is not None and quantized.path(PRECISION).is_file():
+        found["precision"] = quantized.path(PRECISION)
+    for stage, artifact in (("sensitivity", SENSITIVITY), ("selection", SELECTION)):
+        entry = build.entry(stage) if stage in build.inputs("quantize") else None
+        if entry is not None:
+            found[stage] = entry.path(artifact)
+    stats, ranges = build.entry("stats"), build.entry("ranges")
+    if stats is not None and ranges is not None:
+        found |= {"stats": stats.path(STATS), "ranges": ranges.path(RANGES)}
+    return RecipeFiles(build.recipe.name, data.get("device"), data["quantization"], **found)
+
+
+def planned_report(plan: Plan) -> dict[str, bytes] | None:
     """report.md and report.html for the current artifacts, or None while an evaluation is
-    missing."""
-    rows, details = [], []
-    stats_cache: dict[str, dict] = {}  # recipes that share calibration share one stats entry
-    for name, build in builds.items():
-        metrics = layers = None
-        if "evaluation" in build.recipe.data:
-            entry = build.entry("evaluate")
-            if entry is None:
-                return None
-            metrics = _json(entry.path("metrics.json"))
-            layers = _json(entry.path("layers.json"))["layers"]
-        quantized = build.entry("quantize")
-        precision = None
-        if quantized is not None and quantized.path("precision.json").is_file():
-            precision = _json(quantized.path("precision.json"))
-        q = build.recipe.data["quantization"]
-        row = Row(name, build.recipe.data.get("device"), q, metrics, precision)
-        rows.append(row)
-        sweep = None
-        if "sensitivity" in build.inputs("quantize") and build.entry("sensitivity") is not None:
-            sweep = _json(build.entry("sensitivity").path("sensitivity.json")).get("sweep")
-        selection = None
-        if "selection" in build.inputs("quantize") and build.entry("selection") is not None:
-            selection = _json(build.entry("selection").path("selection.json"))
-        histograms = _histograms(build, layers, stats_cache)
-        details.append(RecipeDetails(row, layers, histograms, sweep, selection))
-    return {
-        "report.md": render(rows).encode("utf-8"),
-        "report.html": html.render(details).encode("utf-8"),
-    }
+    missing (memoised: computed at most once after every evaluation exists)."""
+    if plan.report is None:
+        recipes = [recipe_files(build) for build in plan.builds.values()]
+        if any(r is None for r in recipes):
+            return None
+        plan.report = report_files([r for r in recipes if r is not None])
+    return plan.report
 
 
-def _json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _histograms(build: RecipeBuild, layers: list[dict] | None, cache: dict) -> list[html.Histogram]:
-    """Histograms of the worst layers' activations, with the ranges the recipe chose."""
-    tensors = html.worst_tensors(layers)
-    stats, chosen = build.entry("stats"), build.entry("ranges")
-    if not tensors or stats is None or chosen is None:
-        return []
-    if stats.digest not in cache:
-        cache[stats.digest] = load_npz(stats.path("stats.npz"))
-    ranges, _ = read_ranges(chosen.path("ranges.yaml"))
-    return html.display_histograms(cache[stats.digest], ranges, tensors)
-
-
-def _write_report(builds: dict[str, RecipeBuild], out: Path):
+def _write_report(plan: Plan, out: Path) -> TaskFailed | None:
     try:
-        files = report_files(builds)
+        files = planned_report(plan)
     except QuantbuildError as err:
         failures.record("report", err)
         return TaskFailed(str(err))
@@ -116,9 +96,9 @@ def _write_report(builds: dict[str, RecipeBuild], out: Path):
     return None
 
 
-def _report_current(builds: dict[str, RecipeBuild], out: Path) -> bool:
+def _report_current(plan: Plan, out: Path) -> bool:
     try:
-        files = report_files(builds)
+        files = planned_report(plan)
     except QuantbuildError:
         return False
     return files is not None and all(
@@ -127,16 +107,18 @@ def _report_current(builds: dict[str, RecipeBuild], out: Path) -> bool:
 
 
 class RecipeLoader(TaskLoader2):
-    """Loads the recipes of the project in `root` (default: the current folder) as doit tasks."""
+    """Loads the recipes of the project in `root` (default: the current folder) as doit tasks;
+    given a Plan, uses it instead of loading the recipes again."""
 
-    def __init__(self, project: Project | None = None):
+    def __init__(self, project: Project | None = None, plan: Plan | None = None):
         super().__init__()
-        self.project = project or Project(Path.cwd())
+        self.project = plan.project if plan else project or Project(Path.cwd())
+        self._plan = plan
 
-    def setup(self, opt_values):
+    def setup(self, opt_values: dict[str, Any]) -> None:
         pass
 
-    def load_doit_config(self):
+    def load_doit_config(self) -> dict[str, Any]:
         self.project.state.mkdir(parents=True, exist_ok=True)
         return {
             "dep_file": str(self.project.state / "doit.db"),
@@ -145,28 +127,28 @@ class RecipeLoader(TaskLoader2):
             "verbosity": 2,
         }
 
-    def builds(self) -> dict[str, RecipeBuild]:
-        try:
-            return load_builds(self.project)
-        except QuantbuildError as err:
-            raise InvalidDodoFile(str(err)) from None
+    def plan(self) -> Plan:
+        if self._plan is None:
+            try:
+                self._plan = Plan(self.project)
+            except QuantbuildError as err:
+                raise InvalidDodoFile(str(err)) from None
+        return self._plan
 
-    def load_tasks(self, cmd, pos_args):
+    def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Any]:
         failures.clear()
-        builds = self.builds()
+        plan = self.plan()
         tasks = []
-        for module in PIPELINE:
-            tasks.extend(generate_tasks(module.NAME, self._stage_tasks(builds, module.NAME)))
+        for stage in PIPELINE:
+            tasks.extend(generate_tasks(stage.name, self._stage_tasks(plan, stage)))
         out = self.project.out
         tasks.extend(
             generate_tasks(
                 "report",
                 {
-                    "actions": [(_write_report, [builds, out])],
-                    "uptodate": [(_report_current, [builds, out])],
-                    "task_dep": [
-                        f"evaluate:{n}" for n, b in builds.items() if "evaluation" in b.recipe.data
-                    ],
+                    "actions": [(_write_report, [plan, out])],
+                    "uptodate": [(_report_current, [plan, out])],
+                    "task_dep": [f"{s.name}:{n}" for n, b in plan.builds.items() for s in b.stages],
                     "targets": [str(out / name) for name in REPORTS],
                     "doc": "Markdown and HTML reports across all recipes",
                     "verbosity": 2,
@@ -177,19 +159,18 @@ class RecipeLoader(TaskLoader2):
         return tasks
 
     @staticmethod
-    def _stage_tasks(builds: dict[str, RecipeBuild], stage: str):
-        module = BY_NAME[stage]
-        yield {"basename": stage, "name": None, "doc": module.__doc__.splitlines()[0]}
-        for name, build in builds.items():
-            if module not in build.stages:
+    def _stage_tasks(plan: Plan, stage: Stage) -> Iterator[dict[str, Any]]:
+        yield {"basename": stage.name, "name": None, "doc": stage.doc}
+        for name, build in plan.builds.items():
+            if stage not in build.stages:
                 continue
             yield {
                 "name": name,
-                "actions": [(_execute, [build, stage])],
-                "uptodate": [(_is_current, [build, stage])],
-                "task_dep": [f"{upstream}:{name}" for upstream in build.inputs(stage)],
-                "targets": [str(p) for p in build.export_paths(stage)],
-                "doc": f"{stage} {build.recipe.file.name}",
+                "actions": [(_execute, [build, stage.name])],
+                "uptodate": [(_is_current, [build, stage.name])],
+                "task_dep": [f"{upstream}:{name}" for upstream in build.inputs(stage.name)],
+                "targets": [str(p) for p in build.export_paths(stage.name)],
+                "doc": f"{stage.name} {build.recipe.file.name}",
                 "verbosity": 2,
                 "clean": True,
             }

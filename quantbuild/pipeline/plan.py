@@ -9,12 +9,14 @@ and two recipes with the same model and calibration data share one `stats` entry
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import tempfile
+from collections import Counter
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from quantbuild.data.dataset import Dataset, open_dataset
@@ -22,10 +24,13 @@ from quantbuild.data.preprocess import check_channels
 from quantbuild.errors import DataError, QuantbuildError, RecipeError
 from quantbuild.pipeline.project import Project, ProjectErrors
 from quantbuild.recipe import Recipe
-from quantbuild.stages import BY_NAME
+from quantbuild.stages import BY_NAME, PIPELINE, Stage
 from quantbuild.stages.context import Context
 from quantbuild.store.entries import Entry
-from quantbuild.store.keys import digest, file_sha256
+from quantbuild.store.files import write_atomic
+from quantbuild.store.keys import canonical_json, digest, file_sha256
+
+RECORDS = "records"  # under the project's state folder: <recipe>/<stage>.json
 
 
 def pointer_get(data: Any, pointer: str) -> Any:
@@ -38,35 +43,30 @@ def pointer_get(data: Any, pointer: str) -> Any:
 
 
 class RecipeBuild:
-    """Keys, store entries and execution of the stages of one recipe."""
+    """Keys, store entries and execution of the stages of one recipe.
+
+    Memoised for the life of a command: a key is computed once (once its upstream artifacts
+    exist), a store hit looked up once; `record(stage)` is both what the key hashes and what
+    the published manifest holds."""
 
     def __init__(self, project: Project, recipe: Recipe):
         self.project = project
         self.recipe = recipe
         self._datasets: dict[str, Dataset] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self._keys: dict[str, str] = {}
+        self._entries: dict[str, Entry] = {}
+        self.key_computations: Counter[str] = Counter()  # per stage; a test asserts <= 1
 
-    @property
-    def stages(self) -> list[ModuleType]:
-        from quantbuild.stages import PIPELINE, rounding, selection, sensitivity
-
-        q = self.recipe.data["quantization"]
-        skip = set()
-        if not rounding.applies(q):
-            skip.add("rounding")
-        if "evaluation" not in self.recipe.data:
-            skip.add("evaluate")
-        if not q["equalization"]:
-            skip.add("equalize")
-        if not sensitivity.applies(q):
-            skip.add("sensitivity")
-        if not selection.applies(q):
-            skip.add("selection")
-        return [s for s in PIPELINE if s.NAME not in skip]
+    @cached_property
+    def stages(self) -> list[Stage]:
+        """The stages this recipe builds, in pipeline order."""
+        return [s for s in PIPELINE if s.applies(self.recipe.data)]
 
     def inputs(self, stage: str) -> tuple[str, ...]:
         """The upstream stages of `stage` that this recipe builds."""
-        names = {s.NAME for s in self.stages}
-        return tuple(u for u in BY_NAME[stage].INPUTS if u in names)
+        names = {s.name for s in self.stages}
+        return tuple(u for u in BY_NAME[stage].inputs if u in names)
 
     # -- inputs -------------------------------------------------------------------------------
     def dataset(self, section: str) -> Dataset:
@@ -117,61 +117,77 @@ class RecipeBuild:
 
     # -- keys ---------------------------------------------------------------------------------
     def fields(self, stage: str) -> dict[str, Any]:
-        return {p: pointer_get(self.keyed_recipe, p) for p in BY_NAME[stage].READS}
+        return {p: pointer_get(self.keyed_recipe, p) for p in BY_NAME[stage].reads}
 
-    def key(self, stage: str) -> str | None:
-        """The stage's key now, or None while an upstream artifact is missing."""
-        module = BY_NAME[stage]
-        inputs = {}
-        for upstream in self.inputs(stage):
-            entry = self.entry(upstream)
-            if entry is None:
-                return None
-            inputs[upstream] = entry.digest
-        return digest(
-            {
+    def record(self, stage: str) -> dict[str, Any] | None:
+        """What the stage's key hashes (and its manifest records), or None while an upstream
+        artifact is missing."""
+        if stage not in self._records:
+            inputs = {}
+            for upstream in self.inputs(stage):
+                entry = self.entry(upstream)
+                if entry is None:
+                    return None
+                inputs[upstream] = entry.digest
+            spec = BY_NAME[stage]
+            record = {
                 "stage": stage,
-                "version": module.VERSION,
+                "version": spec.version,
                 "fields": self.fields(stage),
                 "inputs": inputs,
             }
-        )
+            self.key_computations[stage] += 1
+            self._records[stage] = record
+            self._keys[stage] = digest(record)
+        return self._records[stage]
+
+    def key(self, stage: str) -> str | None:
+        """The stage's key now, or None while an upstream artifact is missing."""
+        return self._keys[stage] if self.record(stage) is not None else None
 
     def entry(self, stage: str) -> Entry | None:
-        key = self.key(stage)
-        return None if key is None else self.project.store.lookup(stage, key)
+        """The stage's store entry for its current key (None: not built)."""
+        if stage not in self._entries:
+            key = self.key(stage)
+            entry = None if key is None else self.project.store.lookup(stage, key)
+            if entry is None:
+                return None  # a miss is looked up again: the stage may run meanwhile
+            self._entries[stage] = entry
+        return self._entries[stage]
 
     # -- exports ------------------------------------------------------------------------------
     def export_dir(self) -> Path:
         return self.project.out / self.recipe.name
 
     def export_paths(self, stage: str) -> list[Path]:
-        return [self.export_dir() / name for name in BY_NAME[stage].EXPORTS.values()]
+        return [self.export_dir() / str(a.export) for a in BY_NAME[stage].exports]
 
     def exported(self, stage: str, entry: Entry) -> bool:
-        for source, name in BY_NAME[stage].EXPORTS.items():
-            target = self.export_dir() / name
+        for artifact in BY_NAME[stage].exports:
+            target = self.export_dir() / str(artifact.export)
             if (
                 not target.is_file()
-                or self.project.hasher.sha256(target) != entry.manifest["files"][source]["sha256"]
+                or self.project.hasher.sha256(target)
+                != entry.manifest["files"][artifact.file]["sha256"]
             ):
                 return False
         return True
 
     def export(self, stage: str, entry: Entry) -> None:
         """Copy the stage's user-facing files to <out>/<recipe>/, atomically."""
-        for source, name in BY_NAME[stage].EXPORTS.items():
+        for artifact in BY_NAME[stage].exports:
+            name = str(artifact.export)
             target = self.export_dir() / name
             target.parent.mkdir(parents=True, exist_ok=True)
             if (
                 target.is_file()
-                and file_sha256(target) == entry.manifest["files"][source]["sha256"]
+                and file_sha256(target) == entry.manifest["files"][artifact.file]["sha256"]
             ):
                 continue
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
             os.close(fd)
             try:
-                shutil.copyfile(entry.path(source), tmp)
+                shutil.copyfile(entry.path(artifact), tmp)
                 os.replace(tmp, target)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
@@ -183,32 +199,52 @@ class RecipeBuild:
         entry = self.entry(stage)
         return entry is not None and self.exported(stage, entry)
 
-    def run(self, stage: str, log=print) -> tuple[Entry, bool]:
+    def run(self, stage: str, log: Callable[[str], None] = print) -> tuple[Entry, bool]:
         """Publish the stage's artifact (unless the store has it) and export it. Returns (entry, hit)."""
-        module = BY_NAME[stage]
-        key = self.key(stage)
-        if key is None:
+        spec = BY_NAME[stage]
+        record = self.record(stage)
+        if record is None:
             missing = [u for u in self.inputs(stage) if self.entry(u) is None]
             raise DataError(f"{stage}: upstream stage(s) not built: {', '.join(missing)}")
-        entry = self.project.store.lookup(stage, key)
+        key = self._keys[stage]
+        entry = self.entry(stage)
         hit = entry is not None
         if entry is None:
             if stage == "evaluate" and self.overlap():
                 log(f"warning: {self.overlap()} evaluation frame(s) are also calibration frames")
-            inputs = {u: self.entry(u) for u in self.inputs(stage)}
+            inputs = {u: self._entries[u] for u in self.inputs(stage)}
             ctx = Context(self.recipe, inputs, self.dataset, log)
-            record = {
-                "stage": stage,
-                "version": module.VERSION,
-                "fields": self.fields(stage),
-                "inputs": {u: e.digest for u, e in inputs.items()},
-            }
-            entry = self.project.store.publish(stage, key, lambda out: module.run(ctx, out), record)
+            entry = self.project.store.publish(stage, key, lambda out: spec.run(ctx, out), record)
+            self._entries[stage] = entry
         else:
             log(f"store hit {key[:12]}")
         self.export(stage, entry)
         self.project.hasher.save()
+        write_last_record(self.project.state, self.recipe.name, stage, record)
         return entry, hit
+
+
+def write_last_record(state: Path, recipe: str, stage: str, record: dict[str, Any]) -> None:
+    """Remember what a recipe's stage was last built from, for `status --why`."""
+    write_atomic(state / RECORDS / recipe / f"{stage}.json", canonical_json(record).encode())
+
+
+def last_record(state: Path, recipe: str, stage: str) -> dict[str, Any] | None:
+    """What a recipe's stage was last built from (None: never built here)."""
+    try:
+        return json.loads((state / RECORDS / recipe / f"{stage}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class Plan:
+    """Every recipe of a project with its datasets opened, made once per command: the doit
+    loader, `status` and `show` all read the same keys and entries."""
+
+    def __init__(self, project: Project):
+        self.project = project
+        self.builds = load_builds(project)
+        self.report: dict[str, bytes] | None = None  # set once every evaluation exists
 
 
 def load_builds(project: Project) -> dict[str, RecipeBuild]:

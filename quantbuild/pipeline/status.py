@@ -1,12 +1,12 @@
-"""What is out of date, and why: current stage keys against the store and the last build."""
+"""What is out of date, and why: current stage key records against the store and the records
+of the last build."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from quantbuild.pipeline.plan import RecipeBuild
+from quantbuild.pipeline.plan import RecipeBuild, last_record
 
 
 @dataclass(frozen=True)
@@ -14,19 +14,6 @@ class StageStatus:
     stage: str
     state: str  # "up to date", "out of date", "waiting"
     reasons: list[str]
-
-
-def last_values(db: Path, task: str) -> dict | None:
-    """Values doit saved for a task at its last successful run."""
-    if not db.is_file():
-        return None
-    from doit.dependency import Dependency, SqliteDB
-
-    deps = Dependency(SqliteDB, str(db))
-    try:
-        return deps.get_values(task) or None
-    finally:
-        deps.close()
 
 
 def _short(value: Any) -> str:
@@ -48,12 +35,13 @@ def diff_fields(old: Any, new: Any, path: str) -> list[str]:
     return []
 
 
-def recipe_status(build: RecipeBuild, db: Path) -> list[StageStatus]:
-    """Status of every stage of one recipe, with reasons for those not up to date."""
+def recipe_status(build: RecipeBuild) -> list[StageStatus]:
+    """Status of every stage of one recipe, with reasons for those not up to date: the plan's
+    key records now against the record each stage was last built from."""
     out = []
     name = build.recipe.name
-    for module in build.stages:
-        stage = module.NAME
+    for spec in build.stages:
+        stage = spec.name
         key = build.key(stage)
         if key is None:
             out.append(StageStatus(stage, "waiting", ["an upstream stage is out of date"]))
@@ -65,7 +53,7 @@ def recipe_status(build: RecipeBuild, db: Path) -> list[StageStatus]:
         reasons = []
         if entry is not None:
             reasons.append("exported files missing or modified (copied back from the store)")
-        last = last_values(db, f"{stage}:{name}")
+        last = last_record(build.project.state, name, stage)
         if last is None:
             reasons.append("never built")
         else:
@@ -82,7 +70,9 @@ def recipe_status(build: RecipeBuild, db: Path) -> list[StageStatus]:
                 if (e.digest if e else None) != last.get("inputs", {}).get(u)
             ]
             reasons += [f"input {u} changed" for u in changed]
+            if last.get("version") != spec.version:
+                reasons.append(f"stage version {last.get('version')} -> {spec.version}")
             if not reasons and entry is None:
-                reasons.append(f"stage version or store changed (key {key[:12]} not in the store)")
+                reasons.append(f"store changed (key {key[:12]} not in the store)")
         out.append(StageStatus(stage, "out of date", reasons))
     return out

@@ -64,10 +64,10 @@ def used_by(project: Project) -> dict[tuple[str, str], list[str]]:
     users: dict[tuple[str, str], list[str]] = defaultdict(list)
     for name, recipe in project.recipes().items():
         build = RecipeBuild(project, recipe)
-        for module in build.stages:
-            key = build.key(module.NAME)
+        for stage in build.stages:
+            key = build.key(stage.name)
             if key is not None:
-                users[(module.NAME, key)].append(name)
+                users[(stage.name, key)].append(name)
     return users
 
 

@@ -14,26 +14,21 @@ from quantbuild.calib.collect import channel_ranges
 from quantbuild.graph.equalize import equalize, find_pairs
 from quantbuild.graph.smooth import find_norm_pairs, smooth
 from quantbuild.stages.context import Context
+from quantbuild.stages.prepare import MODEL as PREPARED_MODEL
+from quantbuild.stages.spec import Stage
+from quantbuild.store.entries import Artifact
 from quantbuild.store.keys import digest
 
-NAME = "equalize"
-VERSION = 3  # 2: no stamp when no tensor qualifies; 3: per-channel affine producers
-READS = (
-    "/quantization/equalization",
-    "/quantization/weights/per_channel",  # per-tensor grids also balance affine multipliers
-    "/calibration/data",
-    "/calibration/preprocess",
-)
-INPUTS = ("prepare",)
 # The model that was quantized: what TIDL compiles with the exported quant_params.prototxt.
-EXPORTS = {"model.onnx": "model.float.onnx"}
+MODEL = Artifact("model.onnx", export="model.float.onnx")
+FACTORS = Artifact("equalization.json")
 STAMP = "quantbuild.equalization"  # metadata key: digest of the channel factors applied
 
 
 def run(ctx: Context, out: Path) -> dict:
     settings = ctx.recipe.data["quantization"]["equalization"]
     frames, alpha = settings["frames"], settings.get("smoothquant")
-    model = onnx.load(str(ctx.inputs["prepare"].path("model.onnx")))
+    model = onnx.load(str(ctx.inputs["prepare"].path(PREPARED_MODEL)))
     tensors = {p.tensor: 1 for p in find_pairs(model)}
     norms = {p.tensor: -1 for p in find_norm_pairs(model)} if alpha is not None else {}
     measured = channel_ranges(model, ctx.dataset("calibration"), tensors | norms, frames)
@@ -53,11 +48,11 @@ def run(ctx: Context, out: Path) -> dict:
         meta = {p.key: p.value for p in model.metadata_props}
         meta[STAMP] = stamp
         onnx.helper.set_model_props(equalized, dict(sorted(meta.items())))
-    (out / "model.onnx").write_bytes(equalized.SerializeToString())
+    (out / MODEL.file).write_bytes(equalized.SerializeToString())
     summary = {"digest": stamp, "frames": frames}
     if alpha is not None:
         summary["smoothquant"] = alpha
-    (out / "equalization.json").write_text(
+    (out / FACTORS.file).write_text(
         json.dumps({**summary, "factors": record}, indent=1) + "\n", encoding="utf-8"
     )
     spread = [float(np.max(f) / np.min(f)) for f in factors.values() if len(f)]
@@ -78,3 +73,28 @@ def run(ctx: Context, out: Path) -> dict:
 def stamp_of(model: onnx.ModelProto) -> str | None:
     """The equalization digest a model carries (None: not equalized by quantbuild)."""
     return next((p.value for p in model.metadata_props if p.key == STAMP), None)
+
+
+def applies(recipe: dict) -> bool:
+    """Whether a recipe builds this stage: it asks for equalization."""
+    return bool(recipe["quantization"]["equalization"])
+
+
+STAGE = Stage(
+    name="equalize",
+    version=3,
+    reads=(
+        "/quantization/equalization",
+        "/quantization/weights/per_channel",  # per-tensor grids also balance affine multipliers
+        "/calibration/data",
+        "/calibration/preprocess",
+    ),
+    inputs=("prepare",),
+    artifacts=(
+        MODEL,
+        FACTORS,
+    ),
+    run=run,
+    applies=applies,
+    doc=__doc__.splitlines()[0],
+)

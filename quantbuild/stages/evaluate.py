@@ -19,15 +19,13 @@ from quantbuild.mixed.latency import static_shapes
 from quantbuild.progress import track
 from quantbuild.runtime import run_frame, session, with_outputs
 from quantbuild.stages.context import Context
+from quantbuild.stages.quantize import QDQ_MODEL
 from quantbuild.stages.settings import float_model_path
+from quantbuild.stages.spec import Stage
+from quantbuild.store.entries import Artifact
 
-NAME = "evaluate"
-# 2: layers.json; 3: on the first LAYER_FRAMES frames; 4: layer-wise without input grids;
-# 5: per-layer analysis in chunks, after the output pass
-VERSION = 5
-READS = ("/evaluation",)
-INPUTS = ("prepare", "equalize", "quantize")
-EXPORTS = {"metrics.json": "metrics.json", "layers.json": "layer_errors.json"}
+METRICS = Artifact("metrics.json", export="metrics.json")
+LAYER_ERRORS = Artifact("layers.json", export="layer_errors.json")
 WORST_LOGGED = 3
 LAYER_FRAMES = 32  # evaluation frames for the per-layer SQNR (the first ones)
 LAYER_BYTES = 192 << 20  # analysed tensor values held per frame and chunk
@@ -36,7 +34,7 @@ LAYER_BYTES = 192 << 20  # analysed tensor values held per frame and chunk
 def run(ctx: Context, out: Path) -> dict:
     metrics = ctx.recipe.data["evaluation"]["metrics"]
     float_model = onnx.load(str(float_model_path(ctx)))
-    quant_model = onnx.load(str(ctx.inputs["quantize"].path("model.qdq.onnx")))
+    quant_model = onnx.load(str(ctx.inputs["quantize"].path(QDQ_MODEL)))
     outputs = [o.name for o in float_model.graph.output]
     reference, quantized = session(float_model), session(quant_model)
     inputs = graph_inputs(float_model)
@@ -66,11 +64,11 @@ def run(ctx: Context, out: Path) -> dict:
         if "cosine" in metrics:
             entry["cosine"] = f.cosine()
         result["outputs"][name] = entry
-    (out / "metrics.json").write_text(
+    (out / METRICS.file).write_text(
         json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8"
     )
     table = layer_table(layers, errors)
-    (out / "layers.json").write_text(
+    (out / LAYER_ERRORS.file).write_text(
         json.dumps({"frames": min(result["frames"], LAYER_FRAMES), "layers": table}, indent=1)
         + "\n",
         encoding="utf-8",
@@ -172,3 +170,23 @@ def _rank(sqnr: float | None, signal: float, noise: float) -> float:
 
 def _db(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f} dB"
+
+
+def applies(recipe: dict) -> bool:
+    """Whether a recipe builds this stage: it has an `evaluation:` section."""
+    return "evaluation" in recipe
+
+
+STAGE = Stage(
+    name="evaluate",
+    version=5,
+    reads=("/evaluation",),
+    inputs=("prepare", "equalize", "quantize"),
+    artifacts=(
+        METRICS,
+        LAYER_ERRORS,
+    ),
+    run=run,
+    applies=applies,
+    doc=__doc__.splitlines()[0],
+)

@@ -15,14 +15,13 @@ from quantbuild.interop.ranges_file import dumps
 from quantbuild.quant.params import QParams, TensorRange
 from quantbuild.quant.qdq_strip import is_qdq, strip_qdq
 from quantbuild.stages.context import Context
+from quantbuild.stages.spec import Stage
+from quantbuild.store.entries import Artifact
 
-NAME = "prepare"
-VERSION = 5  # 4: LayerScale folded into MatMul weights; 5: per-frame MACs with a symbolic batch
-READS = ("/model", "/quantization/prequantized")
-INPUTS = ()
-EXPORTS = {"layers.json": "layers.json"}
-PREQUANTIZED_RANGES = "prequantized.ranges.yaml"  # activation grids, in the ranges format
-PREQUANTIZED_WEIGHTS = "prequantized.weights.json"
+MODEL = Artifact("model.onnx")
+LAYERS = Artifact("layers.json", export="layers.json")
+PREQUANTIZED_RANGES = Artifact("prequantized.ranges.yaml")
+PREQUANTIZED_WEIGHTS = Artifact("prequantized.weights.json")
 
 
 def run(ctx: Context, out: Path) -> dict:
@@ -46,9 +45,9 @@ def run(ctx: Context, out: Path) -> dict:
         write_prequantized(found, out)
         summary["prequantized_activations"] = len(found.activations)
         summary["prequantized_weights"] = len(found.weights)
-    (out / "model.onnx").write_bytes(prepared.SerializeToString())
+    (out / MODEL.file).write_bytes(prepared.SerializeToString())
     layers = layer_table(prepared)
-    (out / "layers.json").write_text(json.dumps(layers, indent=1) + "\n", encoding="utf-8")
+    (out / LAYERS.file).write_text(json.dumps(layers, indent=1) + "\n", encoding="utf-8")
     inputs = [{"name": s.name, "shape": list(s.shape)} for s in graph_inputs(prepared)]
     rewrites = ", ".join(
         f"{k.replace('_', ' ')} {v}"
@@ -71,7 +70,7 @@ def write_prequantized(found, out: Path) -> None:
         low, high = qp.dequantize(np.array([qp.qmin, qp.qmax], dtype=np.int64))
         scalar = QParams(np.float32(qp.scale), np.asarray(qp.zero_point).reshape(()), qp.dtype)
         ranges[name] = TensorRange(float(low), float(high), scalar)
-    (out / PREQUANTIZED_RANGES).write_text(
+    (out / PREQUANTIZED_RANGES.file).write_text(
         dumps(ranges, {"source": "pre-quantized model"}), encoding="utf-8"
     )
     weights = {
@@ -83,4 +82,22 @@ def write_prequantized(found, out: Path) -> None:
         }
         for name, qp in found.weights.items()
     }
-    (out / PREQUANTIZED_WEIGHTS).write_text(json.dumps(weights, indent=1) + "\n", encoding="utf-8")
+    (out / PREQUANTIZED_WEIGHTS.file).write_text(
+        json.dumps(weights, indent=1) + "\n", encoding="utf-8"
+    )
+
+
+STAGE = Stage(
+    name="prepare",
+    version=5,
+    reads=("/model", "/quantization/prequantized"),
+    inputs=(),
+    artifacts=(
+        MODEL,
+        LAYERS,
+        PREQUANTIZED_RANGES,
+        PREQUANTIZED_WEIGHTS,
+    ),
+    run=run,
+    doc=__doc__.splitlines()[0],
+)

@@ -24,10 +24,13 @@ from quantbuild.quant.qdq import write_qdq
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
-from quantbuild.stages.rounding import ARTIFACT
+from quantbuild.stages.ranges import RANGES
+from quantbuild.stages.rounding import ROUNDING
+from quantbuild.stages.selection import SELECTION
 from quantbuild.stages.sensitivity import (
     CHECK_FRAMES,
     FRAMES,
+    SENSITIVITY,
     SWEEP,
     ErrorProbe,
     Promotions,
@@ -35,56 +38,31 @@ from quantbuild.stages.sensitivity import (
     split_candidates,
 )
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
+from quantbuild.stages.spec import Stage
+from quantbuild.stages.stats import STATS
+from quantbuild.store.entries import Artifact
 from quantbuild.store.files import load_npz
 
-NAME = "quantize"
-VERSION = 24  # 16: 32-bit biases for 8-bit layers fed 16-bit inputs; 17: bias calibration kept
-# only when it brings the output closer to float; 18: weight_rounding; 19: rounding and
-# selection stages; 20: bias calibration dropped only when clearly worse, on 32 frames; 21:
-# TIDL layers of transformers (LayerNorm, GELU, MatMul bias)
-READS = (
-    "/quantization/prequantized",
-    "/quantization/mixed_precision",
-    "/quantization/bits",
-    "/quantization/scale",
-    "/quantization/weights",
-    "/quantization/bias_bits",
-    "/quantization/weight_clipping",
-    "/quantization/weight_rounding",
-    "/quantization/bias_calibration",
-    "/calibration/data",
-    "/calibration/preprocess",
-)
-INPUTS = (
-    "prepare",
-    "equalize",
-    "stats",
-    "ranges",
-    "rounding",  # with weight_rounding: gptq only
-    "sensitivity",  # automatic mixed precision only
-    "selection",  # with max_drop only
-)
-EXPORTS = {
-    "model.qdq.onnx": "model.qdq.onnx",
-    "quant_params.json": "quant_params.json",
-    # The same parameters for other tools: TIDL quant_params_proto_path, onnxruntime overrides.
-    "quant_params.prototxt": "quant_params.prototxt",
-    "tensor_quant_overrides.json": "tensor_quant_overrides.json",
-    "precision.json": "precision.json",  # every layer's bits and why
-}
+QDQ_MODEL = Artifact("model.qdq.onnx", export="model.qdq.onnx")
+QUANT_PARAMS = Artifact("quant_params.json", export="quant_params.json")
+# The same parameters for other tools: TIDL quant_params_proto_path, onnxruntime overrides.
+QUANT_PARAMS_PROTO = Artifact("quant_params.prototxt", export="quant_params.prototxt")
+ORT_OVERRIDES = Artifact("tensor_quant_overrides.json", export="tensor_quant_overrides.json")
+# Every layer's bits and why.
+PRECISION = Artifact("precision.json", export="precision.json")
 
 
 def run(ctx: Context, out: Path) -> dict:
     q = ctx.recipe.data["quantization"]
     model = onnx.load(str(float_model_path(ctx)))
-    ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
+    ranges, _ = read(ctx.inputs["ranges"].path(RANGES))
     options = weight_options(q)
     if q["prequantized"]:
         options = replace(options, given=_prequantized_weights(ctx))
     shapes = observed_shapes(ctx, model)
     assignment = _assignment(ctx, model, shapes)
     if q["bits"] == 8 and (assignment.tensors_16bit or assignment.weights_16bit):
-        stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
+        stats = load_npz(ctx.inputs["stats"].path(STATS))
         ranges = widen_ranges(ranges, stats, assignment, *feature_map_grid(q))
         options = replace(options, wide_layers=wide_layers(assignment))
         wide = sum(info["output_bits"] == 16 for info in assignment.layers.values())
@@ -106,17 +84,17 @@ def run(ctx: Context, out: Path) -> dict:
         },
         "layers": _table(assignment, q["bits"]),
     }
-    (out / "precision.json").write_text(json.dumps(precision, indent=1) + "\n", encoding="utf-8")
+    (out / PRECISION.file).write_text(json.dumps(precision, indent=1) + "\n", encoding="utf-8")
     qdq, record = write_qdq(model, ranges, options)
     qdq = _finish(ctx, model, qdq, record)
     onnx.checker.check_model(qdq)
     session(qdq)  # fails here, not in evaluate, if onnxruntime cannot run it
-    (out / "model.qdq.onnx").write_bytes(qdq.SerializeToString())
-    (out / "quant_params.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    (out / QDQ_MODEL.file).write_bytes(qdq.SerializeToString())
+    (out / QUANT_PARAMS.file).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     proto = tidl_proto.dumps(tidl_proto.from_record(record, _with_final_biases(model, qdq, record)))
-    (out / "quant_params.prototxt").write_text(proto, encoding="utf-8")
+    (out / QUANT_PARAMS_PROTO.file).write_text(proto, encoding="utf-8")
     overrides = ort_overrides.dumps(record)
-    (out / "tensor_quant_overrides.json").write_text(overrides, encoding="utf-8")
+    (out / ORT_OVERRIDES.file).write_text(overrides, encoding="utf-8")
     raised = sum(b["weight_scales_raised"] for b in record["biases"].values())
     ctx.log(
         f"{len(record['activations'])} activations, {len(record['weights'])} weights, "
@@ -149,7 +127,7 @@ def _finish(ctx: Context, model: onnx.ModelProto, qdq: onnx.ModelProto, record: 
     nearest = calibrated(qdq)
     if "rounding" not in ctx.inputs:
         return nearest
-    rounding = Rounding.from_arrays(load_npz(ctx.inputs["rounding"].path(ARTIFACT)))
+    rounding = Rounding.from_arrays(load_npz(ctx.inputs["rounding"].path(ROUNDING)))
     candidate, applied = apply_rounding(qdq, record, rounding)
     ctx.log(f"weight rounding: gptq integers for {applied}/{len(rounding.integers)} weights")
     if not applied:
@@ -201,7 +179,7 @@ def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict) -> Assignmen
     mp = q["mixed_precision"]
     where = ctx.recipe.where(("quantization", "mixed_precision"))
     if "selection" in ctx.inputs:
-        selection = json.loads(ctx.inputs["selection"].path("selection.json").read_text())
+        selection = json.loads(ctx.inputs["selection"].path(SELECTION).read_text())
         chosen, reason = selection["chosen"], f"max_drop {mp['max_drop']}"
     elif "sensitivity" in ctx.inputs:
         chosen, reason = _auto_selection(ctx, model, shapes), f"factor {mp['factor']}"
@@ -240,7 +218,7 @@ def _table(assignment: Assignment, bits: int) -> list[dict]:
 def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[str]:
     """Layers promoted under `mixed_precision.factor`, from the cached sensitivities."""
     mp = ctx.recipe.data["quantization"]["mixed_precision"]
-    sensitivity = json.loads(ctx.inputs["sensitivity"].path("sensitivity.json").read_text())
+    sensitivity = json.loads(ctx.inputs["sensitivity"].path(SENSITIVITY).read_text())
     promotions = Promotions(model, mp, shapes)
     lists, ratio_of, spans = promotions.lists, promotions.ratio, promotions.spans
     manual = assign(model, *lists([]), spans)
@@ -262,3 +240,40 @@ def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[
         f"{estimate(model, manual, shapes).ratio:.3f})"
     )
     return chosen
+
+
+STAGE = Stage(
+    name="quantize",
+    version=24,
+    reads=(
+        "/quantization/prequantized",
+        "/quantization/mixed_precision",
+        "/quantization/bits",
+        "/quantization/scale",
+        "/quantization/weights",
+        "/quantization/bias_bits",
+        "/quantization/weight_clipping",
+        "/quantization/weight_rounding",
+        "/quantization/bias_calibration",
+        "/calibration/data",
+        "/calibration/preprocess",
+    ),
+    inputs=(
+        "prepare",
+        "equalize",
+        "stats",
+        "ranges",
+        "rounding",  # with weight_rounding: gptq only
+        "sensitivity",  # automatic mixed precision only
+        "selection",  # with max_drop only
+    ),
+    artifacts=(
+        QDQ_MODEL,
+        QUANT_PARAMS,
+        QUANT_PARAMS_PROTO,
+        ORT_OVERRIDES,
+        PRECISION,
+    ),
+    run=run,
+    doc=__doc__.splitlines()[0],
+)

@@ -14,28 +14,17 @@ from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import stamp_of
 from quantbuild.stages.imports import imported_ranges
 from quantbuild.stages.settings import feature_map_grid, float_model_path
+from quantbuild.stages.spec import Stage
+from quantbuild.stages.stats import STATS
+from quantbuild.store.entries import Artifact
 from quantbuild.store.files import load_npz
 
-NAME = "ranges"
-VERSION = 6
-READS = (
-    "/quantization/bits",
-    "/quantization/activations",
-    "/quantization/scale",
-    "/quantization/accuracy_level",
-    "/quantization/activation_clipping",
-    "/quantization/percentile",
-    "/quantization/ranges/import",
-    "/quantization/prequantized",
-    "/quantization/equalization",  # recorded in the file, for recipes that import it
-)
-INPUTS = ("prepare", "equalize", "stats")
-EXPORTS = {"ranges.yaml": "ranges.yaml"}
+RANGES = Artifact("ranges.yaml", export="ranges.yaml")
 
 
 def run(ctx: Context, out: Path) -> dict:
     q = ctx.recipe.data["quantization"]
-    stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
+    stats = load_npz(ctx.inputs["stats"].path(STATS))
     symmetric, power_of_2 = feature_map_grid(q)
     policy = q["activation_clipping"]
     ranges = activation_ranges(stats, policy, q["bits"], symmetric, power_of_2, q["percentile"])
@@ -63,7 +52,7 @@ def run(ctx: Context, out: Path) -> dict:
             info["equalization"]["frames"] = q["equalization"]["frames"]
             if "smoothquant" in q["equalization"]:
                 info["equalization"]["smoothquant"] = q["equalization"]["smoothquant"]
-    (out / "ranges.yaml").write_text(dumps(ranges, info), encoding="utf-8")
+    (out / RANGES.file).write_text(dumps(ranges, info), encoding="utf-8")
     note = (
         f"; {len(imported)} imported ({requantized} re-quantized for the target)"
         if imported
@@ -74,3 +63,24 @@ def run(ctx: Context, out: Path) -> dict:
         f"{info['scale']} scales){note}"
     )
     return {"tensors": len(ranges), "imported": len(imported), "requantized": requantized}
+
+
+STAGE = Stage(
+    name="ranges",
+    version=6,
+    reads=(
+        "/quantization/bits",
+        "/quantization/activations",
+        "/quantization/scale",
+        "/quantization/accuracy_level",
+        "/quantization/activation_clipping",
+        "/quantization/percentile",
+        "/quantization/ranges/import",
+        "/quantization/prequantized",
+        "/quantization/equalization",  # recorded in the file, for recipes that import it
+    ),
+    inputs=("prepare", "equalize", "stats"),
+    artifacts=(RANGES,),
+    run=run,
+    doc=__doc__.splitlines()[0],
+)

@@ -15,36 +15,47 @@ from quantbuild.calib.rounding_runner import gptq_rounding
 from quantbuild.interop.ranges_file import read
 from quantbuild.quant.qdq import write_qdq
 from quantbuild.stages.context import Context
+from quantbuild.stages.ranges import RANGES
 from quantbuild.stages.settings import float_model_path, weight_options
+from quantbuild.stages.spec import Stage
+from quantbuild.store.entries import Artifact
 from quantbuild.store.files import npz_bytes
 
-NAME = "rounding"
-VERSION = 1
-READS = (
-    "/quantization/bits",
-    "/quantization/scale",
-    "/quantization/weights",
-    "/quantization/bias_bits",  # biases that must fit raise weight scales
-    "/quantization/weight_clipping",
-    "/quantization/weight_rounding",
-    "/calibration/data",
-    "/calibration/preprocess",
-)
-INPUTS = ("prepare", "equalize", "ranges")
-EXPORTS: dict[str, str] = {}
-ARTIFACT = "rounding.npz"
+ROUNDING = Artifact("rounding.npz")
 
 
-def applies(quantization: dict) -> bool:
-    """Whether a recipe's `quantization:` section builds this stage."""
+def applies(recipe: dict) -> bool:
+    """Whether a recipe builds this stage."""
+    quantization = recipe["quantization"]
     return quantization["weight_rounding"] == "gptq" and not quantization["prequantized"]
 
 
 def run(ctx: Context, out: Path) -> dict:
     q = ctx.recipe.data["quantization"]
     model = onnx.load(str(float_model_path(ctx)))
-    ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
+    ranges, _ = read(ctx.inputs["ranges"].path(RANGES))
     qdq, record = write_qdq(model, ranges, weight_options(q))
     rounding = gptq_rounding(model, qdq, record, ctx.dataset("calibration"), ctx.log)
-    (out / ARTIFACT).write_bytes(npz_bytes(rounding.arrays()))
+    (out / ROUNDING.file).write_bytes(npz_bytes(rounding.arrays()))
     return {"weights_rounded": len(rounding.integers)}
+
+
+STAGE = Stage(
+    name="rounding",
+    version=1,
+    reads=(
+        "/quantization/bits",
+        "/quantization/scale",
+        "/quantization/weights",
+        "/quantization/bias_bits",  # biases that must fit raise weight scales
+        "/quantization/weight_clipping",
+        "/quantization/weight_rounding",
+        "/calibration/data",
+        "/calibration/preprocess",
+    ),
+    inputs=("prepare", "equalize", "ranges"),
+    artifacts=(ROUNDING,),
+    run=run,
+    applies=applies,
+    doc=__doc__.splitlines()[0],
+)

@@ -22,23 +22,17 @@ from quantbuild.mixed.target import cheapest_within
 from quantbuild.progress import track
 from quantbuild.runtime import run_frame, session
 from quantbuild.stages.context import Context
-from quantbuild.stages.sensitivity import MixedModels, Promotions, observed_shapes
+from quantbuild.stages.sensitivity import SENSITIVITY, MixedModels, Promotions, observed_shapes
 from quantbuild.stages.settings import float_model_path
+from quantbuild.stages.spec import Stage
+from quantbuild.store.entries import Artifact
 
-NAME = "selection"
-VERSION = 3  # 2: the last resort promotes every candidate
-READS = (
-    "/quantization/mixed_precision",
-    "/evaluation/data",
-    "/evaluation/preprocess",
-    "/evaluation/metrics",
-)
-INPUTS = ("prepare", "equalize", "stats", "ranges", "sensitivity")
-EXPORTS = {"selection.json": "selection.json"}
+SELECTION = Artifact("selection.json", export="selection.json")
 
 
-def applies(quantization: dict) -> bool:
-    """Whether a recipe's `quantization:` section builds this stage."""
+def applies(recipe: dict) -> bool:
+    """Whether a recipe builds this stage."""
+    quantization = recipe["quantization"]
     return quantization["bits"] == 8 and "max_drop" in quantization["mixed_precision"]
 
 
@@ -80,7 +74,7 @@ def run(ctx: Context, out: Path) -> dict:
     model = onnx.load(str(float_model_path(ctx)))
     models = MixedModels(ctx, model)
     metric = TaskMetric(ctx, model)
-    gains = json.loads(ctx.inputs["sensitivity"].path("sensitivity.json").read_text())["gains"]
+    gains = json.loads(ctx.inputs["sensitivity"].path(SENSITIVITY).read_text())["gains"]
     promotions = Promotions(model, mp, observed_shapes(ctx, model))
 
     def metric_of(chosen: list[str]) -> float:
@@ -106,7 +100,7 @@ def run(ctx: Context, out: Path) -> dict:
         "points": search.table(),
         "frames": len(metric.dataset.frames),
     }
-    (out / "selection.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (out / SELECTION.file).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     verdict = "meets the target" if search.met else "misses the target (best measured set kept)"
     ctx.log(
         f"max_drop {mp['max_drop']}: {len(search.chosen)} layers promoted, T_MP / T_8 "
@@ -116,3 +110,20 @@ def run(ctx: Context, out: Path) -> dict:
         f"{result['frames']} evaluation frames"
     )
     return {"met": search.met, "layers": len(search.chosen), "ratio": search.point.ratio}
+
+
+STAGE = Stage(
+    name="selection",
+    version=3,
+    reads=(
+        "/quantization/mixed_precision",
+        "/evaluation/data",
+        "/evaluation/preprocess",
+        "/evaluation/metrics",
+    ),
+    inputs=("prepare", "equalize", "stats", "ranges", "sensitivity"),
+    artifacts=(SELECTION,),
+    run=run,
+    applies=applies,
+    doc=__doc__.splitlines()[0],
+)

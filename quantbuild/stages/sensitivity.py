@@ -43,25 +43,14 @@ from quantbuild.progress import track
 from quantbuild.quant.qdq import write_qdq
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
+from quantbuild.stages.ranges import RANGES
 from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
+from quantbuild.stages.spec import Stage
+from quantbuild.stages.stats import STATS
+from quantbuild.store.entries import Artifact
 from quantbuild.store.files import load_npz
 
-NAME = "sensitivity"
-VERSION = 9  # 3: 32-bit biases for 8-bit layers fed 16-bit inputs; 4: factor sweep;
-# 6: gains averaged over an 8-bit and a 16-bit background, sweep points best of smaller budgets
-READS = (
-    "/quantization/bits",
-    "/quantization/scale",
-    "/quantization/activations",
-    "/quantization/weights",
-    "/quantization/bias_bits",
-    "/quantization/weight_clipping",
-    "/quantization/accuracy_level",
-    "/calibration/data",
-    "/calibration/preprocess",
-)
-INPUTS = ("prepare", "equalize", "stats", "ranges")
-EXPORTS = {"sensitivity.json": "sensitivity.json"}
+SENSITIVITY = Artifact("sensitivity.json", export="sensitivity.json")
 FRAMES = 8  # calibration frames per measurement
 # Frames on which quantize compares the selections of smaller budgets: others than those the
 # gains were measured on, and more of them, so that the rule does not fit the gains' frames.
@@ -70,9 +59,10 @@ PARAMS = ":params"  # candidate suffix: the layer's weights only in 16 bits
 SWEEP = (1.05, 1.1, 1.2, 1.3, 1.5, 2.0)  # factors measured for the report
 
 
-def applies(quantization: dict) -> bool:
-    """Whether a recipe's `quantization:` section builds this stage: automatic mixed precision
+def applies(recipe: dict) -> bool:
+    """Whether a recipe builds this stage: automatic mixed precision
     (a latency budget or an accuracy target) in an 8-bit build."""
+    quantization = recipe["quantization"]
     mp = quantization["mixed_precision"]
     return quantization["bits"] == 8 and bool(mp.get("factor") or "max_drop" in mp)
 
@@ -127,8 +117,8 @@ class MixedModels:
         q = ctx.recipe.data["quantization"]
         self.model = model
         self.net = Network(model)  # built once: every candidate assigns lists on this model
-        self.ranges, _ = read(ctx.inputs["ranges"].path("ranges.yaml"))
-        self.stats = load_npz(ctx.inputs["stats"].path("stats.npz"))
+        self.ranges, _ = read(ctx.inputs["ranges"].path(RANGES))
+        self.stats = load_npz(ctx.inputs["stats"].path(STATS))
         self.options = replace(weight_options(q), clip_memo={})
         self.grid = feature_map_grid(q)
 
@@ -253,7 +243,7 @@ def run(ctx: Context, out: Path) -> dict:
         "gains_16bit_background": together,
         "sweep": sweep,
     }
-    (out / "sensitivity.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (out / SENSITIVITY.file).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     best = sorted(gains, key=gains.get, reverse=True)[:3]
     ctx.log(
         f"{len(layers)} layers (x2) measured on {len(feeds)} frames against 8- and 16-bit "
@@ -261,3 +251,25 @@ def run(ctx: Context, out: Path) -> dict:
         f"{', '.join(best)}"
     )
     return {"candidates": len(candidates), "error_8bit": base}
+
+
+STAGE = Stage(
+    name="sensitivity",
+    version=9,
+    reads=(
+        "/quantization/bits",
+        "/quantization/scale",
+        "/quantization/activations",
+        "/quantization/weights",
+        "/quantization/bias_bits",
+        "/quantization/weight_clipping",
+        "/quantization/accuracy_level",
+        "/calibration/data",
+        "/calibration/preprocess",
+    ),
+    inputs=("prepare", "equalize", "stats", "ranges"),
+    artifacts=(SENSITIVITY,),
+    run=run,
+    applies=applies,
+    doc=__doc__.splitlines()[0],
+)

@@ -29,4 +29,4 @@ def weight_options(q: dict) -> WeightOptions:
 def float_model_path(ctx: Context) -> Path:
     """The float model the build quantizes: the equalized one when the recipe equalizes."""
     source = "equalize" if "equalize" in ctx.inputs else "prepare"
-    return ctx.inputs[source].path("model.onnx")
+    return ctx.inputs[source].path("model.onnx")  # prepare.MODEL and equalize.MODEL

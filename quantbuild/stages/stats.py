@@ -11,18 +11,11 @@ from quantbuild.calib.collect import collect_statistics
 from quantbuild.stages.context import Context
 from quantbuild.stages.imports import imported_ranges
 from quantbuild.stages.settings import float_model_path
+from quantbuild.stages.spec import Stage
+from quantbuild.store.entries import Artifact
 from quantbuild.store.files import npz_bytes
 
-NAME = "stats"
-VERSION = 9  # 7: transformer layers get no inner grids; 8: every element histogrammed
-READS = (
-    "/calibration/data",
-    "/calibration/preprocess",
-    "/quantization/ranges/import",
-    "/quantization/prequantized",
-)
-INPUTS = ("prepare", "equalize")
-EXPORTS: dict[str, str] = {}
+STATS = Artifact("stats.npz")
 
 
 def run(ctx: Context, out: Path) -> dict:
@@ -32,7 +25,7 @@ def run(ctx: Context, out: Path) -> dict:
     start = time.perf_counter()
     stats = collect_statistics(model, dataset, known=known)
     seconds = time.perf_counter() - start
-    (out / "stats.npz").write_bytes(npz_bytes(stats))
+    (out / STATS.file).write_bytes(npz_bytes(stats))
     frames = int(stats["frames"])
     if known and not len(stats["names"]):
         ctx.log(f"no forward pass: all {len(known)} ranges imported")
@@ -43,3 +36,19 @@ def run(ctx: Context, out: Path) -> dict:
             + f", {seconds:.2f} s ({frames / max(seconds, 1e-9):.1f} frames/s)"
         )
     return {"frames": frames, "tensors": len(stats["names"]), "imported": len(known)}
+
+
+STAGE = Stage(
+    name="stats",
+    version=9,
+    reads=(
+        "/calibration/data",
+        "/calibration/preprocess",
+        "/quantization/ranges/import",
+        "/quantization/prequantized",
+    ),
+    inputs=("prepare", "equalize"),
+    artifacts=(STATS,),
+    run=run,
+    doc=__doc__.splitlines()[0],
+)

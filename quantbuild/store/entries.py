@@ -32,6 +32,15 @@ READ_ONLY_HINT = (
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """A file a stage writes into its store entry; `export` names its copy under
+    <out>/<recipe>/ (None: it stays in the store)."""
+
+    file: str
+    export: str | None = None
+
+
+@dataclass(frozen=True)
 class Entry:
     """A published store entry."""
 
@@ -43,8 +52,9 @@ class Entry:
         """Content digest of the entry's files (what downstream keys depend on)."""
         return self.manifest["digest"]
 
-    def path(self, name: str) -> Path:
-        return self.dir / name
+    def path(self, artifact: Artifact | str) -> Path:
+        """Where one of the entry's files is."""
+        return self.dir / (artifact.file if isinstance(artifact, Artifact) else artifact)
 
     @property
     def meta(self) -> dict:
