@@ -8,6 +8,7 @@ import json
 import shutil
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 from quantbuild import __version__
@@ -219,12 +220,11 @@ def cmd_doctor(args) -> int:
 
         project = _project(args)
         build = RecipeBuild(project, project.find(args.target))
-        log = lambda line: print(line, file=sys.stderr)  # noqa: E731
 
         def statistics() -> Path:
             """Build (or reuse) the stages up to `stats`; the statistics file."""
             for stage in build.stages:
-                entry, _ = build.run(stage.name, log=lambda line, s=stage.name: log(f"{s}: {line}"))
+                entry, _ = build.run(stage.name, log=partial(_stderr, f"{stage.name}: "))
                 if stage.name == "stats":
                     return entry.path(STATS)
             raise AssertionError("every recipe builds stats")
@@ -242,6 +242,10 @@ def cmd_diagnose(args) -> int:
     )
     sys.stdout.write(render_json(result) if args.json else render_text(result))
     return 0
+
+
+def _stderr(prefix: str, line: str) -> None:
+    print(prefix + line, file=sys.stderr)
 
 
 def _write_output(text: str, out: Path | None) -> None:

@@ -97,7 +97,10 @@ def _mse_range(
         candidates = [(low * a, high * b) for a in fractions[::3] for b in fractions[::3]]
     best = min(
         candidates,
-        key=lambda c: (_expected_error(dist, _grid(*c, bits, symmetric, power_of_2)), -c[1] + c[0]),
+        key=lambda c: (
+            _expected_error(dist, _grid(c[0], c[1], bits, symmetric, power_of_2)),
+            -c[1] + c[0],
+        ),
     )
     return float(best[0]), float(best[1])
 

@@ -121,6 +121,7 @@ def _layers(float_model: onnx.ModelProto, qdq: onnx.ModelProto, record: dict) ->
         scale = scale.reshape(rows.shape[:2]) if scale.size > 1 else scale
         bounds = np.iinfo(np.dtype(info["dtype"]))
         geometry = _conv_geometry(node, weight) if node.op_type == "Conv" else ()
+        assert geometry is not None  # rows is not None: _as_rows checked it
         layer = RoundedLayer(node, name, rows, scale, int(bounds.min), int(bounds.max), geometry)
         layers.append(layer)
     return layers
@@ -141,6 +142,7 @@ def _accumulate(qdq: onnx.ModelProto, layers: list[RoundedLayer], dataset: Datas
             layer.mean = mean if layer.mean is None else layer.mean + mean
             layer.samples += patches.shape[2]
     for layer in layers:
+        assert layer.hessian is not None and layer.mean is not None  # frames is not empty
         layer.hessian = layer.hessian / len(frames)
         layer.mean = layer.mean / len(frames)
 
@@ -148,6 +150,7 @@ def _accumulate(qdq: onnx.ModelProto, layers: list[RoundedLayer], dataset: Datas
 def _bias_shift(layer: RoundedLayer, integers: np.ndarray) -> np.ndarray:
     """The layer's mean output error E[(W - s·Q) x] (from the same inputs as H), per output
     channel: GPTQ lowers the error's energy, not its mean, and means add up through the network."""
+    assert layer.mean is not None  # accumulated
     step = np.broadcast_to(np.asarray(layer.scale, dtype=np.float64), layer.rows.shape[:2])
     error = layer.rows.astype(np.float64) - integers * step[..., None]
     return np.einsum("grk,gk->gr", error, layer.mean).reshape(-1)

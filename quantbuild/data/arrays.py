@@ -71,7 +71,7 @@ def open_arrays(path: Path) -> dict[str, FileArray | np.ndarray]:
     """Name -> array of a .npy ("" for its single array) or .npz file. Never unpickles."""
     if path.suffix.lower() == ".npy":
         with open(path, "rb") as f:
-            array = _read_header(f, path, 0)
+            array: FileArray | np.ndarray | None = _read_header(f, path, 0)
         return {"": array if array is not None else np.load(path, allow_pickle=False)}
     arrays: dict[str, FileArray | np.ndarray] = {}
     with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:

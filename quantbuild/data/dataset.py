@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,8 @@ class Dataset:
     preprocess: dict
     field: str  # e.g. "calibration.data", for messages
     where: Where | str
-    _open: tuple = field(default=(None, None), repr=False)  # array file being read: (path, arrays)
+    # the array file being read: (path, arrays)
+    _open: tuple = dataclasses.field(default=(None, None), repr=False)
 
     @property
     def has_labels(self) -> bool:
@@ -233,6 +235,7 @@ def open_dataset(section: dict, preprocess: dict, field: str, where: Where | str
     if "images" in section:
         root = Path(section["images"])
         files = _image_files(root) if root.is_dir() else [root]
+        label_list: Sequence[int | None]
         if root.is_dir():
             if labels == "folders":
                 label_list = _folder_labels(root, files, field, where)

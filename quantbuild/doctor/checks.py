@@ -524,7 +524,8 @@ def float_check(model: onnx.ModelProto, original: onnx.ModelProto | None = None)
     by_op: Counter = Counter()
     for node in graph.node:
         result.checked += 1
-        problems, values = [], {}
+        problems: list[str] = []
+        values: dict[str, list[str]] = {}
         for name in node.output:
             if not name or (not users[name] and name not in outputs):
                 continue

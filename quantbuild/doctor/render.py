@@ -65,9 +65,9 @@ def render_text(report: Report, show_all: bool = False) -> str:
             lines.append(f"  {f.layer}: {f.evidence}. Remedy: {f.remedy}.")
         if len(shown) < len(check.findings):
             lines.append(f"  ... {len(check.findings) - len(shown)} more (--all lists them)")
-    for check, why in report.skipped.items():
+    for skipped, why in report.skipped.items():
         lines.append("")
-        lines.append(f"[{check}] skipped: {why}")
+        lines.append(f"[{skipped}] skipped: {why}")
     lines.append("")
     lines.append(
         f"{total} findings in {sum(bool(c.findings) for c in report.checks)} of "

@@ -14,7 +14,7 @@ class Top1:
         self.correct = 0
         self.total = 0
 
-    def update(self, logits: np.ndarray, label: int) -> None:
+    def update(self, logits: np.ndarray, label: int | None) -> None:
         self.correct += int(int(np.argmax(logits.reshape(-1, logits.shape[-1])[0])) == label)
         self.total += 1
 

@@ -29,7 +29,7 @@ class Graph:
     def refresh(self) -> None:
         g = self.graph
         self.inits = {t.name: t for t in g.initializer}
-        self.producer = {o: n for n in g.node for o in n.output}
+        self.producer: dict[str, onnx.NodeProto] = {o: n for n in g.node for o in n.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for n in g.node:
             for i in n.input:
@@ -194,7 +194,13 @@ def scale_into_matmul(g: Graph) -> int:
         add = g.only_consumer(out, "Add")
         other = other_operand(add, out)
         value = g.const(other) if other is not None else None
-        if value is not None and value.shape == (columns,) and len(g.consumers[other]) == 1:
+        if (
+            value is not None
+            and other is not None
+            and add is not None
+            and value.shape == (columns,)
+            and len(g.consumers[other]) == 1
+        ):
             chain, out, bias_name = [matmul, add], add.output[0], other
         user = g.only_consumer(out, "Mul") or g.only_consumer(out, "Div")
         other = other_operand(user, out)
@@ -208,7 +214,9 @@ def scale_into_matmul(g: Graph) -> int:
         factor = vector if user.op_type == "Mul" else 1.0 / vector
         g.set_const(matmul.input[1], (weight * factor[None, :]).astype(np.float32))
         if bias_name is not None:
-            g.set_const(bias_name, (g.const(bias_name) * factor).astype(np.float32))
+            bias = g.const(bias_name)
+            assert bias is not None  # a constant: checked when the Add was matched
+            g.set_const(bias_name, (bias * factor).astype(np.float32))
         chain[-1].output[0] = user.output[0]
         g.remove([user])
         return 1
@@ -217,6 +225,7 @@ def scale_into_matmul(g: Graph) -> int:
 
 def fuse_hardswish(g: Graph) -> int:
     """x * Clip(x + 3, 0, 6) / 6  ->  HardSwish(x)."""
+    div: onnx.NodeProto  # protobuf containers are untyped: `x is not div` would narrow Any
     for div in g.graph.node:
         if div.op_type != "Div" or g.scalar(div.input[1]) != 6.0:
             continue

@@ -9,10 +9,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantbuild.data.dataset import InputSpec
-from quantbuild.errors import ModelError
+from quantbuild.errors import ModelError, Where
 
 
-def load_model(path: Path, where: object = None) -> onnx.ModelProto:
+def load_model(path: Path, where: Where | str | None = None) -> onnx.ModelProto:
     """Load and check an ONNX model; a broken file is a one-line ModelError."""
     try:
         model = onnx.load(str(path))

@@ -218,7 +218,7 @@ def linear_biases(model: onnx.ModelProto) -> dict[str, LinearBias]:
         add = g.only_consumer(node.output[0], "Add")
         bias = other_operand(add, node.output[0])
         value = g.const(bias) if bias is not None else None
-        if weight is None or weight.ndim != 2 or value is None:
+        if weight is None or weight.ndim != 2 or value is None or add is None or bias is None:
             continue
         if value.dtype != np.float32 or value.shape != (weight.shape[1],):
             continue  # a vector over the output columns (per-channel bias grids are 1-D)

@@ -37,6 +37,13 @@ class NormPair:
     weights: tuple[str, ...]  # the readers' [C, D] weights, row c multiplies channel c
 
 
+def _const(g: Graph, name: str) -> np.ndarray:
+    """A constant already known to be one (`owned` checks it)."""
+    value = g.const(name)
+    assert value is not None
+    return value
+
+
 def find_norm_pairs(model: onnx.ModelProto) -> list[NormPair]:
     """LayerNorms (decomposed with γ, or opset-17 nodes) whose output feeds only MatMuls by
     constant 2-D weights that no other node shares, in graph order (nodes must be named)."""
@@ -64,7 +71,11 @@ def find_norm_pairs(model: onnx.ModelProto) -> list[NormPair]:
             norms.append((node.output[0], node.input[1], beta, node, node))
     pairs = []
     for tensor, gamma, beta, mul, add in norms:
-        if not gamma or not owned(gamma, mul) or (beta is not None and not owned(beta, add)):
+        if (
+            not gamma
+            or not owned(gamma, mul)
+            or (beta is not None and (add is None or not owned(beta, add)))
+        ):
             continue
         readers = g.consumers.get(tensor, [])
         if tensor in g.outputs or not readers:
@@ -74,13 +85,13 @@ def find_norm_pairs(model: onnx.ModelProto) -> list[NormPair]:
             and list(r.input).count(tensor) == 1
             and r.input[0] == tensor
             and owned(r.input[1], r)
-            and g.const(r.input[1]).ndim == 2
+            and _const(g, r.input[1]).ndim == 2
             for r in readers
         ):
             continue
-        channels = g.const(readers[0].input[1]).shape[0]
+        channels = _const(g, readers[0].input[1]).shape[0]
         constants = [gamma] + ([beta] if beta else [])
-        if any(g.const(c).size not in (1, channels) for c in constants):
+        if any(_const(g, c).size not in (1, channels) for c in constants):
             continue
         pairs.append(NormPair(tensor, gamma, beta, tuple(r.input[1] for r in readers)))
     return pairs
@@ -111,14 +122,14 @@ def smooth(
     factors = {}
     for pair in find_norm_pairs(out):
         activation = channel_ranges.get(pair.tensor)
-        weights = [g.const(w) for w in pair.weights]
+        weights = [_const(g, w) for w in pair.weights]
         if activation is None or any(w.shape[0] != np.size(activation) for w in weights):
             continue
         peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
         s = smooth_scales(activation, peak, alpha)
         for name in (pair.gamma, pair.beta):
             if name is not None:
-                value = g.const(name)
+                value = _const(g, name)
                 # γ or β of shape [C] or [1, 1, C] keeps its shape; a scalar becomes [C].
                 shape = value.shape if value.size == s.size else s.shape
                 scaled = (value.astype(np.float64).reshape(-1) / s).reshape(shape)

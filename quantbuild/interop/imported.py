@@ -63,7 +63,7 @@ def read_imported(path: Path) -> dict[str, ImportedRange | None]:
         }
     from quantbuild.interop import ort_overrides
 
-    out = {}
+    out: dict[str, ImportedRange | None] = {}
     for name, o in ort_overrides.loads(text, str(path)).items():
         if o.qparams is not None:
             qp = o.qparams

@@ -241,7 +241,7 @@ def to_ort(overrides: dict[str, Override]) -> dict[str, list[dict]]:
                     "scale": np.array(s, dtype=np.float32),
                     "zero_point": np.array(z, dtype=DTYPES[qp.dtype]),
                 }
-                for s, z in zip(qp.scale, qp.zero_point, strict=True)
+                for s, z in zip(np.asarray(qp.scale), qp.zero_point, strict=True)
             ]
             continue
         entry: dict = {}

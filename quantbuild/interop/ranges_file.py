@@ -37,7 +37,7 @@ def dumps(ranges: dict[str, TensorRange], info: dict) -> str:
         }
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]  # ruamel: None default
     buffer = io.StringIO()
     yaml.dump({"format": FORMAT, **info, "tensors": tensors}, buffer)
     return HEADER + buffer.getvalue()

@@ -715,7 +715,7 @@ def _runtime_options(raw: dict, device: str | None, out: Imported) -> dict:
         else:
             _unknown(str(key), value, [*rows, *sorted(IGNORED_OPTIONS)], out)
     # Without a scale type, edgeai-benchmark's device preset (or TIDL's default 0) applies.
-    options.setdefault(SCALE_TYPE, DEVICE_SCALE_TYPE.get(device, 0))
+    options.setdefault(SCALE_TYPE, DEVICE_SCALE_TYPE.get(device, 0) if device is not None else 0)
     if device == "tda4vm" and options[SCALE_TYPE] == 4:
         out.notes.append(f"{SCALE_TYPE}: TDA4VM has no type 4; TIDL uses 1 there, as imported")
         options[SCALE_TYPE] = 1

@@ -245,7 +245,7 @@ def _message_classes() -> tuple[type, type, type]:
     # A private pool: never clashes with another copy of the proto in the default pool.
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    return tuple(  # type: ignore[return-value]
+    return tuple(
         message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tidl_quant_params.{n}"))
         for n in ("TIDLNetQuantParams", "TidlLayerQuantParams", "TidlTensorQuantParams")
     )

@@ -28,7 +28,7 @@ def select_layers(
 
 
 def least_error(
-    selections: list[list[str]], errors: Callable[[list[str]], Sequence[float]]
+    selections: list[list[str]], errors: Callable[[list[str]], Sequence[float] | np.ndarray]
 ) -> list[str]:
     """The first selection, unless a later one measures clearly lower `errors` (per frame, on
     the same frames; a paired one-sided test: metrics.clearly_worse); each distinct selection
@@ -55,7 +55,7 @@ def select_within(
     ratio_of: Callable[[list[str]], float],
     factor: float,
     budgets: tuple[float, ...],
-    errors: Callable[[list[str]], Sequence[float]],
+    errors: Callable[[list[str]], Sequence[float] | np.ndarray],
 ) -> list[str]:
     """The greedy selection for `factor`, unless the selection for a smaller one of `budgets`,
     or none at all, measures clearly lower per-frame `errors`. Greedy selection under a larger

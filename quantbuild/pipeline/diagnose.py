@@ -81,7 +81,7 @@ class Result:
         return self.top1 if self.top1 is not None else self.sqnr_db
 
     def accurate(self) -> bool:
-        if self.top1 is not None:
+        if self.top1 is not None and self.float_top1 is not None:
             return self.float_top1 - self.top1 <= TOP1_TOLERANCE
         return self.sqnr_db is not None and self.sqnr_db >= SQNR_ACCURATE_DB
 
@@ -107,8 +107,10 @@ class Diagnosis:
             "16-bit is accurate and 8-bit is not: quantization is the cause; these layers "
             f"matter most: {', '.join(self.sensitive_layers())}."
         ]
-        gap = wide.score() - narrow.score()
-        recovered = (mixed.score() - narrow.score()) / gap if gap > 0 else 0.0
+        # 16-bit is accurate, so it has a score; an 8-bit or mixed build without one recovered nothing.
+        top, low, mid = wide.score() or 0.0, narrow.score(), mixed.score()
+        gap = top - low if low is not None else 0.0
+        recovered = (mid - low) / gap if gap > 0 and low is not None and mid is not None else 0.0
         lines.append(
             f"Mixed precision at factor {self.factor:g} (T_MP/T_8 {mixed.latency_ratio:.2f}) "
             f"recovers {recovered:.0%} of the 8-to-16-bit gap"
@@ -143,10 +145,11 @@ def diagnose(
     for step in steps(factor):
         recipe = _variant(project, base, step)
         build = RecipeBuild(project, recipe)
+        entries = {}
         for stage in build.stages:
             log(f"{stage.name}:{recipe.name}")
-            build.run(stage.name, log=lambda line: log(f"   {line}"))
-        entry = build.entry
+            entries[stage.name], _ = build.run(stage.name, log=lambda line: log(f"   {line}"))
+        entry = entries.__getitem__
         result = Result(
             step,
             recipe.name,

@@ -73,7 +73,7 @@ def used_by(project: Project) -> dict[tuple[str, str], list[str]]:
 
 def leftovers(root: Path, now: float, max_age: float = LEFTOVER_AGE) -> list[Path]:
     """Staging and trash folders older than `max_age` whose writer is gone (killed builds)."""
-    candidates = []
+    candidates: list[Path] = []
     for stage_dir in _stage_dirs(root):
         candidates += stage_dir.glob(f"{STAGING}*")
         candidates += stage_dir.glob(f"??/{TRASH}*")

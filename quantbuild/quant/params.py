@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DTYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}
+DTYPES: dict[str, type[np.integer]] = {
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "int16": np.int16,
+    "uint16": np.uint16,
+}
 
 
 @dataclass(frozen=True)
@@ -16,7 +21,7 @@ class QParams:
     `scale` and `zero_point` are scalars, or 1-D along `axis` for per-channel weights.
     """
 
-    scale: np.ndarray  # float32
+    scale: np.ndarray | np.floating  # float32
     zero_point: np.ndarray  # integer, dtype of the quantized tensor
     dtype: str
     axis: int | None = None
@@ -29,7 +34,7 @@ class QParams:
     def qmax(self) -> int:
         return int(np.iinfo(DTYPES[self.dtype]).max)
 
-    def _shaped(self, value: np.ndarray, ndim: int) -> np.ndarray:
+    def _shaped(self, value: np.ndarray | np.number, ndim: int) -> np.ndarray | np.number:
         if self.axis is None or value.ndim == 0:
             return value
         shape = [1] * ndim
@@ -66,7 +71,7 @@ class TensorRange:
 _TINY = np.finfo(np.float32).tiny  # smallest normal float32, a power of two
 
 
-def _round_scale(scale: np.ndarray, power_of_2: bool) -> np.ndarray:
+def _round_scale(scale: np.ndarray | np.floating, power_of_2: bool) -> np.ndarray:
     scale = np.where(scale > 0, scale, 1.0)  # an all-zero tensor: any positive scale is exact
     if power_of_2:
         scale = np.exp2(np.ceil(np.log2(scale)))
@@ -118,8 +123,8 @@ def weight_qparams(
 
 def bias_int32(
     bias: np.ndarray,
-    input_scale: np.ndarray,
-    weight_scale: np.ndarray,
+    input_scale: np.ndarray | np.floating,
+    weight_scale: np.ndarray | np.floating,
     bits: int,
     shift: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +146,11 @@ def bias_int32(
 
 
 def fit_weights_to_bias(
-    weight_qp: QParams, bias: np.ndarray, input_scale: np.ndarray, bias_bits: int, power_of_2: bool
+    weight_qp: QParams,
+    bias: np.ndarray,
+    input_scale: np.ndarray | np.floating,
+    bias_bits: int,
+    power_of_2: bool,
 ) -> tuple[QParams, int]:
     """Raise weight scales where the bias would overflow `bias_bits` at input_scale * weight_scale.
 

@@ -335,6 +335,7 @@ class QDQWriter:
                 self._dequantized_constant(w_name, qp.quantize(weight), qp)
                 self.record["weights"][w_name] = _describe(qp)
                 if bias is not None:
+                    assert x_params is not None  # a bias is only taken with input params
                     w_scale = qp.scale if qp.axis is not None else np.full(bias.shape, qp.scale)
                     q, scale = bias_int32(bias, x_params.scale, w_scale, bias_bits, shift=wide)
                     bqp = QParams(scale, np.zeros(scale.shape, np.int32), "int32", 0)

@@ -21,8 +21,8 @@ class Located:
     """Plain data plus the file position of every value and mapping key in it."""
 
     data: Any
-    values: dict[Path_, Where] = field(default_factory=dict)
-    keys: dict[Path_, Where] = field(default_factory=dict)
+    values: dict[Path_, Where | None] = field(default_factory=dict)
+    keys: dict[Path_, Where | None] = field(default_factory=dict)
 
     def where(self, path: Path_) -> Where | None:
         """Position of the value at `path`, or of its nearest located parent."""
@@ -50,7 +50,7 @@ def _dotted(path: Path_) -> str:
 
 def _reject_tag(node: Any, path: Path_, out: Located) -> None:
     tag = getattr(getattr(node, "tag", None), "value", None)
-    if tag not in _PLAIN_TAGS:
+    if tag is not None and tag not in _PLAIN_TAGS:
         shown = tag.replace("tag:yaml.org,2002:", "!!")
         raise RecipeError(
             f"{_dotted(path)}: explicit YAML tag {shown} is not supported; remove it",

@@ -30,7 +30,7 @@ DATASETS = [("calibration", "data"), ("evaluation", "data")]
 # applied to BatchNorm-folded weights, clips large depthwise channels; it cost PP-LCNet
 # orientation 40 % of its top-1 in our benchmark (docs/tidl.md).
 BIAS_CALIBRATION = {"frames": 50, "iterations": 50}
-ACCURACY_LEVELS = {
+ACCURACY_LEVELS: dict[int, dict[str, Any]] = {
     0: {"activation_clipping": "minmax", "weight_clipping": "none", "bias_calibration": False},
     1: {
         "activation_clipping": "percentile",

@@ -107,7 +107,7 @@ def _layer_errors(
     chunks = _chunks(lw.layers, shapes)
     for number, chunk in enumerate(chunks, 1):
         ref_names = list(dict.fromkeys([lw.layers[i].tensor for i in chunk]))
-        ref_names += [lw.layers[i].layerwise for i in chunk if lw.layers[i].layerwise]
+        ref_names += [name for i in chunk if (name := lw.layers[i].layerwise)]
         got_names = list(dict.fromkeys(lw.layers[i].quantized for i in chunk))
         analysed = session(with_outputs(lw.model, ref_names))
         analysed_quantized = session(with_outputs(quant_model, got_names))

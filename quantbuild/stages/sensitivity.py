@@ -244,7 +244,7 @@ def run(ctx: Context, out: Path) -> dict:
         "sweep": sweep,
     }
     (out / SENSITIVITY.file).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    best = sorted(gains, key=gains.get, reverse=True)[:3]
+    best = sorted(gains, key=lambda name: gains[name], reverse=True)[:3]
     ctx.log(
         f"{len(layers)} layers (x2) measured on {len(feeds)} frames against 8- and 16-bit "
         f"backgrounds; relative error 8-bit {base:.3g}, 16-bit {top:.3g}; most sensitive: "
