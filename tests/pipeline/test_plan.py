@@ -1,0 +1,80 @@
+"""The build plan: each stage key computed once per command, recipes and datasets loaded once,
+stages scheduled only where a recipe uses them.
+
+In-process builds here take no `capsys`: doit binds sys.stdout when first imported, and a
+per-test capture stream is closed by the next test."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from builders import RECIPE, make_project
+
+from quantbuild import cli
+from quantbuild.pipeline import plan as plan_module
+from quantbuild.pipeline import project as project_module
+from quantbuild.pipeline.plan import Plan
+from quantbuild.pipeline.project import Project
+
+
+@pytest.fixture
+def key_digests(monkeypatch):
+    """Counts the key digests computed, per (recipe model path, stage)."""
+    counts: Counter[str] = Counter()
+    real = plan_module.digest
+
+    def counting(value):
+        if isinstance(value, dict) and "stage" in value and "fields" in value:
+            counts[value["stage"]] += 1
+        return real(value)
+
+    monkeypatch.setattr(plan_module, "digest", counting)
+    return counts
+
+
+def test_cold_build_computes_each_stage_key_once(project, key_digests):
+    assert cli.main(["build", "-C", str(project)]) == 0
+    built = {"prepare", "equalize", "stats", "ranges", "quantize", "evaluate"}
+    assert set(key_digests) == built
+    assert max(key_digests.values()) == 1, key_digests
+
+
+def test_noop_build_loads_each_recipe_and_dataset_once(project, key_digests, monkeypatch):
+    assert cli.main(["build", "-C", str(project)]) == 0
+    key_digests.clear()
+    recipes, datasets = Counter(), Counter()
+    load_recipe, open_dataset = project_module.load_recipe, plan_module.open_dataset
+
+    def counting_recipe(file, *args):
+        recipes[file.name] += 1
+        return load_recipe(file, *args)
+
+    def counting_dataset(spec, preprocess, field, *args):
+        datasets[field] += 1
+        return open_dataset(spec, preprocess, field, *args)
+
+    monkeypatch.setattr(project_module, "load_recipe", counting_recipe)
+    monkeypatch.setattr(plan_module, "open_dataset", counting_dataset)
+    entries = sorted((project / ".quantbuild" / "store").glob("*/*/*"))
+    assert cli.main(["build", "-C", str(project)]) == 0
+    assert sorted((project / ".quantbuild" / "store").glob("*/*/*")) == entries  # nothing ran
+    assert recipes == {"base.yaml": 1}
+    assert datasets == {"calibration.data": 1, "evaluation.data": 1}
+    assert max(key_digests.values()) == 1, key_digests
+
+
+@pytest.mark.parametrize(
+    ("extra", "scheduled"),
+    [
+        ("quantization: {bits: 16, mixed_precision: {factor: 1.2}}\n", False),
+        ("quantization: {bits: 8, mixed_precision: {factor: 1.2}}\n", True),
+    ],
+)
+def test_sensitivity_is_scheduled_only_for_8_bit_automatic_mixed_precision(
+    tmp_path, extra, scheduled
+):
+    root = make_project(tmp_path / "p", {"base": RECIPE.format(extra=extra)})
+    stages = [s.name for s in Plan(Project(root)).builds["base"].stages]
+    assert ("sensitivity" in stages) is scheduled
+    assert stages[-2:] == ["quantize", "evaluate"]
