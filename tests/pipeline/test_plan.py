@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 from builders import RECIPE, make_project
+from cli_runner import run_doit
 
 from quantbuild import cli
 from quantbuild.pipeline import plan as plan_module
@@ -78,3 +79,13 @@ def test_sensitivity_is_scheduled_only_for_8_bit_automatic_mixed_precision(
     stages = [s.name for s in Plan(Project(root)).builds["base"].stages]
     assert ("sensitivity" in stages) is scheduled
     assert stages[-2:] == ["quantize", "evaluate"]
+
+
+def test_a_doit_cfg_naming_the_old_loader_path_still_builds(project):
+    config = project / "doit.cfg"
+    text = config.read_text()
+    assert "quantbuild.pipeline.loader:RecipeLoader" in text
+    config.write_text(text.replace("quantbuild.pipeline.loader", "quantbuild.build.loader"))
+    built = run_doit(project)
+    assert built.code == 0, built.stdout + built.stderr
+    assert "quantize:base" in built.ran
