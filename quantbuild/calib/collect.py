@@ -11,8 +11,9 @@ import onnx
 from quantbuild.calib.histogram import BINS, accumulate
 from quantbuild.data.dataset import Dataset
 from quantbuild.graph.onnx_utils import graph_inputs
+from quantbuild.graph.ops import VALUE_PRESERVING
 from quantbuild.progress import track
-from quantbuild.quant.qdq import VALUE_PRESERVING, activation_tensors
+from quantbuild.quant.qdq import activation_tensors
 from quantbuild.runtime import float_tensors, run_frame, session, with_outputs
 
 

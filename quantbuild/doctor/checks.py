@@ -16,17 +16,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantbuild.calib.policy import Distribution, clip_range
+from quantbuild.graph.ops import CONVS, ELEMENTWISE_CONSTANTS, VALUE_PRESERVING, WEIGHTED
 from quantbuild.graph.patterns import fused_layers
-from quantbuild.quant.qdq import (
-    ELEMENTWISE_CONSTANTS,
-    VALUE_PRESERVING,
-    activation_tensors,
-    weight_axis,
-)
+from quantbuild.quant.qdq import activation_tensors, weight_axis
 from quantbuild.runtime import float_tensors
-
-CONVS = ("Conv", "ConvTranspose")
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 # Per-tensor symmetric 8-bit weights have 127 steps per sign, sized for the largest channel.
 # A channel whose max|w| is r times smaller uses 127 / r of them: it loses log2(r) bits.

@@ -42,8 +42,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from onnx import numpy_helper
 
 from quantbuild.errors import ModelError, RecipeError, Where
+from quantbuild.graph.ops import FUSED_ACTIVATIONS, FUSING_PRODUCERS, VALUE_PRESERVING
 from quantbuild.quant.params import DTYPES
-from quantbuild.quant.qdq import FUSED_ACTIVATIONS, FUSING_PRODUCERS, VALUE_PRESERVING
 
 FLT_MAX = float(np.finfo(np.float32).max)
 

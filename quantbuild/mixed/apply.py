@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from quantbuild.graph.ops import ELEMENTWISE_CONSTANTS
 from quantbuild.mixed.precision import Assignment
 from quantbuild.quant.params import TensorRange, activation_qparams
-from quantbuild.quant.qdq import ELEMENTWISE_CONSTANTS
 
 
 def widen_ranges(

@@ -46,8 +46,8 @@ import onnx
 
 from quantbuild.errors import RecipeError, Where
 from quantbuild.graph.onnx_utils import tensor_types
+from quantbuild.graph.ops import FUSED_ACTIVATIONS, FUSING_PRODUCERS, WEIGHTED
 from quantbuild.graph.patterns import fused_layers, linear_biases
-from quantbuild.quant.qdq import FUSED_ACTIVATIONS, FUSING_PRODUCERS
 from quantbuild.suggest import closest
 
 # ONNX operators whose TIDL layer can take and give different precisions (see module doc).
@@ -75,8 +75,6 @@ CHANGES_PRECISION = frozenset(
         "Gelu",
     }
 )
-# Operators whose input[1], when an initializer, is a weight quantized with the layer.
-WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # Operators whose inputs after the first are shapes, scales, indices or bounds, not features.
 _FIRST_INPUT_ONLY = frozenset(
     {

@@ -25,6 +25,12 @@ from onnx import helper, numpy_helper
 
 from quantbuild.graph.fold import Graph
 from quantbuild.graph.onnx_utils import opset_version
+from quantbuild.graph.ops import (
+    ELEMENTWISE_CONSTANTS,
+    FUSED_ACTIVATIONS,
+    FUSING_PRODUCERS,
+    VALUE_PRESERVING,
+)
 from quantbuild.graph.patterns import fused_layers, linear_biases
 from quantbuild.quant.params import (
     QParams,
@@ -35,24 +41,6 @@ from quantbuild.quant.params import (
 )
 from quantbuild.quant.weight_clip import clip_weights
 
-# Operators whose output values are a subset of their input values: no new grid needed.
-VALUE_PRESERVING = {
-    "Reshape",
-    "Flatten",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "MaxPool",
-    "Identity",
-    "Slice",
-    "Split",
-    "DepthToSpace",
-    "SpaceToDepth",
-}
-# Activations TIDL fuses into the layer that produces their input.
-FUSED_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu"}
-FUSING_PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "BatchNormalization"}
-ELEMENTWISE_CONSTANTS = {"Add", "Sub", "Mul", "Div", "Concat", "PRelu", "Max", "Min", "Sum"}
 _ONNX_DTYPE = {
     "int8": onnx.TensorProto.INT8,
     "uint8": onnx.TensorProto.UINT8,

@@ -16,9 +16,9 @@ import onnx
 from onnx import numpy_helper
 
 from quantbuild.errors import ModelError
+from quantbuild.graph.ops import QDQ_OPS
 from quantbuild.quant.params import DTYPES, QParams
 
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 _INTEGER = {np.dtype(t): name for name, t in {**DTYPES, "int32": np.int32}.items()}
 
 

@@ -28,12 +28,12 @@ import onnx
 
 from quantbuild.evaluate.metrics import frame_errors
 from quantbuild.graph.onnx_utils import graph_inputs
+from quantbuild.graph.ops import WEIGHTED
 from quantbuild.interop.ranges_file import read
 from quantbuild.mixed.apply import wide_layers, widen_ranges
 from quantbuild.mixed.latency import estimate, static_shapes
 from quantbuild.mixed.precision import (
     CHANGES_PRECISION,
-    WEIGHTED,
     Assignment,
     Network,
     assign,
