@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from quantbuild.calib.histogram import bucket_bounds
-from quantbuild.quant.params import QParams, TensorRange, activation_qparams
+from quantbuild.quant.params import Grid, QParams, TensorRange, activation_qparams
 
 _LOW, _HIGH = bucket_bounds()
 
@@ -157,14 +157,10 @@ def clip_range(
 
 
 def activation_ranges(
-    stats: dict[str, np.ndarray],
-    policy: str,
-    bits: int,
-    symmetric: bool,
-    power_of_2: bool,
-    percentile: float = 99.99,
+    stats: dict[str, np.ndarray], policy: str, grid: Grid, percentile: float = 99.99
 ) -> dict[str, TensorRange]:
     """Every tensor's clip range under `policy` and the quantization grid that covers it."""
+    bits, symmetric, power_of_2 = grid.bits, grid.symmetric, grid.power_of_2
     out = {}
     unset = np.zeros(len(stats["names"]), dtype=bool)
     outputs = stats.get("is_output", unset)
@@ -182,8 +178,6 @@ def activation_ranges(
     return out
 
 
-def minmax_ranges(
-    stats: dict[str, np.ndarray], bits: int, symmetric: bool, power_of_2: bool
-) -> dict[str, TensorRange]:
+def minmax_ranges(stats: dict[str, np.ndarray], grid: Grid) -> dict[str, TensorRange]:
     """Every tensor's observed [min, max] and the quantization grid that covers it."""
-    return activation_ranges(stats, "minmax", bits, symmetric, power_of_2)
+    return activation_ranges(stats, "minmax", grid)

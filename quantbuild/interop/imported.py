@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from quantbuild.errors import RecipeError, Where
-from quantbuild.quant.params import QParams, TensorRange, activation_qparams
+from quantbuild.quant.params import Grid, QParams, TensorRange
 from quantbuild.suggest import closest
 
 
@@ -111,20 +111,16 @@ def fits(qp: QParams, bits: int, symmetric: bool, power_of_2: bool) -> bool:
     return True
 
 
-def to_ranges(
-    imported: dict[str, ImportedRange], bits: int, symmetric: bool, power_of_2: bool
-) -> tuple[dict[str, TensorRange], int]:
+def to_ranges(imported: dict[str, ImportedRange], grid: Grid) -> tuple[dict[str, TensorRange], int]:
     """Ranges for the target: exact grids where they fit, re-quantized ranges elsewhere.
 
     Returns the ranges and how many grids were re-quantized."""
     out: dict[str, TensorRange] = {}
     requantized = 0
     for name, r in imported.items():
-        if r.qparams is not None and fits(r.qparams, bits, symmetric, power_of_2):
+        if r.qparams is not None and fits(r.qparams, grid.bits, grid.symmetric, grid.power_of_2):
             out[name] = TensorRange(r.min, r.max, r.qparams)
             continue
         requantized += r.qparams is not None
-        out[name] = TensorRange(
-            r.min, r.max, activation_qparams(r.min, r.max, bits, symmetric, power_of_2)
-        )
+        out[name] = TensorRange(r.min, r.max, grid.qparams(r.min, r.max))
     return out, requantized

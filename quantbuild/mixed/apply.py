@@ -2,33 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from quantbuild.graph.ops import ELEMENTWISE_CONSTANTS
 from quantbuild.mixed.precision import Assignment
-from quantbuild.quant.params import TensorRange, activation_qparams
+from quantbuild.quant.params import Grid, TensorRange
 
 
 def widen_ranges(
     ranges: dict[str, TensorRange],
     stats: dict[str, np.ndarray],
     assignment: Assignment,
-    symmetric: bool,
-    power_of_2: bool,
+    grid: Grid,
 ) -> dict[str, TensorRange]:
-    """`ranges` with every 16-bit feature map on a 16-bit grid over its observed min/max.
+    """`ranges` with every 16-bit feature map on a 16-bit `grid` over its observed min/max.
 
     16-bit grids have resolution to spare, so no clipping: the statistics' exact min/max when
     the tensor was measured, else the (imported) 8-bit range."""
     observed = {n: i for i, n in enumerate(stats["names"].tolist())}
     out = dict(ranges)
+    wide = replace(grid, bits=16)
     for name in assignment.tensors_16bit & ranges.keys():
         if name in observed:
             i = observed[name]
             low, high = float(stats["min"][i]), float(stats["max"][i])
         else:
             low, high = ranges[name].min, ranges[name].max
-        out[name] = TensorRange(low, high, activation_qparams(low, high, 16, symmetric, power_of_2))
+        out[name] = TensorRange(low, high, wide.qparams(low, high))
     return out
 
 

@@ -68,6 +68,19 @@ class TensorRange:
         return int(self.qparams.dtype.lstrip("uint"))
 
 
+@dataclass(frozen=True)
+class Grid:
+    """How activations are quantized: bit width, symmetric or not, power-of-2 scales or not."""
+
+    bits: int
+    symmetric: bool
+    power_of_2: bool
+
+    def qparams(self, low: float, high: float) -> QParams:
+        """Per-tensor parameters on this grid for the range [low, high]."""
+        return activation_qparams(low, high, self.bits, self.symmetric, self.power_of_2)
+
+
 _TINY = np.finfo(np.float32).tiny  # smallest normal float32, a power of two
 
 

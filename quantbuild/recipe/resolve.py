@@ -25,29 +25,35 @@ PATH_FIELDS = [
 ]
 DATASETS = [("calibration", "data"), ("evaluation", "data")]
 
-# TIDL accuracy_level -> the switches it turns on (level 9: the same defaults, set explicitly).
-# Weight clipping is on at levels 1/9 as in TIDL, with the MSE clip: TIDL's own rule (`tidl`),
-# applied to BatchNorm-folded weights, clips large depthwise channels; it cost PP-LCNet
-# orientation 40 % of its top-1 in our benchmark (docs/tidl.md).
-BIAS_CALIBRATION = {"frames": 50, "iterations": 50}
-ACCURACY_LEVELS: dict[int, dict[str, Any]] = {
-    0: {"activation_clipping": "minmax", "weight_clipping": "none", "bias_calibration": False},
-    1: {
-        "activation_clipping": "percentile",
-        "weight_clipping": "mse",
-        "bias_calibration": BIAS_CALIBRATION,
-    },
-    9: {
-        "activation_clipping": "percentile",
-        "weight_clipping": "mse",
-        "bias_calibration": BIAS_CALIBRATION,
-    },
-}
 
-PREQUANTIZED = {"weight_clipping": "none", "bias_calibration": False}
-# Cross-layer equalization (not a TIDL switch): per-tensor grids gain most; measured on
-# PP-OCRv4 det, TDA4VM probability-map IoU 0.906 -> 0.934 (benchmarks/README.md).
-EQUALIZATION = {"frames": 16}
+def _quantization_schema() -> dict[str, Any]:
+    return recipe_schema()["properties"]["quantization"]["properties"]
+
+
+def _implied(field: str) -> dict[str, dict[str, Any]]:
+    """A field's `x-implies` table in the schema: value -> defaults of other switches."""
+    table = _quantization_schema()[field]["x-implies"]
+    return {value: implied for value, implied in table.items() if not value.startswith("$")}
+
+
+def object_defaults(field: str) -> dict[str, Any]:
+    """The property defaults of a quantization field's object form (e.g. bias_calibration)."""
+    forms = _quantization_schema()[field]["oneOf"]
+    (form,) = [f for f in forms if f.get("type") == "object"]
+    return {k: v["default"] for k, v in form["properties"].items() if "default" in v}
+
+
+# Every default lives in the schema; these are read from it once. TIDL's accuracy_level turns
+# switches on (level 9: the same defaults, set explicitly). Weight clipping is on at levels 1/9
+# as in TIDL, with the MSE clip: TIDL's own rule (`tidl`), applied to BatchNorm-folded weights,
+# clips large depthwise channels; it cost PP-LCNet orientation 40 % of its top-1 in our
+# benchmark (docs/tidl.md). Cross-layer equalization (not a TIDL switch) is on by default:
+# per-tensor grids gain most (PP-OCRv4 det, TDA4VM IoU 0.906 -> 0.934, benchmarks/README.md).
+ACCURACY_LEVELS = {int(level): implied for level, implied in _implied("accuracy_level").items()}
+SIXTEEN_BIT = _implied("bits")["16"]
+PREQUANTIZED = _implied("prequantized")["true"]
+BIAS_CALIBRATION = object_defaults("bias_calibration")
+EQUALIZATION = object_defaults("equalization")
 
 
 @dataclass(frozen=True)
@@ -107,12 +113,10 @@ def expand_accuracy_level(data: dict, doc: Located) -> None:
     origin = Where(f"accuracy_level {level}")
     implied = dict(ACCURACY_LEVELS[level])
     if q.get("bits") == 16:
-        # 65536 levels leave resolution to spare: clipping would only lose the tails (PP-OCRv4
-        # det on AM68A, 16-bit: IoU vs float 0.980 with percentile, 0.9995 with min/max).
-        implied["activation_clipping"] = "minmax"
+        # PP-OCRv4 det on AM68A, 16-bit: IoU vs float 0.980 with percentile, 0.9995 min/max.
+        implied.update(SIXTEEN_BIT)
         origin = Where(f"accuracy_level {level}, 16-bit")
     if q.get("prequantized"):
-        # TIDL skips calibration for a pre-quantized model: its weights and biases are kept.
         implied.update(PREQUANTIZED)
         origin = Where(f"accuracy_level {level}, prequantized")
     for key, value in implied.items():

@@ -15,6 +15,7 @@ from quantbuild.graph.equalize import equalize, find_pairs
 from quantbuild.graph.smooth import find_norm_pairs, smooth
 from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import MODEL as PREPARED_MODEL
+from quantbuild.stages.settings import Quantization
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
 from quantbuild.store.keys import digest
@@ -26,17 +27,19 @@ STAMP = "quantbuild.equalization"  # metadata key: digest of the channel factors
 
 
 def run(ctx: Context, out: Path) -> dict:
-    settings = ctx.recipe.data["quantization"]["equalization"]
+    q = Quantization.of(ctx.recipe.data)
+    settings = q.equalization
+    assert settings is not None  # the stage applies only then
     frames, alpha = settings["frames"], settings.get("smoothquant")
     model = onnx.load(str(ctx.inputs["prepare"].path(PREPARED_MODEL)))
     tensors = {p.tensor: 1 for p in find_pairs(model)}
     norms = {p.tensor: -1 for p in find_norm_pairs(model)} if alpha is not None else {}
     measured = channel_ranges(model, ctx.dataset("calibration"), tensors | norms, frames)
-    per_tensor = not ctx.recipe.data["quantization"]["weights"]["per_channel"]
+    per_tensor = not q.per_channel
     pairs = {t: r for t, r in measured.items() if t in tensors}
     equalized, factors = equalize(model, pairs, affine_weights=per_tensor)
     smoothed: dict[str, np.ndarray] = {}
-    if norms:
+    if norms and alpha is not None:
         # A tensor with no channel axis on these frames (rank < 2) is simply not measured.
         norm_ranges = {t: measured[t] for t in norms if t in measured}
         equalized, smoothed = smooth(equalized, norm_ranges, alpha)
@@ -77,7 +80,7 @@ def stamp_of(model: onnx.ModelProto) -> str | None:
 
 def applies(recipe: dict) -> bool:
     """Whether a recipe builds this stage: it asks for equalization."""
-    return bool(recipe["quantization"]["equalization"])
+    return Quantization.of(recipe).equalization is not None
 
 
 STAGE = Stage(

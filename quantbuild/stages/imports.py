@@ -13,12 +13,13 @@ from quantbuild.runtime import float_tensors
 from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import stamp_of
 from quantbuild.stages.prepare import PREQUANTIZED_RANGES
+from quantbuild.stages.settings import Quantization
 
 
 def imported_ranges(ctx: Context, model: onnx.ModelProto) -> dict[str, ImportedRange]:
     """Pre-quantized grids, overridden by the import file's: tensor name -> imported range."""
     out: dict[str, ImportedRange] = {}
-    if ctx.recipe.data["quantization"]["prequantized"]:
+    if Quantization.of(ctx.recipe.data).prequantized:
         ranges, _ = read(ctx.inputs["prepare"].path(PREQUANTIZED_RANGES))
         out.update({n: ImportedRange(r.min, r.max, r.qparams) for n, r in ranges.items()})
     source = ctx.recipe.get(("quantization", "ranges", "import"))

@@ -15,6 +15,7 @@ from quantbuild.interop.ranges_file import dumps
 from quantbuild.quant.params import QParams, TensorRange
 from quantbuild.quant.qdq_strip import is_qdq, strip_qdq
 from quantbuild.stages.context import Context
+from quantbuild.stages.settings import Quantization
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
 
@@ -27,7 +28,7 @@ PREQUANTIZED_WEIGHTS = Artifact("prequantized.weights.json")
 def run(ctx: Context, out: Path) -> dict:
     where = ctx.recipe.where(("model",))
     model = load_model(ctx.recipe.model, where)
-    prequantized = ctx.recipe.data["quantization"]["prequantized"]
+    prequantized = Quantization.of(ctx.recipe.data).prequantized
     if is_qdq(model) != prequantized:
         raise ModelError(
             f"{ctx.recipe.model.name}: the model is already quantized (QuantizeLinear/"

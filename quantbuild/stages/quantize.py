@@ -37,7 +37,7 @@ from quantbuild.stages.sensitivity import (
     observed_shapes,
     split_candidates,
 )
-from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
+from quantbuild.stages.settings import Quantization, float_model_path
 from quantbuild.stages.spec import Stage
 from quantbuild.stages.stats import STATS
 from quantbuild.store.entries import Artifact
@@ -53,17 +53,17 @@ PRECISION = Artifact("precision.json", export="precision.json")
 
 
 def run(ctx: Context, out: Path) -> dict:
-    q = ctx.recipe.data["quantization"]
+    q = Quantization.of(ctx.recipe.data)
     model = onnx.load(str(float_model_path(ctx)))
     ranges, _ = read(ctx.inputs["ranges"].path(RANGES))
-    options = weight_options(q)
-    if q["prequantized"]:
+    options = q.weights
+    if q.prequantized:
         options = replace(options, given=_prequantized_weights(ctx))
     shapes = observed_shapes(ctx, model)
     assignment = _assignment(ctx, model, shapes)
-    if q["bits"] == 8 and (assignment.tensors_16bit or assignment.weights_16bit):
+    if q.bits == 8 and (assignment.tensors_16bit or assignment.weights_16bit):
         stats = load_npz(ctx.inputs["stats"].path(STATS))
-        ranges = widen_ranges(ranges, stats, assignment, *feature_map_grid(q))
+        ranges = widen_ranges(ranges, stats, assignment, q.grid)
         options = replace(options, wide_layers=wide_layers(assignment))
         wide = sum(info["output_bits"] == 16 for info in assignment.layers.values())
         ctx.log(
@@ -71,9 +71,9 @@ def run(ctx: Context, out: Path) -> dict:
         )
     latency = estimate(model, assignment, shapes)
     # A 16-bit build runs every layer at the 16-bit rate.
-    t_mp = latency.t16 if q["bits"] == 16 else latency.t_mp
+    t_mp = latency.t16 if q.bits == 16 else latency.t_mp
     precision = {
-        "bits": q["bits"],
+        "bits": q.bits,
         # TIDL's latency model: T_MP / T_8 is what mixed_precision_factor bounds.
         "latency": {
             "t8": latency.t8,
@@ -82,7 +82,7 @@ def run(ctx: Context, out: Path) -> dict:
             "ratio": t_mp / latency.t8 if latency.t8 else latency.ratio,
             "unit": latency.unit,
         },
-        "layers": _table(assignment, q["bits"]),
+        "layers": _table(assignment, q.bits),
     }
     (out / PRECISION.file).write_text(json.dumps(precision, indent=1) + "\n", encoding="utf-8")
     qdq, record = write_qdq(model, ranges, options)
@@ -113,9 +113,8 @@ def _finish(ctx: Context, model: onnx.ModelProto, qdq: onnx.ModelProto, record: 
     the candidate whose output is closer to the float model's on calibration frames that
     neither fitted is kept (GPTQ alone lowers every layer's error but not always the model's,
     and bias calibration can undo its gain)."""
-    q = ctx.recipe.data["quantization"]
     dataset = ctx.dataset("calibration")
-    bias = q["bias_calibration"]
+    bias = Quantization.of(ctx.recipe.data).bias_calibration
 
     def calibrated(candidate: onnx.ModelProto) -> onnx.ModelProto:
         if not bias:
@@ -175,8 +174,8 @@ def _with_final_biases(model: onnx.ModelProto, qdq: onnx.ModelProto, record: dic
 
 def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict) -> Assignment:
     """The recipe's manual mixed precision (everything at `bits` without one)."""
-    q = ctx.recipe.data["quantization"]
-    mp = q["mixed_precision"]
+    q = Quantization.of(ctx.recipe.data)
+    mp = q.mixed_precision
     where = ctx.recipe.where(("quantization", "mixed_precision"))
     if "selection" in ctx.inputs:
         selection = json.loads(ctx.inputs["selection"].path(SELECTION).read_text())
@@ -187,7 +186,7 @@ def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict) -> Assignmen
         chosen, reason = [], ""
     promoted, promoted_params = split_candidates(chosen)
     lists = ("output_16bit", "params_16bit", "ranges")
-    if q["bits"] == 16 or not (chosen or any(mp.get(k) for k in lists)):
+    if q.bits == 16 or not (chosen or any(mp.get(k) for k in lists)):
         return assign(model, where=where)
     listed = list(mp.get("output_16bit", []))
     weights = list(mp.get("params_16bit", []))
@@ -217,7 +216,7 @@ def _table(assignment: Assignment, bits: int) -> list[dict]:
 
 def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[str]:
     """Layers promoted under `mixed_precision.factor`, from the cached sensitivities."""
-    mp = ctx.recipe.data["quantization"]["mixed_precision"]
+    mp = Quantization.of(ctx.recipe.data).mixed_precision
     sensitivity = json.loads(ctx.inputs["sensitivity"].path(SENSITIVITY).read_text())
     promotions = Promotions(model, mp, shapes)
     lists, ratio_of, spans = promotions.lists, promotions.ratio, promotions.spans

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -13,7 +14,7 @@ from quantbuild.quant.qdq import activation_tensors
 from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import stamp_of
 from quantbuild.stages.imports import imported_ranges
-from quantbuild.stages.settings import feature_map_grid, float_model_path
+from quantbuild.stages.settings import Quantization, float_model_path
 from quantbuild.stages.spec import Stage
 from quantbuild.stages.stats import STATS
 from quantbuild.store.entries import Artifact
@@ -23,35 +24,34 @@ RANGES = Artifact("ranges.yaml", export="ranges.yaml")
 
 
 def run(ctx: Context, out: Path) -> dict:
-    q = ctx.recipe.data["quantization"]
+    q = Quantization.of(ctx.recipe.data)
     stats = load_npz(ctx.inputs["stats"].path(STATS))
-    symmetric, power_of_2 = feature_map_grid(q)
-    policy = q["activation_clipping"]
-    ranges = activation_ranges(stats, policy, q["bits"], symmetric, power_of_2, q["percentile"])
+    grid, policy = q.grid, q.activation_clipping
+    ranges = activation_ranges(stats, policy, grid, q.percentile)
     model = onnx.load(str(float_model_path(ctx)))
-    imported, requantized = to_ranges(imported_ranges(ctx, model), q["bits"], symmetric, power_of_2)
+    imported, requantized = to_ranges(imported_ranges(ctx, model), grid)
     ranges.update(imported)
     # One order whatever the source: the graph's (imported names that get no grid go last).
     order = {n: i for i, n in enumerate(activation_tensors(model, set(ranges)))}
     ranges = dict(sorted(ranges.items(), key=lambda item: order.get(item[0], len(order))))
-    info = {
+    info: dict[str, Any] = {
         "policy": policy,
-        "bits": q["bits"],
-        "activations": q["activations"],
-        "scale": "power_of_2" if power_of_2 else "float",
+        "bits": q.bits,
+        "activations": q.activations,
+        "scale": "power_of_2" if grid.power_of_2 else "float",
         "frames": int(stats["frames"]),
     }
     if policy == "percentile":
-        info["percentile"] = q["percentile"]
+        info["percentile"] = q.percentile
     if imported:
         info["imported"] = len(imported)
     stamp = stamp_of(model)
     if stamp:  # these ranges fit only the equalized model (build/<recipe>/model.float.onnx)
         info["equalization"] = {"digest": stamp}
-        if q["equalization"]:  # an importing recipe re-equalizes the same way by default
-            info["equalization"]["frames"] = q["equalization"]["frames"]
-            if "smoothquant" in q["equalization"]:
-                info["equalization"]["smoothquant"] = q["equalization"]["smoothquant"]
+        if q.equalization:  # an importing recipe re-equalizes the same way by default
+            info["equalization"]["frames"] = q.equalization["frames"]
+            if "smoothquant" in q.equalization:
+                info["equalization"]["smoothquant"] = q.equalization["smoothquant"]
     (out / RANGES.file).write_text(dumps(ranges, info), encoding="utf-8")
     note = (
         f"; {len(imported)} imported ({requantized} re-quantized for the target)"
@@ -59,7 +59,7 @@ def run(ctx: Context, out: Path) -> dict:
         else ""
     )
     ctx.log(
-        f"{len(ranges)} tensor ranges ({policy}, {q['bits']}-bit, {q['activations']}, "
+        f"{len(ranges)} tensor ranges ({policy}, {q.bits}-bit, {q.activations}, "
         f"{info['scale']} scales){note}"
     )
     return {"tensors": len(ranges), "imported": len(imported), "requantized": requantized}

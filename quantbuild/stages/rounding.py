@@ -16,7 +16,7 @@ from quantbuild.interop.ranges_file import read
 from quantbuild.quant.qdq import write_qdq
 from quantbuild.stages.context import Context
 from quantbuild.stages.ranges import RANGES
-from quantbuild.stages.settings import float_model_path, weight_options
+from quantbuild.stages.settings import Quantization, float_model_path
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
 from quantbuild.store.files import npz_bytes
@@ -26,15 +26,14 @@ ROUNDING = Artifact("rounding.npz")
 
 def applies(recipe: dict) -> bool:
     """Whether a recipe builds this stage."""
-    quantization = recipe["quantization"]
-    return quantization["weight_rounding"] == "gptq" and not quantization["prequantized"]
+    q = Quantization.of(recipe)
+    return q.weight_rounding == "gptq" and not q.prequantized
 
 
 def run(ctx: Context, out: Path) -> dict:
-    q = ctx.recipe.data["quantization"]
     model = onnx.load(str(float_model_path(ctx)))
     ranges, _ = read(ctx.inputs["ranges"].path(RANGES))
-    qdq, record = write_qdq(model, ranges, weight_options(q))
+    qdq, record = write_qdq(model, ranges, Quantization.of(ctx.recipe.data).weights)
     rounding = gptq_rounding(model, qdq, record, ctx.dataset("calibration"), ctx.log)
     (out / ROUNDING.file).write_bytes(npz_bytes(rounding.arrays()))
     return {"weights_rounded": len(rounding.integers)}

@@ -23,7 +23,7 @@ from quantbuild.progress import track
 from quantbuild.runtime import run_frame, session
 from quantbuild.stages.context import Context
 from quantbuild.stages.sensitivity import SENSITIVITY, MixedModels, Promotions, observed_shapes
-from quantbuild.stages.settings import float_model_path
+from quantbuild.stages.settings import Quantization, float_model_path
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
 
@@ -32,8 +32,8 @@ SELECTION = Artifact("selection.json", export="selection.json")
 
 def applies(recipe: dict) -> bool:
     """Whether a recipe builds this stage."""
-    quantization = recipe["quantization"]
-    return quantization["bits"] == 8 and "max_drop" in quantization["mixed_precision"]
+    q = Quantization.of(recipe)
+    return q.bits == 8 and "max_drop" in q.mixed_precision
 
 
 class TaskMetric:
@@ -70,7 +70,7 @@ class TaskMetric:
 
 
 def run(ctx: Context, out: Path) -> dict:
-    mp = ctx.recipe.data["quantization"]["mixed_precision"]
+    mp = Quantization.of(ctx.recipe.data).mixed_precision
     model = onnx.load(str(float_model_path(ctx)))
     models = MixedModels(ctx, model)
     metric = TaskMetric(ctx, model)

@@ -44,7 +44,7 @@ from quantbuild.quant.qdq import write_qdq
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.ranges import RANGES
-from quantbuild.stages.settings import feature_map_grid, float_model_path, weight_options
+from quantbuild.stages.settings import Quantization, float_model_path
 from quantbuild.stages.spec import Stage
 from quantbuild.stages.stats import STATS
 from quantbuild.store.entries import Artifact
@@ -62,9 +62,7 @@ SWEEP = (1.05, 1.1, 1.2, 1.3, 1.5, 2.0)  # factors measured for the report
 def applies(recipe: dict) -> bool:
     """Whether a recipe builds this stage: automatic mixed precision
     (a latency budget or an accuracy target) in an 8-bit build."""
-    quantization = recipe["quantization"]
-    mp = quantization["mixed_precision"]
-    return quantization["bits"] == 8 and bool(mp.get("factor") or "max_drop" in mp)
+    return Quantization.of(recipe).automatic_mixed_precision
 
 
 def split_candidates(chosen: list[str]) -> tuple[list[str], list[str]]:
@@ -114,13 +112,13 @@ class MixedModels:
     (and start/end `ranges`) state them."""
 
     def __init__(self, ctx: Context, model: onnx.ModelProto):
-        q = ctx.recipe.data["quantization"]
+        q = Quantization.of(ctx.recipe.data)
         self.model = model
         self.net = Network(model)  # built once: every candidate assigns lists on this model
         self.ranges, _ = read(ctx.inputs["ranges"].path(RANGES))
         self.stats = load_npz(ctx.inputs["stats"].path(STATS))
-        self.options = replace(weight_options(q), clip_memo={})
-        self.grid = feature_map_grid(q)
+        self.options = replace(q.weights, clip_memo={})
+        self.grid = q.grid
 
     def qdq(
         self,
@@ -132,7 +130,7 @@ class MixedModels:
 
     def build(self, assignment: Assignment) -> onnx.ModelProto:
         """The QDQ model of a precision assignment."""
-        wide = widen_ranges(self.ranges, self.stats, assignment, *self.grid)
+        wide = widen_ranges(self.ranges, self.stats, assignment, self.grid)
         options = replace(self.options, wide_layers=wide_layers(assignment))
         return write_qdq(self.model, wide, options)[0]
 

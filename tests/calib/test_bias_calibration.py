@@ -12,6 +12,7 @@ from quantbuild.calib.policy import activation_ranges
 from quantbuild.data.dataset import open_dataset
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.graph.prepare import prepare_model
+from quantbuild.quant.params import Grid
 from quantbuild.quant.qdq import WeightOptions, write_qdq
 from quantbuild.runtime import session, with_outputs
 
@@ -55,7 +56,7 @@ def _calibration_setup(tmp_path):
         "calibration.data",
         "r.yaml",
     )
-    ranges = activation_ranges(collect_statistics(model, data), "minmax", 8, True, True)
+    ranges = activation_ranges(collect_statistics(model, data), "minmax", Grid(8, True, True))
     qdq, record = write_qdq(model, ranges, WeightOptions(8, False, True, 16))
     return model, data, qdq, record
 

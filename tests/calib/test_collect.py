@@ -14,6 +14,7 @@ from quantbuild.calib.policy import activation_ranges
 from quantbuild.data.dataset import open_dataset
 from quantbuild.errors import DataError
 from quantbuild.graph.prepare import prepare_model
+from quantbuild.quant.params import Grid
 from quantbuild.runtime import float_tensors, session, with_outputs
 
 # Only tensors that get a grid: the Conv outputs feeding Relu are fused, and MaxPool/Flatten
@@ -184,7 +185,7 @@ def test_assembled_output_tensors_keep_their_observed_range(tmp_path):
     names = stats["names"].tolist()
     flagged = {n for n, out in zip(names, stats["is_output"]) if out}
     assert {"box", "prob"} <= flagged and "t" not in flagged
-    ranges = activation_ranges(stats, "percentile", 8, True, False, percentile=99.0)
+    ranges = activation_ranges(stats, "percentile", Grid(8, True, False), percentile=99.0)
     for name in ("box", "prob"):
         i = names.index(name)
         assert (ranges[name].min, ranges[name].max) == (stats["min"][i], stats["max"][i])

@@ -7,6 +7,7 @@ import pytest
 
 from quantbuild.calib.histogram import BINS, accumulate
 from quantbuild.calib.policy import Distribution, activation_ranges, clip_range
+from quantbuild.quant.params import Grid
 
 
 def _dist(x: np.ndarray) -> Distribution:
@@ -98,13 +99,15 @@ def test_entropy_is_not_dragged_to_zero_by_relu_zeros():
 
 def test_model_outputs_are_never_clipped(gaussian_with_outliers):
     stats = _stats(gaussian_with_outliers, gaussian_with_outliers, outputs=(1,))
-    ranges = activation_ranges(stats, "percentile", 8, True, False, 99.9)
+    ranges = activation_ranges(stats, "percentile", Grid(8, True, False), 99.9)
     assert ranges["t0"].max < 5.0
     assert ranges["t1"].max == 40.0
 
 
 def test_power_of_2_grids_cover_the_clipped_range(gaussian_with_outliers):
-    ranges = activation_ranges(_stats(gaussian_with_outliers), "percentile", 8, True, True, 99.99)
+    ranges = activation_ranges(
+        _stats(gaussian_with_outliers), "percentile", Grid(8, True, True), 99.99
+    )
     r = ranges["t0"]
     scale = float(r.qparams.scale)
     assert np.log2(scale) == round(np.log2(scale))
@@ -117,7 +120,7 @@ def test_softmax_outputs_get_the_whole_unit_interval(power_of_2, bits):
     # Attention probabilities: mostly tiny, a rare peak near 1 that percentile would clip.
     x = np.random.default_rng(2).dirichlet(np.full(64, 0.05), 2000).astype(np.float32).ravel()
     ranges = activation_ranges(
-        _stats(x, x, probabilities=(1,)), "percentile", bits, True, power_of_2
+        _stats(x, x, probabilities=(1,)), "percentile", Grid(bits, True, power_of_2)
     )
     assert ranges["t0"].max < 0.9  # clipped as any other tensor
     r = ranges["t1"]

@@ -14,6 +14,7 @@ from quantbuild.calib.rounding import conv_patches, gptq_round, output_error, se
 from quantbuild.calib.rounding_runner import Rounding, apply_rounding, gptq_rounding
 from quantbuild.data.dataset import open_dataset
 from quantbuild.graph.prepare import prepare_model
+from quantbuild.quant.params import Grid
 from quantbuild.quant.qdq import WeightOptions, write_qdq
 from quantbuild.runtime import session
 
@@ -88,7 +89,7 @@ def _small_build(tmp_path):
         "calibration.data",
         "r.yaml",
     )
-    ranges = activation_ranges(collect_statistics(model, data), "minmax", 8, True, True)
+    ranges = activation_ranges(collect_statistics(model, data), "minmax", Grid(8, True, True))
     qdq, record = write_qdq(model, ranges, WeightOptions(8, False, True, 16))
     return model, data, ranges, qdq, record
 

@@ -285,6 +285,7 @@ def test_shared_weights_stay_float_and_an_unfoldable_batchnorm_does_not():
 def test_float_check_matches_the_qdq_writer():
     """Every constant the check calls float is left float by quantbuild's QDQ writer."""
     from quantbuild.calib.policy import minmax_ranges
+    from quantbuild.quant.params import Grid
     from quantbuild.quant.qdq import WeightOptions, write_qdq
 
     rng = np.random.default_rng(7)
@@ -307,7 +308,7 @@ def test_float_check_matches_the_qdq_writer():
         "hist": np.zeros((4, 0), dtype=np.int64),
         "is_output": np.array([n == "out" for n in names]),
     }
-    ranges = minmax_ranges(stats, 8, False, False)
+    ranges = minmax_ranges(stats, Grid(8, False, False))
     qdq, _ = write_qdq(prepared, ranges, WeightOptions(8, True, False, 32))
     float_inits = {t.name for t in qdq.graph.initializer if t.data_type == TensorProto.FLOAT}
     assert float_check(prepared).findings == []

@@ -18,6 +18,7 @@ from quantbuild.data.dataset import open_dataset
 from quantbuild.evaluate import layerwise
 from quantbuild.evaluate.metrics import ErrorSums
 from quantbuild.graph.prepare import prepare_model
+from quantbuild.quant.params import Grid
 from quantbuild.quant.qdq import WeightOptions, write_qdq
 from quantbuild.runtime import session, with_outputs
 from quantbuild.stages import evaluate
@@ -31,7 +32,7 @@ def built(tmp_path_factory, request):
     prepared = prepare_model(small_cnn())[0]
     dataset = open_dataset({"tensors": str(npz)}, {}, "calibration.data", "recipe.yaml")
     bits = request.param
-    ranges = minmax_ranges(collect_statistics(prepared, dataset), bits, True, False)
+    ranges = minmax_ranges(collect_statistics(prepared, dataset), Grid(bits, True, False))
     qdq, record = write_qdq(prepared, ranges, WeightOptions(bits, True, False, 32))
     rng = np.random.default_rng(7)
     frames = [rng.normal(0, 1.5, (1, 3, 8, 8)).astype(np.float32) for _ in range(3)]

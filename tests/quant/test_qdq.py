@@ -20,6 +20,7 @@ from quantbuild.data.dataset import open_dataset
 from quantbuild.graph.onnx_utils import opset_version
 from quantbuild.graph.prepare import prepare_model
 from quantbuild.interop.ranges_file import TensorRange, dumps, loads
+from quantbuild.quant.params import Grid
 from quantbuild.quant.qdq import WeightOptions, write_qdq
 from quantbuild.runtime import session, with_outputs
 
@@ -54,7 +55,7 @@ def _calibrate(model: onnx.ModelProto, npz) -> tuple[onnx.ModelProto, dict, np.n
 
 def _build(calibrated, bits=8, symmetric=True, power_of_2=False, per_channel=True, bias_bits=32):
     prepared, stats, frames = calibrated
-    ranges = minmax_ranges(stats, bits, symmetric, power_of_2)
+    ranges = minmax_ranges(stats, Grid(bits, symmetric, power_of_2))
     # through the ranges file, as the build does
     ranges, _ = loads(dumps(ranges, {"bits": bits}), "ranges.yaml")
     qdq, record = write_qdq(
@@ -535,8 +536,8 @@ def test_8_bit_weights_on_a_16_bit_input_get_32_bit_biases_not_raised_weights(hu
     # Mixed precision: the producer went 16-bit, this 8-bit layer did not. At the 16-bit
     # input scale a 16-bit bias would need ~256x coarser weights; it gets 32 bits instead.
     prepared, stats, frames = huge_bias
-    ranges = minmax_ranges(stats, 8, True, False)
-    ranges["input"] = minmax_ranges(stats, 16, True, False)["input"]
+    ranges = minmax_ranges(stats, Grid(8, True, False))
+    ranges["input"] = minmax_ranges(stats, Grid(16, True, False))["input"]
     qdq, record = write_qdq(prepared, ranges, WeightOptions(8, True, False, bias_bits=16))
     assert record["biases"]["b"]["bits"] == 32
     assert record["biases"]["b"]["weight_scales_raised"] == 0
@@ -612,7 +613,7 @@ def test_transformer_layers_get_grids_only_at_their_outputs(block):
 
 def test_matmul_biases_are_int32_and_layernorm_parameters_stay_with_their_layer(block):
     prepared, stats = block
-    ranges = minmax_ranges(stats, 8, True, False)
+    ranges = minmax_ranges(stats, Grid(8, True, False))
     qdq, record = write_qdq(prepared, ranges, WeightOptions(8, True, False, 32))
     onnx.checker.check_model(qdq, full_check=True)
     inits = _inits(qdq)
@@ -638,7 +639,7 @@ def test_clip_memo_gives_the_same_model_and_clips_each_weight_once(cnn, monkeypa
     import quantbuild.quant.qdq as qdq
 
     prepared, stats, _ = cnn
-    ranges = minmax_ranges(stats, 8, True, False)
+    ranges = minmax_ranges(stats, Grid(8, True, False))
     plain = WeightOptions(8, True, False, 32, clipping="mse")
     expected = write_qdq(prepared, ranges, plain)[0].SerializeToString()
     calls = []
