@@ -977,6 +977,11 @@ def export_options(data: dict) -> tuple[dict, list[str]]:
             "quantization.weight_rounding: not a TIDL option; TIDL rounds the float weights to "
             "nearest itself, so the GPTQ integers (model.qdq.onnx) are not carried over"
         )
+    if "latency_table" in q["mixed_precision"]:
+        warnings.append(
+            "quantization.mixed_precision.latency_table: not a TIDL option; it only shapes "
+            "quantbuild's choice of 16-bit layers (the lists exported here)"
+        )
     if "max_drop" in q["mixed_precision"]:
         warnings.append(
             "quantization.mixed_precision.max_drop: not a TIDL option; give TIDL the layers it "

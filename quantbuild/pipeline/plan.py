@@ -24,6 +24,7 @@ from quantbuild.data.preprocess import check_channels
 from quantbuild.errors import DataError, QuantbuildError, RecipeError
 from quantbuild.pipeline.project import Project, ProjectErrors
 from quantbuild.recipe import Recipe
+from quantbuild.recipe.resolve import INPUT_FILES
 from quantbuild.stages import BY_NAME, PIPELINE, Stage
 from quantbuild.stages.context import Context
 from quantbuild.store.entries import Entry
@@ -95,12 +96,16 @@ class RecipeBuild:
         """The recipe with files and datasets replaced by their content digests."""
         data = copy.deepcopy(self.recipe.data)
         data["model"] = {"sha256": self.project.hasher.sha256(self.recipe.model)}
-        imported = self.recipe.get(("quantization", "ranges", "import"))
-        if imported:  # by content: a moved file with the same ranges rebuilds nothing
-            data["quantization"]["ranges"]["import"] = {
-                "sha256": self.project.hasher.sha256(Path(imported)),
-                "format": Path(imported).suffix.lower(),
-            }
+        for field in INPUT_FILES:  # by content: a moved file with the same bytes rebuilds nothing
+            given = self.recipe.get(field)
+            if given:
+                parent = data
+                for part in field[:-1]:
+                    parent = parent[part]
+                parent[field[-1]] = {
+                    "sha256": self.project.hasher.sha256(Path(given)),
+                    "format": Path(given).suffix.lower(),
+                }
         for section in ("calibration", "evaluation"):
             if section in data:
                 data[section]["data"] = {"frames": self._frames_digest(section)}

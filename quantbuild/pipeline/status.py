@@ -24,7 +24,7 @@ def _short(value: Any) -> str:
 def diff_fields(old: Any, new: Any, path: str) -> list[str]:
     """Human-readable differences between two field values."""
     if isinstance(old, dict) and isinstance(new, dict):
-        if set(old) in ({"sha256"}, {"frames"}) and old.keys() == new.keys():
+        if ("sha256" in old or set(old) == {"frames"}) and old.keys() == new.keys():
             return [f"{path}: content changed"] if old != new else []
         out = []
         for key in sorted(set(old) | set(new)):

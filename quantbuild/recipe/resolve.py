@@ -22,8 +22,14 @@ PATH_FIELDS = [
     ("evaluation", "data", "images"),
     ("evaluation", "data", "tensors"),
     ("quantization", "ranges", "import"),
+    ("quantization", "mixed_precision", "latency_table"),
 ]
 DATASETS = [("calibration", "data"), ("evaluation", "data")]
+# Files other than the model and datasets that stages read: keyed by content, never by path.
+INPUT_FILES = [
+    ("quantization", "ranges", "import"),
+    ("quantization", "mixed_precision", "latency_table"),
+]
 
 
 def _quantization_schema() -> dict[str, Any]:
@@ -205,13 +211,14 @@ def _check_inputs(recipe: Recipe) -> None:
             f"model: file not found: {recipe.model}; fix the path (relative to the file that sets it)",
             recipe.where(("model",)),
         )
-    imported = recipe.get(("quantization", "ranges", "import"))
-    if imported and not Path(imported).is_file():
-        raise RecipeError(
-            f"quantization.ranges.import: file not found: {imported}; fix the path (relative to "
-            "the file that sets it)",
-            recipe.where(("quantization", "ranges", "import")),
-        )
+    for field in INPUT_FILES:
+        given = recipe.get(field)
+        if given and not Path(given).is_file():
+            raise RecipeError(
+                f"{'.'.join(field)}: file not found: {given}; fix the path (relative to the "
+                "file that sets it)",
+                recipe.where(field),
+            )
     for dataset in DATASETS:
         section = recipe.get(dataset)
         if section is None:

@@ -37,7 +37,7 @@ from quantbuild.stages.sensitivity import (
     observed_shapes,
     split_candidates,
 )
-from quantbuild.stages.settings import Quantization, float_model_path
+from quantbuild.stages.settings import Quantization, float_model_path, latency_table
 from quantbuild.stages.spec import Stage
 from quantbuild.stages.stats import STATS
 from quantbuild.store.entries import Artifact
@@ -69,7 +69,7 @@ def run(ctx: Context, out: Path) -> dict:
         ctx.log(
             f"mixed precision: {wide} layers with 16-bit outputs, {len(options.wide_layers)} with 16-bit parameters"
         )
-    latency = estimate(model, assignment, shapes)
+    latency = estimate(model, assignment, shapes, latency_table(ctx))
     # A 16-bit build runs every layer at the 16-bit rate.
     t_mp = latency.t16 if q.bits == 16 else latency.t_mp
     precision = {
@@ -218,7 +218,8 @@ def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[
     """Layers promoted under `mixed_precision.factor`, from the cached sensitivities."""
     mp = Quantization.of(ctx.recipe.data).mixed_precision
     sensitivity = json.loads(ctx.inputs["sensitivity"].path(SENSITIVITY).read_text())
-    promotions = Promotions(model, mp, shapes)
+    table = latency_table(ctx)
+    promotions = Promotions(model, mp, shapes, table)
     lists, ratio_of, spans = promotions.lists, promotions.ratio, promotions.spans
     manual = assign(model, *lists([]), spans)
 
@@ -236,7 +237,7 @@ def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[
     ctx.log(
         f"automatic mixed precision (factor {mp['factor']}): {len(chosen)} layers promoted"
         f"{smaller}, estimated T_MP / T_8 {ratio_of(chosen):.3f} (manual lists alone "
-        f"{estimate(model, manual, shapes).ratio:.3f})"
+        f"{estimate(model, manual, shapes, table).ratio:.3f})"
     )
     return chosen
 

@@ -23,7 +23,7 @@ from quantbuild.progress import track
 from quantbuild.runtime import run_frame, session
 from quantbuild.stages.context import Context
 from quantbuild.stages.sensitivity import SENSITIVITY, MixedModels, Promotions, observed_shapes
-from quantbuild.stages.settings import Quantization, float_model_path
+from quantbuild.stages.settings import Quantization, float_model_path, latency_table
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
 
@@ -75,7 +75,7 @@ def run(ctx: Context, out: Path) -> dict:
     models = MixedModels(ctx, model)
     metric = TaskMetric(ctx, model)
     gains = json.loads(ctx.inputs["sensitivity"].path(SENSITIVITY).read_text())["gains"]
-    promotions = Promotions(model, mp, observed_shapes(ctx, model))
+    promotions = Promotions(model, mp, observed_shapes(ctx, model), latency_table(ctx))
 
     def metric_of(chosen: list[str]) -> float:
         value = metric(models.qdq(*promotions.lists(chosen), promotions.spans))

@@ -31,7 +31,7 @@ from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.graph.ops import WEIGHTED
 from quantbuild.interop.ranges_file import read
 from quantbuild.mixed.apply import wide_layers, widen_ranges
-from quantbuild.mixed.latency import estimate, static_shapes
+from quantbuild.mixed.latency import LatencyTable, estimate, static_shapes
 from quantbuild.mixed.precision import (
     CHANGES_PRECISION,
     Assignment,
@@ -44,7 +44,7 @@ from quantbuild.quant.qdq import write_qdq
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.ranges import RANGES
-from quantbuild.stages.settings import Quantization, float_model_path
+from quantbuild.stages.settings import Quantization, float_model_path, latency_table
 from quantbuild.stages.spec import Stage
 from quantbuild.stages.stats import STATS
 from quantbuild.store.entries import Artifact
@@ -87,8 +87,10 @@ class Promotions:
     """Automatic selections on top of a recipe's manual mixed precision: TIDL's lists for a set
     of candidates, and its estimated T_MP / T_8 (each set estimated once)."""
 
-    def __init__(self, model: onnx.ModelProto, mp: dict, shapes: dict):
-        self.model, self.mp, self.shapes = model, mp, shapes
+    def __init__(
+        self, model: onnx.ModelProto, mp: dict, shapes: dict, table: LatencyTable | None = None
+    ):
+        self.model, self.mp, self.shapes, self.table = model, mp, shapes, table
         self.net = Network(model)  # built once: every ratio assigns lists on this model
         self.spans = [tuple(pair) for pair in mp.get("ranges", [])]
         self._ratios: dict[tuple[str, ...], float] = {}
@@ -103,7 +105,7 @@ class Promotions:
         key = tuple(chosen)
         if key not in self._ratios:
             assignment = assign(self.net, *self.lists(chosen), self.spans)
-            self._ratios[key] = estimate(self.model, assignment, self.shapes).ratio
+            self._ratios[key] = estimate(self.model, assignment, self.shapes, self.table).ratio
         return self._ratios[key]
 
 
@@ -215,7 +217,7 @@ def run(ctx: Context, out: Path) -> dict:
     shapes = static_shapes(model, {name: value.shape for name, value in feeds[0].items()})
 
     # The sweep's selections share every single-layer cost and their common prefixes.
-    ratio_of = Promotions(model, {}, shapes).ratio
+    ratio_of = Promotions(model, {}, shapes, latency_table(ctx)).ratio
 
     # What automatic selection buys at each budget, for the report's fidelity/latency plot.
     def measured(chosen: list[str]) -> np.ndarray:
@@ -262,6 +264,7 @@ STAGE = Stage(
         "/quantization/bias_bits",
         "/quantization/weight_clipping",
         "/quantization/accuracy_level",
+        "/quantization/mixed_precision/latency_table",  # the report's factor sweep
         "/calibration/data",
         "/calibration/preprocess",
     ),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quantbuild.mixed.latency import LatencyTable, read_table
 from quantbuild.quant.params import Grid
 from quantbuild.quant.qdq import WeightOptions
 from quantbuild.stages.context import Context
@@ -79,6 +80,12 @@ class Quantization:
         """A latency budget (factor) or an accuracy target (max_drop) in an 8-bit build."""
         mp = self.mixed_precision
         return self.bits == 8 and bool(mp.get("factor") or "max_drop" in mp)
+
+
+def latency_table(ctx: Context) -> LatencyTable | None:
+    """The recipe's measured per-layer times (mixed_precision.latency_table), if any."""
+    path = Quantization.of(ctx.recipe.data).mixed_precision.get("latency_table")
+    return read_table(path) if path else None
 
 
 def float_model_path(ctx: Context) -> Path:

@@ -163,3 +163,35 @@ def test_max_drop_without_evaluation_data_is_a_recipe_error(project):
     assert built.code == 2, output
     assert "quantization.mixed_precision.max_drop" in output and "evaluation" in output
     assert "Traceback" not in output
+
+
+def test_a_measured_latency_table_drives_the_latency_model_and_is_keyed_by_content(project):
+    table = project / "latency.csv"
+    table.write_text("layer,t8,t16\nconv1,1.0,4.0\nconv2,2.0,8.0\nfc,0.5,1.0\n")
+    extra = "quantization: {mixed_precision: {output_16bit: [conv2], latency_table: latency.csv}}\n"
+    (project / "base.yaml").write_text(RECIPE.format(extra=extra))
+    built = run_doit(project)
+    assert built.code == 0, built.stdout + built.stderr
+    latency = json.loads((project / "build" / "base" / "precision.json").read_text())["latency"]
+    assert latency["unit"] == "table"
+    assert latency["t16"] >= 13.0  # the listed layers' measured 16-bit times at least
+    table.write_text("layer,t8,t16\nconv1,1.0,4.0\nconv2,2.0,20.0\nfc,0.5,1.0\n")
+    rebuilt = run_doit(project)
+    assert rebuilt.code == 0, rebuilt.stdout + rebuilt.stderr
+    assert rebuilt.ran == {"quantize:base", "evaluate:base", "report"}
+    wider = json.loads((project / "build" / "base" / "precision.json").read_text())["latency"]
+    assert wider["t_mp"] > latency["t_mp"]
+
+
+def test_a_latency_table_naming_an_unknown_layer_is_one_line(project):
+    (project / "latency.csv").write_text("layer,t8,t16\nconv9,1.0,4.0\n")
+    extra = "quantization: {mixed_precision: {output_16bit: [conv2], latency_table: latency.csv}}\n"
+    (project / "base.yaml").write_text(RECIPE.format(extra=extra))
+    built = run_cli("build", "-C", str(project))
+    output = built.stdout + built.stderr
+    assert built.code == 2, output
+    assert "latency.csv" in output and "conv9" in output and "Traceback" not in output
+    (project / "latency.csv").unlink()
+    missing = run_cli("build", "-C", str(project))
+    assert missing.code == 2
+    assert "quantization.mixed_precision.latency_table: file not found" in missing.stderr
