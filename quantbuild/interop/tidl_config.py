@@ -48,7 +48,7 @@ from quantbuild.resources import presets_dir, recipe_schema
 from quantbuild.suggest import closest
 
 Field = tuple[str, ...]
-Q = ("quantization",)
+QUANTIZATION = ("quantization",)
 SWITCHES = ("activation_clipping", "weight_clipping", "bias_calibration")
 DEVICES = ("tda4vm", "am62a", "am67a", "am68a", "am69a")
 # Device and SoC names a config may carry (`platform`, `target_device`). "J7" names TIDL's
@@ -102,7 +102,7 @@ class Same:
 
 
 @dataclass(frozen=True)
-class Enum:
+class ValueMap:
     """A fixed set of TIDL values, each meaning one recipe value.
 
     `approx` maps recipe values TIDL cannot say exactly to (nearest TIDL value, why).
@@ -227,7 +227,7 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-class Switch(Enum):
+class Switch(ValueMap):
     """0 / 1 for off / on; on the recipe side anything but false is on ({frames: 20} too)."""
 
     def encode(self, value: Any) -> tuple[Any, str | None]:
@@ -235,7 +235,7 @@ class Switch(Enum):
 
 
 SWITCH = Switch({0: False, 1: True}, "use 0 (off) or 1 (on)")
-SCALE_TYPES = Enum(
+SCALE_TYPES = ValueMap(
     {
         0: ("float", "symmetric", False),
         1: ("power_of_2", "symmetric", False),
@@ -295,17 +295,21 @@ def _bias_on(options: dict) -> bool:
 
 AT_9 = "TIDL reads it only at accuracy_level 9"
 OPTIONS: tuple[Option, ...] = (
-    Option("tensor_bits", (Q + ("bits",),), Enum({8: 8, 16: 16}), 8, always=True),
-    Option(LEVEL, (Q + (LEVEL,),), Enum({0: 0, 1: 1, 9: 9}), 1, always=True),
+    Option("tensor_bits", (QUANTIZATION + ("bits",),), ValueMap({8: 8, 16: 16}), 8, always=True),
+    Option(LEVEL, (QUANTIZATION + (LEVEL,),), ValueMap({0: 0, 1: 1, 9: 9}), 1, always=True),
     Option(
         SCALE_TYPE,
-        (Q + ("scale",), Q + ("activations",), Q + ("weights", "per_channel")),
+        (
+            QUANTIZATION + ("scale",),
+            QUANTIZATION + ("activations",),
+            QUANTIZATION + ("weights", "per_channel"),
+        ),
         SCALE_TYPES,
         always=True,
     ),
     Option(
         "advanced_options:channel_wise_quantization",
-        (Q + ("weights", "per_channel"),),
+        (QUANTIZATION + ("weights", "per_channel"),),
         SWITCH,
         0,
         always=True,
@@ -314,8 +318,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "advanced_options:activation_clipping",
-        (Q + ("activation_clipping",),),
-        Enum(
+        (QUANTIZATION + ("activation_clipping",),),
+        ValueMap(
             {0: "minmax", 1: "percentile"},
             approx={
                 "mse": (1, "TIDL clips by histogram percentile, not by MSE"),
@@ -329,9 +333,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "advanced_options:weight_clipping",
-        (Q + ("weight_clipping",),),
+        (QUANTIZATION + ("weight_clipping",),),
         # On is quantbuild's MSE clip, as at accuracy_level 1 (docs/tidl.md says why).
-        Enum({0: "none", 1: "mse"}, approx={"tidl": (1, None)}),
+        ValueMap({0: "none", 1: "mse"}, approx={"tidl": (1, None)}),
         1,
         always=True,
         read_if=_level_9,
@@ -339,7 +343,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         BIAS,
-        (Q + ("bias_calibration",),),
+        (QUANTIZATION + ("bias_calibration",),),
         SWITCH,
         1,
         always=True,
@@ -348,14 +352,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "advanced_options:calibration_frames",
-        (("calibration", "data", "limit"), Q + ("bias_calibration", "frames")),
+        (("calibration", "data", "limit"), QUANTIZATION + ("bias_calibration", "frames")),
         Frames(),
         20,
         always=True,
     ),
     Option(
         "advanced_options:calibration_iterations",
-        (Q + ("bias_calibration", "iterations"),),
+        (QUANTIZATION + ("bias_calibration", "iterations"),),
         Count(),
         50,
         always=True,
@@ -365,35 +369,35 @@ OPTIONS: tuple[Option, ...] = (
     # Mapped once the schema has the field; until then listed under "not imported".
     Option(
         "advanced_options:quant_params_proto_path",
-        (Q + ("ranges", "import"),),
+        (QUANTIZATION + ("ranges", "import"),),
         Text(),
         "",
         what="quantization ranges file",
     ),
     Option(
         "advanced_options:prequantized_model",
-        (Q + ("prequantized",),),
+        (QUANTIZATION + ("prequantized",),),
         SWITCH,
         0,
         what="scales taken from an ONNX QDQ model",
     ),
     Option(
         "advanced_options:output_feature_16bit_names_list",
-        (Q + ("mixed_precision", "output_16bit"),),
+        (QUANTIZATION + ("mixed_precision", "output_16bit"),),
         Text(_names, ", ".join),
         "",
         what="layers whose outputs and weights run in 16 bits",
     ),
     Option(
         "advanced_options:params_16bit_names_list",
-        (Q + ("mixed_precision", "params_16bit"),),
+        (QUANTIZATION + ("mixed_precision", "params_16bit"),),
         Text(_names, ", ".join),
         "",
         what="layers whose weights run in 16 bits",
     ),
     Option(
         "advanced_options:mixed_precision_factor",
-        (Q + ("mixed_precision", "factor"),),
+        (QUANTIZATION + ("mixed_precision", "factor"),),
         Number(),
         -1.0,
         what="automatic mixed precision",
@@ -446,9 +450,9 @@ IGNORED_OPTIONS = {
     "advanced_options:inference_mode",
 }
 
-P = ("calibration", "preprocess")
+PREPROCESS_PATH = ("calibration", "preprocess")
 # edgeai-benchmark gives PIL's constants (its pil backend) or null for bilinear.
-INTERPOLATION = Enum(
+INTERPOLATION = ValueMap(
     {None: "bilinear", 0: "nearest", 3: "bicubic", 1: "lanczos", 2: "bilinear"}
     | {name: name for name in ("bilinear", "nearest", "bicubic", "lanczos")},
     "use null, nearest, bilinear, bicubic or lanczos (or PIL's 0, 2, 3, 1)",
@@ -456,45 +460,45 @@ INTERPOLATION = Enum(
 )
 CV2_INTERPOLATION = {0: "nearest", 1: "bilinear", 2: "bicubic", 3: "area", 4: "lanczos"}
 PREPROCESS: tuple[Option, ...] = (
-    Option("preprocess.resize", (P + ("resize",),), Size()),
-    Option("preprocess.crop", (P + ("crop",),), Size()),
+    Option("preprocess.resize", (PREPROCESS_PATH + ("resize",),), Size()),
+    Option("preprocess.crop", (PREPROCESS_PATH + ("crop",),), Size()),
     Option(
         "preprocess.data_layout",
-        (P + ("layout",),),
-        Enum({"NCHW": "NCHW", "NHWC": "NHWC"}, coerce=lambda v: str(v).upper()),
+        (PREPROCESS_PATH + ("layout",),),
+        ValueMap({"NCHW": "NCHW", "NHWC": "NHWC"}, coerce=lambda v: str(v).upper()),
     ),
     Option(
         "preprocess.reverse_channels",
-        (P + ("color",),),
-        Enum(
+        (PREPROCESS_PATH + ("color",),),
+        ValueMap(
             {False: "rgb", True: "bgr"},
             "use true or false",
             approx={"gray": (False, "edgeai-benchmark reads images as RGB")},
             coerce=lambda v: bool(_int(v)),
         ),
     ),
-    Option("preprocess.interpolation", (P + ("interpolation",),), INTERPOLATION),
-    Option("session.input_mean", (P + ("mean",),), Numbers()),
-    Option("session.input_scale", (P + ("scale",),), Numbers()),
+    Option("preprocess.interpolation", (PREPROCESS_PATH + ("interpolation",),), INTERPOLATION),
+    Option("session.input_mean", (PREPROCESS_PATH + ("mean",),), Numbers()),
+    Option("session.input_scale", (PREPROCESS_PATH + ("scale",),), Numbers()),
     # No recipe field: only the value that matches quantbuild's preprocessing imports.
     Option(
         "preprocess.backend",
         (),
-        Enum({"pil": "pil"}, coerce=lambda v: str(v).lower()),
+        ValueMap({"pil": "pil"}, coerce=lambda v: str(v).lower()),
         "pil",
         what="quantbuild resizes with Pillow, not OpenCV",
     ),
     Option(
         "preprocess.resize_with_pad",
         (),
-        Enum({False: False}, coerce=lambda v: bool(v[0] if isinstance(v, list) else v)),
+        ValueMap({False: False}, coerce=lambda v: bool(v[0] if isinstance(v, list) else v)),
         False,
         what="aspect-preserving resize with padding",
     ),
     Option(
         "preprocess.add_flip_image",
         (),
-        Enum({False: False}, coerce=bool),
+        ValueMap({False: False}, coerce=bool),
         False,
         what="adds a flipped copy of every image",
     ),
@@ -749,9 +753,11 @@ def _quantization(options: dict, given: set, device: str | None, out: Imported) 
     base = _defaults(device)["quantization"]
     q: dict = {}
     for name in ("bits", LEVEL, "scale", "activations"):
-        if flat.get(Q + (name,), base[name]) != base[name]:
-            q[name] = flat[Q + (name,)]
-    per_channel = flat.get(Q + ("weights", "per_channel"), base["weights"]["per_channel"])
+        if flat.get(QUANTIZATION + (name,), base[name]) != base[name]:
+            q[name] = flat[QUANTIZATION + (name,)]
+    per_channel = flat.get(
+        QUANTIZATION + ("weights", "per_channel"), base["weights"]["per_channel"]
+    )
     if per_channel != base["weights"]["per_channel"]:
         q["weights"] = {"per_channel": per_channel}
     core = {"bits", LEVEL, "scale", "activations", "weights", *SWITCHES}
@@ -760,11 +766,11 @@ def _quantization(options: dict, given: set, device: str | None, out: Imported) 
             _set(q, path[1:], value)
     # accuracy_level alone when the switches are what it implies; else all three spelled out.
     implied = _implied({**base, **q})
-    switches = {k: flat.get(Q + (k,), implied[k]) for k in SWITCHES}
+    switches = {k: flat.get(QUANTIZATION + (k,), implied[k]) for k in SWITCHES}
     if _on(switches) != _on(implied):
         q.update(switches)
     if switches["bias_calibration"] is not False:
-        counts = {k: flat.get(Q + ("bias_calibration", k)) for k in BIAS_CALIBRATION}
+        counts = {k: flat.get(QUANTIZATION + ("bias_calibration", k)) for k in BIAS_CALIBRATION}
         extra = {k: v for k, v in counts.items() if v not in (None, BIAS_CALIBRATION[k])}
         if extra:
             q["bias_calibration"] = extra

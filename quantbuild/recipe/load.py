@@ -13,7 +13,9 @@ from ruamel.yaml.reader import ReaderError
 
 from quantbuild.errors import RecipeError, Where
 
-Path_ = tuple  # a path into the document: ("quantization", "bits") or ("extends", 0)
+DocPath = tuple[
+    str | int, ...
+]  # a path into the document: ("quantization", "bits") or ("extends", 0)
 
 
 @dataclass
@@ -21,10 +23,10 @@ class Located:
     """Plain data plus the file position of every value and mapping key in it."""
 
     data: Any
-    values: dict[Path_, Where | None] = field(default_factory=dict)
-    keys: dict[Path_, Where | None] = field(default_factory=dict)
+    values: dict[DocPath, Where | None] = field(default_factory=dict)
+    keys: dict[DocPath, Where | None] = field(default_factory=dict)
 
-    def where(self, path: Path_) -> Where | None:
+    def where(self, path: DocPath) -> Where | None:
         """Position of the value at `path`, or of its nearest located parent."""
         for n in range(len(path), -1, -1):
             if path[:n] in self.values:
@@ -44,11 +46,11 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _PLAIN_TAGS = {None, "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 
 
-def _dotted(path: Path_) -> str:
+def _dotted(path: DocPath) -> str:
     return ".".join(map(str, path)) or "document"
 
 
-def _reject_tag(node: Any, path: Path_, out: Located) -> None:
+def _reject_tag(node: Any, path: DocPath, out: Located) -> None:
     tag = getattr(getattr(node, "tag", None), "value", None)
     if tag is not None and tag not in _PLAIN_TAGS:
         shown = tag.replace("tag:yaml.org,2002:", "!!")
@@ -67,7 +69,7 @@ def _position(lookup, key, fallback: Where, file: str) -> Where:
     return Where(file, line + 1, col + 1)
 
 
-def _plain(node: Any, file: str, path: Path_, out: Located) -> Any:
+def _plain(node: Any, file: str, path: DocPath, out: Located) -> Any:
     here = out.where(path) or Where(file)
     if isinstance(node, CommentedMap):
         _reject_tag(node, path, out)
