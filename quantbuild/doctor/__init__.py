@@ -13,14 +13,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from quantbuild.doctor.checks import (
-    CheckResult,
-    Finding,
-    activation_tail_check,
-    batchnorm_checks,
-    float_check,
-    weight_checks,
-)
+from quantbuild.doctor.activations import activation_tail_check
+from quantbuild.doctor.batchnorm import batchnorm_checks
+from quantbuild.doctor.findings import CheckResult, Finding
+from quantbuild.doctor.float_ops import float_check
+from quantbuild.doctor.weights import weight_checks
 from quantbuild.errors import ModelError
 from quantbuild.graph.onnx_utils import load_model
 from quantbuild.graph.prepare import prepare_model

@@ -9,12 +9,10 @@ from builders import small_cnn
 from onnx import TensorProto, helper, numpy_helper
 
 from quantbuild.calib.histogram import BINS, accumulate
-from quantbuild.doctor.checks import (
-    activation_tail_check,
-    batchnorm_checks,
-    float_check,
-    weight_checks,
-)
+from quantbuild.doctor.activations import activation_tail_check
+from quantbuild.doctor.batchnorm import batchnorm_checks
+from quantbuild.doctor.float_ops import float_check
+from quantbuild.doctor.weights import weight_checks
 from quantbuild.graph.prepare import prepare_model
 
 
