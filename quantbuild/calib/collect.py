@@ -10,6 +10,7 @@ import onnx
 
 from quantbuild.calib.histogram import BINS, accumulate
 from quantbuild.data.dataset import Dataset
+from quantbuild.graph import index as graph_index
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.graph.ops import VALUE_PRESERVING
 from quantbuild.progress import track
@@ -83,7 +84,7 @@ def output_forming(model: onnx.ModelProto) -> set[str]:
     """Model outputs and the tensors they are assembled from without arithmetic: through
     Concat and value-preserving operators (a detection head's box, objectness and class maps
     concatenated and reshaped into one output carry the result as much as the output does)."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = graph_index.producers(model.graph)
     found: set[str] = set()
     pending = [o.name for o in model.graph.output]
     while pending:

@@ -11,6 +11,7 @@ import onnx
 
 from quantbuild.calib.policy import Distribution, clip_range
 from quantbuild.doctor.findings import CheckResult, Finding, safe_ratio, times
+from quantbuild.graph import index as graph_index
 
 # Activations: a min/max range 8x wider than the percentile range costs 3 of the 8 bits for
 # the values that matter (the same log2 argument as for weights).
@@ -27,7 +28,7 @@ def activation_tail_check(
 
     `stats` is the stats stage's artifact (names, min, max, hist, elements, is_output);
     the percentile range is computed exactly as the `percentile` range policy does."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = graph_index.producers(model.graph)
     tail = 100.0 - percentile
     result = CheckResult(
         "activation-tails",

@@ -10,10 +10,10 @@ from quantbuild.doctor.findings import (
     CheckResult,
     Finding,
     attributes,
-    consumers,
     kernel_size,
     prediction_tensors,
 )
+from quantbuild.graph import index as graph_index
 from quantbuild.graph.ops import CONVS
 
 # When at least this share of the convolutions has no BatchNormalization node, say once that
@@ -29,7 +29,7 @@ def batchnorm_checks(model: onnx.ModelProto) -> list[CheckResult]:
     so, and when most convs lack BN a note says it once."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    users = consumers(graph)
+    users = graph_index.consumers(graph)
     prediction = prediction_tensors(graph, set(inits))
     convs = [n for n in graph.node if n.op_type in CONVS]
     depthwise = CheckResult(

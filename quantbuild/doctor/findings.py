@@ -5,12 +5,12 @@ Pure analysis (onnx + numpy); thresholds and remedies are described in docs/doct
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import onnx
 from onnx import helper
 
+from quantbuild.graph import index as graph_index
 from quantbuild.graph.ops import CONVS
 
 
@@ -52,14 +52,6 @@ def attributes(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            users[name].append(node)
-    return users
-
-
 def is_weighted(node: onnx.NodeProto, inits: set[str]) -> bool:
     """A layer with its own weights (a MatMul of two activations is not one)."""
     if node.op_type in CONVS:
@@ -72,8 +64,8 @@ def prediction_tensors(graph: onnx.GraphProto, inits: set[str]) -> set[str]:
 
     Walks backwards from the outputs through layers without weights; a conv whose output is
     in this set is a prediction layer (TI allows it to go without BatchNormalization)."""
-    producer = {o: n for n in graph.node for o in n.output}
-    free = {o.name for o in graph.output}
+    producer = graph_index.producers(graph)
+    free = graph_index.output_names(graph)
     stack = list(free)
     while stack:
         node = producer.get(stack.pop())

@@ -10,7 +10,8 @@ from collections import Counter
 import onnx
 from onnx import TensorProto
 
-from quantbuild.doctor.findings import CheckResult, Finding, consumers
+from quantbuild.doctor.findings import CheckResult, Finding
+from quantbuild.graph import index as graph_index
 from quantbuild.graph.ops import ELEMENTWISE_CONSTANTS, VALUE_PRESERVING, WEIGHTED
 from quantbuild.graph.patterns import fused_layers
 from quantbuild.quant.qdq import activation_tensors
@@ -42,18 +43,16 @@ def float_check(model: onnx.ModelProto, original: onnx.ModelProto | None = None)
     `original` (the model before prepare's rewrites) names where a node came from."""
     graph = model.graph
     before = {n.name: n for n in original.graph.node} if original is not None else {}
-    before_producer = (
-        {o: n for n in original.graph.node for o in n.output} if original is not None else {}
-    )
+    before_producer = graph_index.producers(original.graph) if original is not None else {}
     inits = {t.name: t for t in graph.initializer}
-    users = consumers(graph)
-    outputs = {o.name for o in graph.output}
+    users = graph_index.consumers(graph)
+    outputs = graph_index.output_names(graph)
     types = {
         v.name: v.type for v in list(graph.input) + list(graph.value_info) + list(graph.output)
     }
     grid = set(activation_tensors(model, set(float_tensors(model))))
     layer_of = {n: f.kind for f in fused_layers(model) for n in f.nodes}
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = graph_index.producers(graph)
     uses = Counter(i for n in graph.node for i in n.input)
     result = CheckResult(
         "float", "Tensors left in float (no quantization grid in quantbuild's QDQ model)", 0

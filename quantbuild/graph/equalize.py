@@ -14,12 +14,13 @@ ranges, each normalised by its tensor-wide maximum. Afterwards both sides are sq
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from quantbuild.graph import index as graph_index
 
 PRODUCERS = ("Conv", "BatchNormalization")
 SWEEPS = 4  # a layer between two pairs is balanced against both; a few passes settle it
@@ -47,12 +48,9 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
     """Tensors produced by a Conv or BatchNormalization and read only as the data input of
     convolutions with constant weights, in graph order."""
     graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    uses: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            uses[name].append(node)
-    outputs = {o.name for o in graph.output}
+    inits = graph_index.initializer_names(graph)
+    uses = graph_index.consumers(graph)
+    outputs = graph_index.output_names(graph)
 
     def owned(name: str, node: onnx.NodeProto) -> bool:
         # A shared initializer would change other layers too.

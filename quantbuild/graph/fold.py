@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from quantbuild.graph import index as graph_index
 from quantbuild.graph.onnx_utils import tensor_types
 
 
@@ -29,12 +30,9 @@ class Graph:
     def refresh(self) -> None:
         g = self.graph
         self.inits = {t.name: t for t in g.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in g.node:
-            for i in n.input:
-                self.consumers[i].append(n)
-        self.outputs = {o.name for o in g.output}
+        self.producer: dict[str, onnx.NodeProto] = graph_index.producers(g)
+        self.consumers = graph_index.consumers(g)
+        self.outputs = graph_index.output_names(g)
         self.types = tensor_types(self.model)
 
     def const(self, name: str) -> np.ndarray | None:

@@ -9,6 +9,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference, version_converter
 
 from quantbuild.errors import ModelError
+from quantbuild.graph import index as graph_index
 from quantbuild.graph.fold import simplify
 from quantbuild.graph.onnx_utils import initializers, opset_version
 
@@ -75,8 +76,8 @@ def _fold_batchnorm(graph: onnx.GraphProto) -> int:
     """Fold BatchNormalization into the Conv that feeds it alone; returns how many."""
     inits = {t.name: t for t in graph.initializer}
     consumers = Counter(i for n in graph.node for i in n.input)
-    outputs = {o.name for o in graph.output}
-    producer = {o: n for n in graph.node for o in n.output}
+    outputs = graph_index.output_names(graph)
+    producer = graph_index.producers(graph)
     folded, drop = 0, set()
     for bn in graph.node:
         if bn.op_type != "BatchNormalization" or len(bn.output) != 1:

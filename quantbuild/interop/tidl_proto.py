@@ -32,7 +32,6 @@ writes the file (`TIDL_exportQuantParamsToProtoTxt`, `TIDL_canBypassCalibration`
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass, fields
 from enum import IntEnum
 
@@ -42,6 +41,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from onnx import numpy_helper
 
 from quantbuild.errors import ModelError, RecipeError, Where
+from quantbuild.graph import index as graph_index
 from quantbuild.graph.ops import FUSED_ACTIVATIONS, FUSING_PRODUCERS, VALUE_PRESERVING
 from quantbuild.quant.params import DTYPES
 
@@ -455,11 +455,8 @@ def from_record(record: dict, model: onnx.ModelProto) -> NetQuantParams:
         )
     acts, weights, biases = record["activations"], record["weights"], record["biases"]
     inits = {t.name: t for t in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    outputs = graph_index.output_names(graph)
+    consumers = graph_index.consumers(graph)
 
     layers: list[LayerQuantParams] = []
     grid: dict[str, dict] = {}  # tensor -> the activation entry whose grid it is on

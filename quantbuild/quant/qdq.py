@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from quantbuild.graph import index as graph_index
 from quantbuild.graph.fold import Graph
 from quantbuild.graph.onnx_utils import opset_version
 from quantbuild.graph.ops import (
@@ -137,13 +138,10 @@ def index_derived(model: onnx.ModelProto) -> set[str]:
 def activation_tensors(model: onnx.ModelProto, candidates: set[str]) -> list[str]:
     """The tensors among `candidates` that get their own grid, in graph order (see module doc)."""
     graph = model.graph
-    inits = {t.name for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    outputs = {o.name for o in graph.output}
+    inits = graph_index.initializer_names(graph)
+    producer = graph_index.producers(graph)
+    consumers = graph_index.consumers(graph)
+    outputs = graph_index.output_names(graph)
     # Inside a multi-node layer, and a MatMul's output before its bias: no grid of their own.
     inside = {t for layer in fused_layers(model) for t in layer.internal}
     by_name = {n.name: n for n in graph.node}
@@ -276,7 +274,7 @@ class QDQWriter:
 
     def _quantize_parameters(self, uses: dict[str, int]) -> None:
         graph = self.source.graph
-        producer = {o: n for n in graph.node for o in n.output}
+        producer = graph_index.producers(graph)
         layer_params = {n for layer in fused_layers(self.source) for n in layer.nodes}
         linear = linear_biases(self.source)
         matmul_bias = {m: lb.bias for m, lb in linear.items()}

@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from quantbuild.errors import ModelError
+from quantbuild.graph import index as graph_index
 from quantbuild.graph.ops import QDQ_OPS
 from quantbuild.quant.params import DTYPES, QParams
 
@@ -67,7 +68,7 @@ def strip_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Prequantized]:
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute:
             consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = graph_index.producers(graph)
     found = Prequantized()
     rename: dict[str, str] = {}  # DQ output -> the float tensor it stands for
     new_weights: dict[str, np.ndarray] = {}
@@ -141,7 +142,7 @@ def _rebuild(
             new.input[i] = _resolve(rename, name)
         kept.append(new)
     # A graph output produced by a DequantizeLinear: rename the float producer's output back.
-    outputs = {o.name for o in graph.output}
+    outputs = graph_index.output_names(graph)
     for name in outputs:
         source = _resolve(rename, name)
         if source != name:
