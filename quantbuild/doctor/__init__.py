@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -33,7 +34,7 @@ class Report:
 
     model: str
     recipe: str | None
-    facts: dict  # what the model is: node and layer counts, what preparation changed
+    facts: dict[str, Any]  # what the model is: node and layer counts, what preparation changed
     checks: list[CheckResult] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # check -> why it did not run
 

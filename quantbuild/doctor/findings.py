@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
 from onnx import helper
@@ -23,7 +24,9 @@ class Finding:
     evidence: str
     remedy: str
     severity: float = 0.0  # larger is worse; orders the findings of a check
-    values: dict = field(default_factory=dict)  # the numbers behind the evidence
+    values: dict[str, Any] = field(
+        default_factory=dict[str, Any]
+    )  # the numbers behind the evidence
 
 
 @dataclass
@@ -48,7 +51,7 @@ class CheckResult:
         return self
 
 
-def attributes(node: onnx.NodeProto) -> dict:
+def attributes(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 

@@ -66,7 +66,7 @@ def float_check(model: onnx.ModelProto, original: onnx.ModelProto | None = None)
             tensor = node.input[0]
         return True
 
-    by_op: Counter = Counter()
+    by_op: Counter[str] = Counter()
     for node in graph.node:
         result.checked += 1
         problems: list[str] = []

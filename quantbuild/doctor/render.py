@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict
+from typing import Any
 
 from quantbuild.doctor import Report
 
 SHOWN = 10  # findings per check in text output unless --all
 
 
-def _finite(value):
+def _finite(value: Any) -> Any:
     """JSON has no inf/nan: write them as strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)

@@ -116,7 +116,8 @@ def pair_scales(
     s = np.sqrt(np.maximum(r1, TINY) / np.maximum(consumer, TINY))
     # Channels that are dead on either side carry nothing: leave them alone.
     s[(r1 <= TINY) | (consumer <= TINY)] = 1.0
-    return np.clip(s, 1.0 / MAX_SCALE, MAX_SCALE)
+    clipped: np.ndarray = np.clip(s, 1.0 / MAX_SCALE, MAX_SCALE)
+    return clipped
 
 
 def equalize(

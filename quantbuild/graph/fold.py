@@ -87,7 +87,7 @@ def other_operand(node: onnx.NodeProto | None, tensor: str) -> str | None:
     """The operand of a binary node that is not `tensor` (None if `tensor` is not one)."""
     if node is None or len(node.input) != 2 or tensor not in node.input:
         return None
-    return node.input[1] if node.input[0] == tensor else node.input[0]
+    return str(node.input[1] if node.input[0] == tensor else node.input[0])
 
 
 def _per_channel(value: np.ndarray, channels: int, rank: int) -> np.ndarray | None:

@@ -8,13 +8,14 @@ in this table (mixed precision's latency model uses the shapes observed on calib
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import onnx
 
 from quantbuild.graph.onnx_utils import frame_shape, initializers, tensor_types
 
 
-def layer_macs(node: onnx.NodeProto, types: dict, inits: dict) -> int | None:
+def layer_macs(node: onnx.NodeProto, types: dict[str, Any], inits: dict[str, Any]) -> int | None:
     """Multiply-accumulates of one node (None while a shape it needs is unknown)."""
     out = frame_shape(types.get(node.output[0])) if node.output else None
     if node.op_type in ("Conv", "ConvTranspose") and node.input[1] in inits:
@@ -38,7 +39,7 @@ def layer_macs(node: onnx.NodeProto, types: dict, inits: dict) -> int | None:
     return 0
 
 
-def layer_table(model: onnx.ModelProto) -> list[dict]:
+def layer_table(model: onnx.ModelProto) -> list[dict[str, Any]]:
     """One row per node, in graph order."""
     types = tensor_types(model)
     inits = initializers(model)

@@ -34,7 +34,7 @@ def load_model(path: Path, where: Where | str | None = None) -> onnx.ModelProto:
 def opset_version(model: onnx.ModelProto) -> int:
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
-            return entry.version
+            return int(entry.version)
     return 0
 
 
@@ -93,5 +93,5 @@ def frame_shape(type_proto: onnx.TypeProto | None) -> tuple[int, ...] | None:
     return _known(dims)
 
 
-def to_array(tensor: onnx.TensorProto):
+def to_array(tensor: onnx.TensorProto) -> np.ndarray:
     return numpy_helper.to_array(tensor)

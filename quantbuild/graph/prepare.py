@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import onnx
@@ -130,7 +131,9 @@ def _fold_batchnorm(graph: onnx.GraphProto) -> int:
     return folded
 
 
-def prepare_model(model: onnx.ModelProto, rewrite: bool = True) -> tuple[onnx.ModelProto, dict]:
+def prepare_model(
+    model: onnx.ModelProto, rewrite: bool = True
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Return the canonical float model and a summary of what preparation changed.
 
     `rewrite=False` keeps every weight as it is (no BatchNorm folding or graph rewrites): the

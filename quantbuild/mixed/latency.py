@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import helper
@@ -71,7 +72,7 @@ class Estimate:
     unit: str  # "cycles", or "table" when a user table sets the unit
     unknown: tuple[str, ...] = ()  # layers whose shapes were unknown
 
-    def table(self) -> list[dict]:
+    def table(self) -> list[dict[str, Any]]:
         """One row per layer, in graph order, for display."""
         return [{"layer": name, **vars(row)} for name, row in self.layers.items()]
 
@@ -214,7 +215,9 @@ def _number(value: object, what: str, where: Where | str) -> float:
     return number
 
 
-def _add(rows: dict, layer: object, t8: object, t16: object, what: str, where) -> None:
+def _add(
+    rows: dict[str, Any], layer: object, t8: object, t16: object, what: str, where: Where | str
+) -> None:
     if not isinstance(layer, str) or not layer:
         raise RecipeError(f"{what}.layer: expected a layer name, got {layer!r}", where)
     if layer in rows:

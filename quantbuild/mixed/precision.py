@@ -40,6 +40,7 @@ import dataclasses
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
 import onnx
@@ -114,13 +115,15 @@ class Assignment:
     tensors_16bit: frozenset[str]  # feature maps (with or without a grid of their own)
     weights_16bit: frozenset[str]  # weight initializers
     # node name -> {"op", "output_bits", "weight_bits" (None: no weight), "why"}, graph order
-    layers: dict[str, dict] = dataclasses.field(default_factory=dict, hash=False)
+    layers: dict[str, dict[str, Any]] = dataclasses.field(
+        default_factory=dict[str, Any], hash=False
+    )
 
     def bits(self, tensor: str) -> int:
         """Bit width of a feature map."""
         return 16 if tensor in self.tensors_16bit else 8
 
-    def table(self) -> list[dict]:
+    def table(self) -> list[dict[str, Any]]:
         """One row per layer, in graph order, for display."""
         return [{"layer": name, **info} for name, info in self.layers.items()]
 
@@ -258,7 +261,7 @@ class Network:
                         mark(t, origin[tensor])
 
         listed = set(outputs) | params
-        layers: dict[str, dict] = {}
+        layers: dict[str, dict[str, Any]] = {}
         weights = set()
         for name in self.nodes:
             features = [t for t in (*self.outputs[name], *self.inputs[name]) if t in origin]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from quantbuild.mixed.select import select_layers
 
@@ -38,7 +39,7 @@ class Search:
     met: bool
     points: list[Point]  # every measured selection, in the order measured
 
-    def table(self) -> list[dict]:
+    def table(self) -> list[dict[str, Any]]:
         return [
             {**asdict(p), "factor": None if math.isinf(p.factor) else p.factor} for p in self.points
         ]

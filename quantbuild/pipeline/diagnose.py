@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from quantbuild.errors import RecipeError
 from quantbuild.pipeline.plan import RecipeBuild
@@ -55,9 +56,9 @@ class Result:
 
     step: Step
     recipe: str
-    metrics: dict
-    precision: dict
-    sensitivity: dict | None = None
+    metrics: dict[str, Any]
+    precision: dict[str, Any]
+    sensitivity: dict[str, Any] | None = None
 
     @property
     def top1(self) -> float | None:
@@ -74,7 +75,7 @@ class Result:
 
     @property
     def latency_ratio(self) -> float:
-        return self.precision["latency"]["ratio"]
+        return float(self.precision["latency"]["ratio"])
 
     def score(self) -> float | None:
         """The figure the verdict compares: top-1 where there are labels, else SQNR."""

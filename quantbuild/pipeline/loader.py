@@ -106,7 +106,7 @@ def _report_current(plan: Plan, out: Path) -> bool:
     )
 
 
-class RecipeLoader(TaskLoader2):
+class RecipeLoader(TaskLoader2):  # type: ignore[misc]  # doit ships no types
     """Loads the recipes of the project in `root` (default: the current folder) as doit tasks;
     given a Plan, uses it instead of loading the recipes again."""
 

@@ -92,7 +92,7 @@ class RecipeBuild:
         return digest([[hashes[f.file], f.index, f.label] for f in dataset.frames])
 
     @cached_property
-    def keyed_recipe(self) -> dict:
+    def keyed_recipe(self) -> dict[str, Any]:
         """The recipe with files and datasets replaced by their content digests."""
         data = copy.deepcopy(self.recipe.data)
         data["model"] = {"sha256": self.project.hasher.sha256(self.recipe.model)}
@@ -237,7 +237,10 @@ def write_last_record(state: Path, recipe: str, stage: str, record: dict[str, An
 def last_record(state: Path, recipe: str, stage: str) -> dict[str, Any] | None:
     """What a recipe's stage was last built from (None: never built here)."""
     try:
-        return json.loads((state / RECORDS / recipe / f"{stage}.json").read_text(encoding="utf-8"))
+        record = json.loads(
+            (state / RECORDS / recipe / f"{stage}.json").read_text(encoding="utf-8")
+        )
+        return record if isinstance(record, dict) else None
     except (OSError, ValueError):
         return None
 

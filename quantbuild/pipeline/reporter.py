@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from doit.reporter import ConsoleReporter
 
-from quantbuild.pipeline import failures
+from quantbuild.pipeline import failures as task_failures
 
 
-class QuantbuildReporter(ConsoleReporter):
+class QuantbuildReporter(ConsoleReporter):  # type: ignore[misc]  # doit ships no types
     """`.  stage:recipe` when a stage runs, `-- stage:recipe` when up to date, as doit prints;
     a user error is one line `ERROR stage:recipe: file:line:col: message` (no traceback)."""
 
     desc = "quantbuild console output"
+    failures: list[dict[str, Any]]  # doit's ConsoleReporter collects them
 
-    def _write_failure(self, result, write_exception=True):
-        error = failures.for_task(result["task"].name)
+    def _write_failure(self, result: dict[str, Any], write_exception: bool = True) -> None:
+        error = task_failures.for_task(result["task"].name)
         if error is None:  # a bug, not bad input: keep doit's full report
-            return super()._write_failure(result, write_exception)
+            super()._write_failure(result, write_exception)
+            return
         self.write(f"ERROR {result['task'].name}: {error}\n")
 
-    def complete_run(self):
+    def complete_run(self) -> None:
         # doit repeats failures with captured output at the end; ours are already one line.
-        self.failures = [f for f in self.failures if failures.for_task(f["task"].name) is None]
+        self.failures = [f for f in self.failures if task_failures.for_task(f["task"].name) is None]
         super().complete_run()

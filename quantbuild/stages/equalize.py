@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,7 +27,7 @@ FACTORS = Artifact("equalization.json")
 STAMP = "quantbuild.equalization"  # metadata key: digest of the channel factors applied
 
 
-def run(ctx: Context, out: Path) -> dict:
+def run(ctx: Context, out: Path) -> dict[str, Any]:
     q = Quantization.of(ctx.recipe.data)
     settings = q.equalization
     assert settings is not None  # the stage applies only then
@@ -78,7 +79,7 @@ def stamp_of(model: onnx.ModelProto) -> str | None:
     return next((p.value for p in model.metadata_props if p.key == STAMP), None)
 
 
-def applies(recipe: dict) -> bool:
+def applies(recipe: dict[str, Any]) -> bool:
     """Whether a recipe builds this stage: it asks for equalization."""
     return Quantization.of(recipe).equalization is not None
 

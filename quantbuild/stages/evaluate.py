@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -31,7 +32,7 @@ LAYER_FRAMES = 32  # evaluation frames for the per-layer SQNR (the first ones)
 LAYER_BYTES = 192 << 20  # analysed tensor values held per frame and chunk
 
 
-def run(ctx: Context, out: Path) -> dict:
+def run(ctx: Context, out: Path) -> dict[str, Any]:
     metrics = ctx.recipe.data["evaluation"]["metrics"]
     float_model = onnx.load(str(float_model_path(ctx)))
     quant_model = onnx.load(str(ctx.inputs["quantize"].path(QDQ_MODEL)))
@@ -54,7 +55,7 @@ def run(ctx: Context, out: Path) -> dict:
     lw = layerwise.build(float_model, quant_model)
     layers = lw.layers
     errors = _layer_errors(lw, quant_model, dataset, inputs)
-    result: dict = {"frames": len(dataset.frames), "outputs": {}}
+    result: dict[str, Any] = {"frames": len(dataset.frames), "outputs": {}}
     if top1:
         result["top1"] = {k: v.value() for k, v in top1.items()}
     for name, f in fidelity.items():
@@ -87,7 +88,7 @@ def _layer_errors(
     lw: layerwise.LayerwiseModel,
     quant_model: onnx.ModelProto,
     dataset: Dataset,
-    inputs: list,
+    inputs: list[Any],
 ) -> list[ErrorSums]:
     """Per layer [layer-wise, accumulated] error sums over the first LAYER_FRAMES frames.
 
@@ -125,7 +126,7 @@ def _layer_errors(
     return errors
 
 
-def _chunks(layers: list[layerwise.Layer], shapes: dict) -> list[list[int]]:
+def _chunks(layers: list[layerwise.Layer], shapes: dict[str, Any]) -> list[list[int]]:
     """Layer indices in graph order, grouped so that each group's outputs fit LAYER_BYTES."""
     chunks: list[list[int]] = [[]]
     used = 0
@@ -140,7 +141,7 @@ def _chunks(layers: list[layerwise.Layer], shapes: dict) -> list[list[int]]:
     return chunks
 
 
-def layer_table(layers: list[layerwise.Layer], errors: list[ErrorSums]) -> list[dict]:
+def layer_table(layers: list[layerwise.Layer], errors: list[ErrorSums]) -> list[dict[str, Any]]:
     """One row per quantized tensor, worst layer-wise SQNR first; ties keep graph order.
 
     An undefined SQNR is null in JSON: sorted last without error, first without signal."""
@@ -172,7 +173,7 @@ def _db(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f} dB"
 
 
-def applies(recipe: dict) -> bool:
+def applies(recipe: dict[str, Any]) -> bool:
     """Whether a recipe builds this stage: it has an `evaluation:` section."""
     return "evaluation" in recipe
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from quantbuild.errors import RecipeError
+from quantbuild.errors import RecipeError, Where
 from quantbuild.interop.imported import ImportedRange, activations_only, read_imported
 from quantbuild.interop.ranges_file import read
 from quantbuild.runtime import float_tensors
@@ -33,7 +33,7 @@ def imported_ranges(ctx: Context, model: onnx.ModelProto) -> dict[str, ImportedR
     return out
 
 
-def _check_equalization(source: Path, model: onnx.ModelProto, where) -> None:
+def _check_equalization(source: Path, model: onnx.ModelProto, where: Where) -> None:
     """Ranges fit only the float model they were taken on: equalization rescales channels."""
     if source.suffix.lower() not in (".yaml", ".yml"):
         return  # TIDL and onnxruntime files cannot say which model they describe

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from quantbuild.graph.onnx_utils import graph_inputs, load_model
 from quantbuild.graph.prepare import prepare_model
 from quantbuild.interop.ranges_file import dumps
 from quantbuild.quant.params import QParams, TensorRange
-from quantbuild.quant.qdq_strip import is_qdq, strip_qdq
+from quantbuild.quant.qdq_strip import Prequantized, is_qdq, strip_qdq
 from quantbuild.stages.context import Context
 from quantbuild.stages.settings import Quantization
 from quantbuild.stages.spec import Stage
@@ -25,7 +26,7 @@ PREQUANTIZED_RANGES = Artifact("prequantized.ranges.yaml")
 PREQUANTIZED_WEIGHTS = Artifact("prequantized.weights.json")
 
 
-def run(ctx: Context, out: Path) -> dict:
+def run(ctx: Context, out: Path) -> dict[str, Any]:
     where = ctx.recipe.where(("model",))
     model = load_model(ctx.recipe.model, where)
     prequantized = Quantization.of(ctx.recipe.data).prequantized
@@ -62,7 +63,7 @@ def run(ctx: Context, out: Path) -> dict:
     return {**summary, "inputs": inputs}
 
 
-def write_prequantized(found, out: Path) -> None:
+def write_prequantized(found: Prequantized, out: Path) -> None:
     """The pre-quantized model's grids: activations as a ranges file, weights as JSON."""
     ranges = {}
     for name, qp in found.activations.items():

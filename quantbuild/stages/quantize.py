@@ -6,6 +6,7 @@ import functools
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -52,7 +53,7 @@ ORT_OVERRIDES = Artifact("tensor_quant_overrides.json", export="tensor_quant_ove
 PRECISION = Artifact("precision.json", export="precision.json")
 
 
-def run(ctx: Context, out: Path) -> dict:
+def run(ctx: Context, out: Path) -> dict[str, Any]:
     q = Quantization.of(ctx.recipe.data)
     model = onnx.load(str(float_model_path(ctx)))
     ranges, _ = read(ctx.inputs["ranges"].path(RANGES))
@@ -108,7 +109,9 @@ def run(ctx: Context, out: Path) -> dict:
     }
 
 
-def _finish(ctx: Context, model: onnx.ModelProto, qdq: onnx.ModelProto, record: dict):
+def _finish(
+    ctx: Context, model: onnx.ModelProto, qdq: onnx.ModelProto, record: dict[str, Any]
+) -> onnx.ModelProto:
     """Bias calibration, and with the rounding stage the same on its GPTQ-rounded weights: then
     the candidate whose output is closer to the float model's on calibration frames that
     neither fitted is kept (GPTQ alone lowers every layer's error but not always the model's,
@@ -159,7 +162,9 @@ def _prequantized_weights(ctx: Context) -> dict[str, QParams]:
     return out
 
 
-def _with_final_biases(model: onnx.ModelProto, qdq: onnx.ModelProto, record: dict):
+def _with_final_biases(
+    model: onnx.ModelProto, qdq: onnx.ModelProto, record: dict[str, Any]
+) -> onnx.ModelProto:
     """The float model with the biases the QDQ model uses (bias calibration changed them)."""
     inits = {t.name: t for t in qdq.graph.initializer}
     final = onnx.ModelProto()
@@ -172,7 +177,7 @@ def _with_final_biases(model: onnx.ModelProto, qdq: onnx.ModelProto, record: dic
     return final
 
 
-def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict) -> Assignment:
+def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict[str, Any]) -> Assignment:
     """The recipe's manual mixed precision (everything at `bits` without one)."""
     q = Quantization.of(ctx.recipe.data)
     mp = q.mixed_precision
@@ -203,7 +208,7 @@ def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict) -> Assignmen
     return assignment
 
 
-def _table(assignment: Assignment, bits: int) -> list[dict]:
+def _table(assignment: Assignment, bits: int) -> list[dict[str, Any]]:
     """Every layer's output and weight bits (a 16-bit build is 16-bit throughout)."""
     rows = assignment.table()
     if bits == 16:
@@ -214,7 +219,7 @@ def _table(assignment: Assignment, bits: int) -> list[dict]:
     return rows
 
 
-def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict) -> list[str]:
+def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict[str, Any]) -> list[str]:
     """Layers promoted under `mixed_precision.factor`, from the cached sensitivities."""
     mp = Quantization.of(ctx.recipe.data).mixed_precision
     sensitivity = json.loads(ctx.inputs["sensitivity"].path(SENSITIVITY).read_text())

@@ -23,7 +23,7 @@ from quantbuild.store.files import load_npz
 RANGES = Artifact("ranges.yaml", export="ranges.yaml")
 
 
-def run(ctx: Context, out: Path) -> dict:
+def run(ctx: Context, out: Path) -> dict[str, Any]:
     q = Quantization.of(ctx.recipe.data)
     stats = load_npz(ctx.inputs["stats"].path(STATS))
     grid, policy = q.grid, q.activation_clipping

@@ -8,6 +8,7 @@ grid is still the one they were chosen on.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -24,13 +25,13 @@ from quantbuild.store.files import npz_bytes
 ROUNDING = Artifact("rounding.npz")
 
 
-def applies(recipe: dict) -> bool:
+def applies(recipe: dict[str, Any]) -> bool:
     """Whether a recipe builds this stage."""
     q = Quantization.of(recipe)
     return q.weight_rounding == "gptq" and not q.prequantized
 
 
-def run(ctx: Context, out: Path) -> dict:
+def run(ctx: Context, out: Path) -> dict[str, Any]:
     model = onnx.load(str(float_model_path(ctx)))
     ranges, _ = read(ctx.inputs["ranges"].path(RANGES))
     qdq, record = write_qdq(model, ranges, Quantization.of(ctx.recipe.data).weights)

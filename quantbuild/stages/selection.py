@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -30,7 +31,7 @@ from quantbuild.store.entries import Artifact
 SELECTION = Artifact("selection.json", export="selection.json")
 
 
-def applies(recipe: dict) -> bool:
+def applies(recipe: dict[str, Any]) -> bool:
     """Whether a recipe builds this stage."""
     q = Quantization.of(recipe)
     return q.bits == 8 and "max_drop" in q.mixed_precision
@@ -69,7 +70,7 @@ class TaskMetric:
         return self._measure(model)
 
 
-def run(ctx: Context, out: Path) -> dict:
+def run(ctx: Context, out: Path) -> dict[str, Any]:
     mp = Quantization.of(ctx.recipe.data).mixed_precision
     model = onnx.load(str(float_model_path(ctx)))
     models = MixedModels(ctx, model)

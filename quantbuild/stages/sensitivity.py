@@ -22,6 +22,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -59,7 +60,7 @@ PARAMS = ":params"  # candidate suffix: the layer's weights only in 16 bits
 SWEEP = (1.05, 1.1, 1.2, 1.3, 1.5, 2.0)  # factors measured for the report
 
 
-def applies(recipe: dict) -> bool:
+def applies(recipe: dict[str, Any]) -> bool:
     """Whether a recipe builds this stage: automatic mixed precision
     (a latency budget or an accuracy target) in an 8-bit build."""
     return Quantization.of(recipe).automatic_mixed_precision
@@ -88,7 +89,11 @@ class Promotions:
     of candidates, and its estimated T_MP / T_8 (each set estimated once)."""
 
     def __init__(
-        self, model: onnx.ModelProto, mp: dict, shapes: dict, table: LatencyTable | None = None
+        self,
+        model: onnx.ModelProto,
+        mp: dict[str, Any],
+        shapes: dict[str, Any],
+        table: LatencyTable | None = None,
     ):
         self.model, self.mp, self.shapes, self.table = model, mp, shapes, table
         self.net = Network(model)  # built once: every ratio assigns lists on this model
@@ -179,7 +184,7 @@ class ErrorProbe:
         return float(np.mean(self.frame_errors(output_16bit, params_16bit, ranges)))
 
 
-def run(ctx: Context, out: Path) -> dict:
+def run(ctx: Context, out: Path) -> dict[str, Any]:
     model = onnx.load(str(float_model_path(ctx)))
     probe = ErrorProbe(ctx, model)
     feeds = probe.feeds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -18,7 +19,7 @@ from quantbuild.store.files import npz_bytes
 STATS = Artifact("stats.npz")
 
 
-def run(ctx: Context, out: Path) -> dict:
+def run(ctx: Context, out: Path) -> dict[str, Any]:
     model = onnx.load(str(float_model_path(ctx)))
     known = frozenset(imported_ranges(ctx, model))
     dataset = ctx.dataset("calibration")

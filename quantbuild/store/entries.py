@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from quantbuild.errors import StoreError
 from quantbuild.store.keys import canonical_json, digest, file_sha256
@@ -45,20 +46,21 @@ class Entry:
     """A published store entry."""
 
     dir: Path
-    manifest: dict
+    manifest: dict[str, Any]
 
     @property
     def digest(self) -> str:
         """Content digest of the entry's files (what downstream keys depend on)."""
-        return self.manifest["digest"]
+        return str(self.manifest["digest"])
 
     def path(self, artifact: Artifact | str) -> Path:
         """Where one of the entry's files is."""
         return self.dir / (artifact.file if isinstance(artifact, Artifact) else artifact)
 
     @property
-    def meta(self) -> dict:
-        return self.manifest.get("meta", {})
+    def meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = self.manifest.get("meta", {})
+        return meta
 
 
 class BadEntry(Exception):
@@ -73,7 +75,7 @@ class Store:
         self.root = Path(root)
         self.read_only = Path(read_only) if read_only else None
         # entry folder -> stamp of its files when their hashes last matched, in this process
-        self._verified: dict[Path, tuple] = {}
+        self._verified: dict[Path, tuple[Any, ...]] = {}
 
     @property
     def roots(self) -> list[Path]:
@@ -106,7 +108,9 @@ class Store:
             return None
         return Entry(folder, manifest)
 
-    def publish(self, stage: str, key: str, build: Callable[[Path], dict], record: dict) -> Entry:
+    def publish(
+        self, stage: str, key: str, build: Callable[[Path], dict[str, Any]], record: dict[str, Any]
+    ) -> Entry:
         """Run `build(tmpdir) -> meta` and publish the files it wrote as (stage, key)."""
         staging = self.root / stage / f"{STAGING}{socket.gethostname()}-{os.getpid()}-{_unique()}"
         try:
@@ -138,7 +142,7 @@ class Store:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def _install(self, staging: Path, stage: str, key: str, manifest: dict) -> Entry:
+    def _install(self, staging: Path, stage: str, key: str, manifest: dict[str, Any]) -> Entry:
         """Rename `staging` into place. When another writer got there first, keep its entry:
         same key, same inputs. A bad entry in the way is discarded, then the rename retried."""
         final = self.entry_dir(stage, key)
@@ -176,7 +180,7 @@ class Store:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def read_manifest(folder: Path, stage: str, key: str) -> dict:
+def read_manifest(folder: Path, stage: str, key: str) -> dict[str, Any]:
     """The manifest of the entry in `folder`, checked for shape, stage and key."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -199,7 +203,7 @@ def read_manifest(folder: Path, stage: str, key: str) -> dict:
     return manifest
 
 
-def file_stamp(folder: Path, manifest: dict) -> tuple:
+def file_stamp(folder: Path, manifest: dict[str, Any]) -> tuple[Any, ...]:
     """Size, mtime and inode of every file of an entry; a missing or resized file is bad."""
     stamp = []
     for name, info in sorted(manifest["files"].items()):
@@ -213,7 +217,7 @@ def file_stamp(folder: Path, manifest: dict) -> tuple:
     return tuple(stamp)
 
 
-def verify_files(folder: Path, manifest: dict) -> None:
+def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
     """Hash every file of an entry against its manifest."""
     for name, info in manifest["files"].items():
         try:
@@ -224,7 +228,7 @@ def verify_files(folder: Path, manifest: dict) -> None:
             raise BadEntry(f"{name}: content does not match its sha256")
 
 
-def check_entry(folder: Path, stage: str, key: str) -> dict:
+def check_entry(folder: Path, stage: str, key: str) -> dict[str, Any]:
     """Re-read and re-hash an entry from scratch; raises BadEntry. Returns its manifest."""
     manifest = read_manifest(folder, stage, key)
     file_stamp(folder, manifest)

@@ -35,7 +35,7 @@ class FileHasher:
 
     def __init__(self, cache_file: Path | None = None):
         self.cache_file = cache_file
-        self._cache: dict[str, list] = {}
+        self._cache: dict[str, list[Any]] = {}  # path -> [size, mtime_ns, inode, sha256]
         self._dirty = False
         if cache_file and cache_file.is_file():
             try:
@@ -49,7 +49,7 @@ class FileHasher:
         key = str(Path(path).resolve())
         cached = self._cache.get(key)
         if cached and cached[:3] == stamp:
-            return cached[3]
+            return str(cached[3])
         value = file_sha256(path)
         self._cache[key] = stamp + [value]
         self._dirty = True
