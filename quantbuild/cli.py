@@ -142,7 +142,9 @@ def cmd_clean(args) -> int:
     for name in names:
         shutil.rmtree(project.out / name, ignore_errors=True)
     if not args.recipes:
-        for report in ("report.md", "report.html"):
+        from quantbuild.report.assemble import REPORTS
+
+        for report in REPORTS:
             (project.out / report).unlink(missing_ok=True)
         (project.state / "doit.db").unlink(missing_ok=True)
     if args.store:

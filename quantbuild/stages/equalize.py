@@ -74,6 +74,13 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
     return {"tensors": len(factors), "smoothed": len(smoothed), "digest": stamp}
 
 
+def float_model_path(ctx: Context) -> Path:
+    """The float model the build quantizes: the equalized one when the recipe equalizes."""
+    if "equalize" in ctx.inputs:
+        return ctx.inputs["equalize"].path(MODEL)
+    return ctx.inputs["prepare"].path(PREPARED_MODEL)
+
+
 def stamp_of(model: onnx.ModelProto) -> str | None:
     """The equalization digest a model carries (None: not equalized by quantbuild)."""
     return next((p.value for p in model.metadata_props if p.key == STAMP), None)

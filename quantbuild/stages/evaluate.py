@@ -20,8 +20,8 @@ from quantbuild.mixed.latency import static_shapes
 from quantbuild.progress import track
 from quantbuild.runtime import run_frame, session, with_outputs
 from quantbuild.stages.context import Context
+from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.quantize import QDQ_MODEL
-from quantbuild.stages.settings import float_model_path
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
 

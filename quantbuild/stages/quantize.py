@@ -24,6 +24,7 @@ from quantbuild.quant.params import DTYPES, QParams
 from quantbuild.quant.qdq import write_qdq
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
+from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
 from quantbuild.stages.ranges import RANGES
 from quantbuild.stages.rounding import ROUNDING
@@ -38,7 +39,7 @@ from quantbuild.stages.sensitivity import (
     observed_shapes,
     split_candidates,
 )
-from quantbuild.stages.settings import Quantization, float_model_path, latency_table
+from quantbuild.stages.settings import Quantization, latency_table
 from quantbuild.stages.spec import Stage
 from quantbuild.stages.stats import STATS
 from quantbuild.store.entries import Artifact

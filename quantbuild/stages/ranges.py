@@ -12,9 +12,9 @@ from quantbuild.interop.imported import to_ranges
 from quantbuild.interop.ranges_file import dumps
 from quantbuild.quant.qdq import activation_tensors
 from quantbuild.stages.context import Context
-from quantbuild.stages.equalize import stamp_of
+from quantbuild.stages.equalize import float_model_path, stamp_of
 from quantbuild.stages.imports import imported_ranges
-from quantbuild.stages.settings import Quantization, float_model_path
+from quantbuild.stages.settings import Quantization
 from quantbuild.stages.spec import Stage
 from quantbuild.stages.stats import STATS
 from quantbuild.store.entries import Artifact

@@ -16,8 +16,9 @@ from quantbuild.calib.rounding_runner import gptq_rounding
 from quantbuild.interop.ranges_file import read
 from quantbuild.quant.qdq import write_qdq
 from quantbuild.stages.context import Context
+from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.ranges import RANGES
-from quantbuild.stages.settings import Quantization, float_model_path
+from quantbuild.stages.settings import Quantization
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
 from quantbuild.store.files import npz_bytes

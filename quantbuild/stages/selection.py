@@ -23,8 +23,9 @@ from quantbuild.mixed.target import cheapest_within
 from quantbuild.progress import track
 from quantbuild.runtime import run_frame, session
 from quantbuild.stages.context import Context
+from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.sensitivity import SENSITIVITY, MixedModels, Promotions, observed_shapes
-from quantbuild.stages.settings import Quantization, float_model_path, latency_table
+from quantbuild.stages.settings import Quantization, latency_table
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
 

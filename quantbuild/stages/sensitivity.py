@@ -44,8 +44,9 @@ from quantbuild.progress import track
 from quantbuild.quant.qdq import write_qdq
 from quantbuild.runtime import session
 from quantbuild.stages.context import Context
+from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.ranges import RANGES
-from quantbuild.stages.settings import Quantization, float_model_path, latency_table
+from quantbuild.stages.settings import Quantization, latency_table
 from quantbuild.stages.spec import Stage
 from quantbuild.stages.stats import STATS
 from quantbuild.store.entries import Artifact

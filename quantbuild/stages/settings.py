@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from quantbuild.mixed.latency import LatencyTable, read_table
@@ -86,9 +85,3 @@ def latency_table(ctx: Context) -> LatencyTable | None:
     """The recipe's measured per-layer times (mixed_precision.latency_table), if any."""
     path = Quantization.of(ctx.recipe.data).mixed_precision.get("latency_table")
     return read_table(path) if path else None
-
-
-def float_model_path(ctx: Context) -> Path:
-    """The float model the build quantizes: the equalized one when the recipe equalizes."""
-    source = "equalize" if "equalize" in ctx.inputs else "prepare"
-    return ctx.inputs[source].path("model.onnx")  # prepare.MODEL and equalize.MODEL

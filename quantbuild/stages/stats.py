@@ -10,8 +10,8 @@ import onnx
 
 from quantbuild.calib.collect import collect_statistics
 from quantbuild.stages.context import Context
+from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.imports import imported_ranges
-from quantbuild.stages.settings import float_model_path
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
 from quantbuild.store.files import npz_bytes
