@@ -43,7 +43,9 @@ def cmd_build(args) -> int:
     from quantbuild.pipeline.plan import Plan
 
     project = _project(args)
-    plan = Plan(project)  # a bad recipe or dataset never starts a build
+    plan = Plan(project, force=args.force)  # a bad recipe or dataset never starts a build
+    for file, why in project.ignored.items():
+        print(f"note: {file.name}: not a recipe ({why}); skipped", file=sys.stderr)
     targets = []
     for ref in args.recipes:
         name = project.find(ref).name
@@ -71,6 +73,9 @@ def cmd_list(args) -> int:
         print(
             f"{name:24} {recipe.file.name:24} {recipe.data.get('device') or '-':8} {q['bits']:>2}-bit  {scheme_label(q)}"
         )
+    if args.all:
+        for file, why in project.ignored.items():
+            print(f"{'(ignored)':24} {file.name:24} not a recipe: {why}")
     return 0
 
 
@@ -139,8 +144,11 @@ def cmd_clean(args) -> int:
     names = (
         [project.find(r).name for r in args.recipes] if args.recipes else list(project.recipes())
     )
-    for name in names:
-        shutil.rmtree(project.out / name, ignore_errors=True)
+    from quantbuild.pipeline.diagnose import steps
+
+    for name in names:  # the recipe's results and the variants `diagnose` built of it
+        for folder in [name] + [f"{name}.{step.name}" for step in steps(1.2)]:
+            shutil.rmtree(project.out / folder, ignore_errors=True)
     if not args.recipes:
         from quantbuild.report.assemble import REPORTS
 
@@ -290,6 +298,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run every stage even if up to date")
     overrides(p)
     p = add("list", cmd_list, "list the recipes of the project")
+    p.add_argument(
+        "--all", action="store_true", help="also list YAML files matched but not recipes"
+    )
     overrides(p)
     p = add("status", cmd_status, "show which stages are out of date")
     p.add_argument("recipes", nargs="*", metavar="RECIPE")
@@ -384,6 +395,10 @@ def _terminate(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    if argv is None and hasattr(signal, "SIGPIPE"):
+        # `quantbuild build | head -1`: end quietly when the reader goes away, as cat does
+        # (exit status 141 from the shell); store entries are published atomically.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         return args.func(args)
     except QuantbuildError as err:

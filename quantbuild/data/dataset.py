@@ -74,6 +74,13 @@ class Dataset:
     def load(self, frame: FrameRef, inputs: list[InputSpec]) -> dict[str, np.ndarray]:
         """The model feed for one frame, checked against the model inputs."""
         if self.kind == "images":
+            if len(inputs) != 1:
+                names = ", ".join(repr(spec.name) for spec in inputs)
+                raise DataError(
+                    f"{self.field}: images feed one model input, but the model has "
+                    f"{len(inputs)} ({names}); give tensors: an .npz with one array per input",
+                    self.where,
+                )
             feed = {inputs[0].name: self._image(frame)}
         else:
             feed = self._tensors(frame, inputs)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from quantbuild.errors import RecipeError, Where
+from quantbuild.interop.ranges_file import loads, read_text
 from quantbuild.quant.params import Grid, QParams, TensorRange
 from quantbuild.suggest import closest
 
@@ -47,11 +48,9 @@ def _format(path: Path) -> str:
 def read_imported(path: Path) -> dict[str, ImportedRange | None]:
     """Every tensor range a ranges file states, whatever its format (None: a per-channel
     weight grid, which has no activation range)."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     kind = _format(path)
     if kind == "quantbuild":
-        from quantbuild.interop.ranges_file import loads
-
         ranges, _ = loads(text, str(path))
         return {n: ImportedRange(r.min, r.max, r.qparams) for n, r in ranges.items()}
     if kind == "tidl":

@@ -104,5 +104,27 @@ def loads(text: str, source: str) -> tuple[dict[str, TensorRange], dict]:
     return ranges, info
 
 
+MAX_BYTES = 256 << 20  # a ranges file of a very large model is tens of MB
+
+
+def read_text(path: Path) -> str:
+    """A ranges file's text: a clear error for a binary, unreadable or absurdly large file."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise RecipeError(
+                f"{size >> 20} MB; a ranges file is at most {MAX_BYTES >> 20} MB", str(path)
+            )
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(
+            "not a text file; import a quantbuild ranges.yaml, a TIDL quant_params.prototxt or "
+            "an onnxruntime tensor_quant_overrides.json",
+            str(path),
+        ) from None
+    except OSError as err:
+        raise RecipeError(f"cannot read: {err.strerror or err}", str(path)) from None
+
+
 def read(path: Path) -> tuple[dict[str, TensorRange], dict]:
-    return loads(path.read_text(encoding="utf-8"), str(path))
+    return loads(read_text(path), str(path))

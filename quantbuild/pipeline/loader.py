@@ -114,9 +114,11 @@ class RecipeLoader(TaskLoader2):  # type: ignore[misc]  # doit ships no types
         super().__init__()
         self.project = plan.project if plan else project or Project(Path.cwd())
         self._plan = plan
+        self._force = False
 
     def setup(self, opt_values: dict[str, Any]) -> None:
-        pass
+        # `doit -a` (--always-execute) recomputes, as `quantbuild build --force` does.
+        self._force = bool(opt_values.get("always"))
 
     def load_doit_config(self) -> dict[str, Any]:
         self.project.state.mkdir(parents=True, exist_ok=True)
@@ -130,7 +132,7 @@ class RecipeLoader(TaskLoader2):  # type: ignore[misc]  # doit ships no types
     def plan(self) -> Plan:
         if self._plan is None:
             try:
-                self._plan = Plan(self.project)
+                self._plan = Plan(self.project, force=self._force)
             except QuantbuildError as err:
                 raise InvalidDodoFile(str(err)) from None
         return self._plan

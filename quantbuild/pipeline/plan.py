@@ -28,7 +28,7 @@ from quantbuild.recipe.resolve import INPUT_FILES
 from quantbuild.stages import BY_NAME, PIPELINE, Stage
 from quantbuild.stages.context import Context
 from quantbuild.store.entries import Entry
-from quantbuild.store.files import write_atomic
+from quantbuild.store.files import file_mode, write_atomic
 from quantbuild.store.keys import canonical_json, digest, file_sha256
 
 RECORDS = "records"  # under the project's state folder: <recipe>/<stage>.json
@@ -50,9 +50,10 @@ class RecipeBuild:
     exist), a store hit looked up once; `record(stage)` is both what the key hashes and what
     the published manifest holds."""
 
-    def __init__(self, project: Project, recipe: Recipe):
+    def __init__(self, project: Project, recipe: Recipe, force: bool = False):
         self.project = project
         self.recipe = recipe
+        self.force = force  # recompute every stage run, replacing its store entry
         self._datasets: dict[str, Dataset] = {}
         self._records: dict[str, dict[str, Any]] = {}
         self._keys: dict[str, str] = {}
@@ -190,6 +191,7 @@ class RecipeBuild:
             ):
                 continue
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
+            os.fchmod(fd, file_mode())
             os.close(fd)
             try:
                 shutil.copyfile(entry.path(artifact), tmp)
@@ -212,14 +214,16 @@ class RecipeBuild:
             missing = [u for u in self.inputs(stage) if self.entry(u) is None]
             raise DataError(f"{stage}: upstream stage(s) not built: {', '.join(missing)}")
         key = self._keys[stage]
-        entry = self.entry(stage)
+        entry = None if self.force else self.entry(stage)
         hit = entry is not None
         if entry is None:
             if stage == "evaluate" and self.overlap():
                 log(f"warning: {self.overlap()} evaluation frame(s) are also calibration frames")
             inputs = {u: self._entries[u] for u in self.inputs(stage)}
             ctx = Context(self.recipe, inputs, self.dataset, log)
-            entry = self.project.store.publish(stage, key, lambda out: spec.run(ctx, out), record)
+            entry = self.project.store.publish(
+                stage, key, lambda out: spec.run(ctx, out), record, replace=self.force
+            )
             self._entries[stage] = entry
         else:
             log(f"store hit {key[:12]}")
@@ -249,16 +253,18 @@ class Plan:
     """Every recipe of a project with its datasets opened, made once per command: the doit
     loader, `status` and `show` all read the same keys and entries."""
 
-    def __init__(self, project: Project):
+    def __init__(self, project: Project, force: bool = False):
         self.project = project
-        self.builds = load_builds(project)
+        self.builds = load_builds(project, force)
         self.report: dict[str, bytes] | None = None  # set once every evaluation exists
 
 
-def load_builds(project: Project) -> dict[str, RecipeBuild]:
+def load_builds(project: Project, force: bool = False) -> dict[str, RecipeBuild]:
     """Every recipe of the project, with its datasets listed: all problems reported at once,
     before anything is built."""
-    builds = {name: RecipeBuild(project, recipe) for name, recipe in project.recipes().items()}
+    builds = {
+        name: RecipeBuild(project, recipe, force) for name, recipe in project.recipes().items()
+    }
     errors: list[QuantbuildError] = []
     for build in builds.values():
         for section in ("calibration", "evaluation"):

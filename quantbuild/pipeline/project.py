@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,7 @@ class Project:
         self.state = self.root / STATE
         self.hasher = FileHasher(self.state / "filehashes.json")
         self._recipes: dict[str, Recipe] | None = None
+        self.ignored: dict[Path, str] = {}  # YAML files matched by `recipes` that are not ones
 
     def store_readonly(self) -> bool:
         """QUANTBUILD_CACHE_READONLY when set, else the `store_readonly` setting."""
@@ -118,11 +120,29 @@ class Project:
         return sorted(files)
 
     def recipes(self) -> dict[str, Recipe]:
-        """All recipes, loaded and validated; every broken recipe is reported at once."""
+        """All recipes, loaded and validated; every broken recipe is reported at once.
+
+        A matching YAML file that does not declare `version:` (e.g. an exported ranges.yaml
+        copied here) is not a recipe: it is skipped and listed in `ignored`."""
         if self._recipes is None:
             loaded: dict[str, Recipe] = {}
             errors: list[QuantbuildError] = []
             for file in self.recipe_files():
+                problem = _not_a_recipe(file)
+                if problem:
+                    self.ignored[file] = problem
+                    continue
+                try:
+                    str(file).encode("utf-8")
+                except UnicodeEncodeError:
+                    errors.append(
+                        RecipeError(
+                            "the file name is not valid UTF-8 (task and store names must be); "
+                            "rename the file",
+                            repr(str(file)),
+                        )
+                    )
+                    continue
                 try:
                     recipe = load_recipe(file, self.overrides)
                 except RecipeErrors as err:
@@ -157,6 +177,20 @@ class Project:
                 return recipe
         known = ", ".join(recipes) or "none"
         raise RecipeError(f"no recipe named {ref!r} in {self.root}; recipes: {known}")
+
+
+def _not_a_recipe(file: Path) -> str | None:
+    """Why a YAML file matched by the recipe globs is not a recipe (None: it declares one)."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None  # let the loader report it
+    if re.search(rb"^format\s*:\s*quantbuild-ranges/", head, re.MULTILINE):
+        return "a quantbuild ranges file (import it with quantization.ranges.import)"
+    if re.search(rb"^(version|model|extends|quantization|calibration)\s*:", head, re.MULTILINE):
+        return None  # a recipe, or a broken one: the loader says what is wrong
+    return "no top-level recipe keys (version, model, extends, quantization, calibration)"
 
 
 class ProjectErrors(QuantbuildError):

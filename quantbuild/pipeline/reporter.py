@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from doit.reporter import ConsoleReporter
@@ -21,7 +22,9 @@ class QuantbuildReporter(ConsoleReporter):  # type: ignore[misc]  # doit ships n
         if error is None:  # a bug, not bad input: keep doit's full report
             super()._write_failure(result, write_exception)
             return
-        self.write(f"ERROR {result['task'].name}: {error}\n")
+        # On stderr, like every other error: stdout stays the build's progress.
+        sys.stderr.write(f"ERROR {result['task'].name}: {error}\n")
+        sys.stderr.flush()
 
     def complete_run(self) -> None:
         # doit repeats failures with captured output at the end; ours are already one line.

@@ -13,9 +13,14 @@ from ruamel.yaml.reader import ReaderError
 
 from quantbuild.errors import RecipeError, Where
 
-DocPath = tuple[
-    str | int, ...
-]  # a path into the document: ("quantization", "bits") or ("extends", 0)
+# A path into the document: ("quantization", "bits") or ("extends", 0).
+DocPath = tuple[str | int, ...]
+
+# Bounds on what a recipe may be: a real one is a few kB, a few hundred values, depth < 10.
+# They stop YAML alias bombs (anchors expanding exponentially) and stray huge files early.
+MAX_BYTES = 1 << 20
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
 
 
 @dataclass
@@ -71,6 +76,13 @@ def _position(lookup, key, fallback: Where, file: str) -> Where:
 
 def _plain(node: Any, file: str, path: DocPath, out: Located) -> Any:
     here = out.where(path) or Where(file)
+    if len(out.values) > MAX_VALUES:
+        raise RecipeError(
+            f"more than {MAX_VALUES} values (YAML aliases expanding?); a recipe is a few hundred",
+            here,
+        )
+    if len(path) > MAX_DEPTH:
+        raise RecipeError(f"{_dotted(path)}: nested deeper than {MAX_DEPTH} levels", here)
     if isinstance(node, CommentedMap):
         _reject_tag(node, path, out)
         result = {}
@@ -116,6 +128,13 @@ def load_yaml(file: Path) -> Located:
     """Load one YAML file into plain data with positions; errors name file:line:column."""
     name = str(file)
     try:
+        size = file.stat().st_size
+        if size > MAX_BYTES:
+            raise RecipeError(
+                f"{size / (1 << 20):.1f} MB; a recipe is at most {MAX_BYTES >> 20} MB "
+                "(is this file a recipe?)",
+                name,
+            )
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError("file not found", name) from None

@@ -109,9 +109,15 @@ class Store:
         return Entry(folder, manifest)
 
     def publish(
-        self, stage: str, key: str, build: Callable[[Path], dict[str, Any]], record: dict[str, Any]
+        self,
+        stage: str,
+        key: str,
+        build: Callable[[Path], dict[str, Any]],
+        record: dict[str, Any],
+        replace: bool = False,
     ) -> Entry:
-        """Run `build(tmpdir) -> meta` and publish the files it wrote as (stage, key)."""
+        """Run `build(tmpdir) -> meta` and publish the files it wrote as (stage, key); with
+        `replace`, in place of an existing entry (a forced rebuild)."""
         staging = self.root / stage / f"{STAGING}{socket.gethostname()}-{os.getpid()}-{_unique()}"
         try:
             staging.mkdir(parents=True)
@@ -137,14 +143,17 @@ class Store:
             }
             (staging / MANIFEST).write_text(canonical_json(manifest) + "\n", encoding="utf-8")
             _fsync_tree(staging)
-            return self._install(staging, stage, key, manifest)
+            return self._install(staging, stage, key, manifest, replace)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def _install(self, staging: Path, stage: str, key: str, manifest: dict[str, Any]) -> Entry:
+    def _install(
+        self, staging: Path, stage: str, key: str, manifest: dict[str, Any], replace: bool = False
+    ) -> Entry:
         """Rename `staging` into place. When another writer got there first, keep its entry:
-        same key, same inputs. A bad entry in the way is discarded, then the rename retried."""
+        same key, same inputs (unless `replace`). A bad entry in the way is discarded, then the
+        rename retried."""
         final = self.entry_dir(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
@@ -165,11 +174,12 @@ class Store:
                 judged = final.stat().st_ino
             except FileNotFoundError:
                 continue  # discarded meanwhile by another process: the path is free again
-            existing = self._load(final, stage, key)
+            existing = None if replace else self._load(final, stage, key)
             if existing is not None:
                 shutil.rmtree(staging, ignore_errors=True)
                 return existing
             discard(final, judged)
+            replace = False  # ours goes in now; a writer racing us publishes the same bytes
         raise StoreError(
             f"other processes keep replacing this entry; check what else writes to {self.root}",
             str(final),

@@ -13,11 +13,19 @@ import numpy as np
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip timestamps keep .npz files bit-identical
 
 
+def file_mode() -> int:
+    """The mode a new file gets from the user's umask (mkstemp's own files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write bytes to `path` via a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

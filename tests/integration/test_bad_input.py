@@ -12,9 +12,11 @@ RECIPE_EXIT, MODEL_EXIT, DATA_EXIT = 2, 3, 4
 
 
 def _errors(run) -> list[str]:
+    """The error lines, all on stderr (stdout is the build's progress)."""
     text = run.stdout + run.stderr
     assert "Traceback" not in text, text
-    return [line for line in text.splitlines() if "error" in line.lower()]
+    assert not [line for line in run.stdout.splitlines() if line.startswith(("ERROR", "error"))]
+    return [line for line in run.stderr.splitlines() if "error" in line.lower()]
 
 
 def _build_fails(project, code: int, *needles: str) -> str:

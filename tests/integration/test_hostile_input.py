@@ -1,0 +1,153 @@
+"""Hostile or unlucky input (issue 15's table): each case ends in one line on stderr with the
+documented exit code, never a traceback or a hang, and nothing already built is lost."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+
+import onnx
+from builders import RECIPE, write_images
+from cli_runner import run_cli, run_doit, tree_bytes
+from onnx import TensorProto, helper
+
+RECIPE_EXIT, DATA_EXIT = 2, 4
+
+
+def _one_error(run, code: int, *needles: str) -> str:
+    assert "Traceback" not in run.stdout + run.stderr, run.stderr
+    assert run.code == code, run.stdout + run.stderr
+    lines = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1, run.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_an_exported_ranges_file_in_the_project_is_not_taken_for_a_recipe(project):
+    assert run_cli("build", "-C", str(project)).code == 0
+    shutil.copy(project / "build" / "base" / "ranges.yaml", project / "ranges.yaml")
+    again = run_cli("build", "-C", str(project))
+    assert again.code == 0, again.stderr
+    assert "note: ranges.yaml: not a recipe (a quantbuild ranges file" in again.stderr
+    listed = run_cli("list", "--all", "-C", str(project))
+    assert "ranges.yaml" in listed.stdout and "not a recipe" in listed.stdout
+    assert "ranges.yaml" not in run_cli("list", "-C", str(project)).stdout
+    # a broken recipe without `version:` is still reported, not skipped
+    (project / "typo.yaml").write_text(
+        "model: model.onnx\ncalibration: {data: {tensors: calib.npz}}\n"
+    )
+    _one_error(run_cli("build", "-C", str(project)), RECIPE_EXIT, "typo.yaml", "version")
+
+
+def test_a_yaml_alias_bomb_is_refused_in_seconds(project):
+    lines = ["version: 1", 'a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    (project / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    run = run_cli("build", "-C", str(project))
+    assert time.perf_counter() - start < 60
+    _one_error(run, RECIPE_EXIT, "bomb.yaml", "more than 100000 values")
+
+
+def test_a_huge_or_deeply_nested_recipe_is_refused(project):
+    (project / "huge.yaml").write_text("version: 1\n" + "# padding\n" * 120_000)
+    _one_error(run_cli("list", "-C", str(project)), RECIPE_EXIT, "huge.yaml", "at most 1 MB")
+    (project / "huge.yaml").unlink()
+    (project / "deep.yaml").write_text("version: 1\nx: " + "[" * 80 + "]" * 80 + "\n")
+    _one_error(run_cli("list", "-C", str(project)), RECIPE_EXIT, "deep.yaml", "nested deeper")
+
+
+def test_images_for_a_two_input_model(tmp_path):
+    x = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 8]) for n in "ab"]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"], name="add")], "g", x, [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    root = tmp_path / "p"
+    root.mkdir()
+    onnx.save(model, root / "model.onnx")
+    write_images(root / "imgs", size=8)
+    (root / "two.yaml").write_text(
+        "version: 1\nmodel: model.onnx\ncalibration:\n  data: {images: imgs}\n"
+        "  preprocess: {resize: [8, 8]}\n"
+    )
+    run = run_cli("build", "-C", str(root))
+    _one_error(run, DATA_EXIT, "two.yaml:4:9", "images feed one model input", "'a', 'b'")
+
+
+def test_ranges_import_pointing_at_a_binary_file(project):
+    write_images(project / "imgs", per_class=1, classes=1)
+    extra = "quantization: {ranges: {import: imgs/0/0.png}}\n"
+    (project / "base.yaml").write_text(RECIPE.format(extra=extra))
+    _one_error(run_cli("build", "-C", str(project)), RECIPE_EXIT, "0.png", "not a text file")
+
+
+def test_a_recipe_file_name_that_is_not_utf8(project):
+    name = os.path.join(os.fsencode(project), b"caf\xe9.yaml")
+    with open(name, "wb") as f:
+        f.write(RECIPE.format(extra="name: cafe\n").encode())
+    run = run_cli("build", "-C", str(project))
+    _one_error(run, RECIPE_EXIT, "not valid UTF-8", "rename the file")
+
+
+def test_build_into_a_closed_pipe_ends_quietly_and_loses_nothing(project):
+    piped = subprocess.run(
+        f"'{sys.executable}' -m quantbuild build -C '{project}' | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
+    assert len(piped.stdout.splitlines()) == 1
+    resumed = run_cli("build", "-C", str(project))
+    assert resumed.code == 0, resumed.stderr
+    assert (project / "build" / "base" / "metrics.json").is_file()
+
+
+def test_artifacts_follow_the_umask(project):
+    env = {k: v for k, v in os.environ.items() if k != "QUANTBUILD_CACHE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "quantbuild", "build", "-C", str(project)],
+        capture_output=True,
+        env=env,
+        timeout=300,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    assert done.returncode == 0, done.stderr
+    for path in (project / "build").rglob("*"):
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_clean_removes_what_diagnose_made(project):
+    for step in ("16bit", "8bit", "mixed"):
+        (project / "build" / f"base.{step}").mkdir(parents=True)
+        (project / "build" / f"base.{step}" / "metrics.json").write_text("{}")
+    (project / "build" / "basement").mkdir()  # another recipe's folder stays
+    assert run_cli("clean", "-C", str(project), "base").code == 0
+    assert sorted(p.name for p in (project / "build").iterdir()) == ["basement"]
+
+
+def _stats_entry(project):
+    (entry,) = (project / ".quantbuild" / "store" / "stats").glob("*/*")
+    return entry
+
+
+def test_force_recomputes_and_replaces_store_entries(project):
+    assert run_cli("build", "-C", str(project)).code == 0
+    before = tree_bytes(project / "build")
+    inode = _stats_entry(project).stat().st_ino
+    forced = run_cli("build", "--force", "-C", str(project))
+    assert forced.code == 0, forced.stderr
+    assert "store hit" not in forced.stdout
+    assert _stats_entry(project).stat().st_ino != inode  # a new entry, same key
+    assert tree_bytes(project / "build") == before  # and the same bytes
+    inode = _stats_entry(project).stat().st_ino
+    assert run_doit(project, "-a").code == 0  # plain doit's --always-execute alike
+    assert _stats_entry(project).stat().st_ino != inode
