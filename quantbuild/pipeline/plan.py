@@ -8,6 +8,7 @@ and two recipes with the same model and calibration data share one `stats` entry
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -21,13 +22,13 @@ from typing import Any
 
 from quantbuild.data.dataset import Dataset, open_dataset
 from quantbuild.data.preprocess import check_channels
-from quantbuild.errors import DataError, QuantbuildError, RecipeError
+from quantbuild.errors import DataError, QuantbuildError, RecipeError, StoreError
 from quantbuild.pipeline.project import Project, ProjectErrors
 from quantbuild.recipe import Recipe
 from quantbuild.recipe.resolve import INPUT_FILES
 from quantbuild.stages import BY_NAME, PIPELINE, Stage
 from quantbuild.stages.context import Context
-from quantbuild.store.entries import Entry
+from quantbuild.store.entries import DISK_FULL, Entry
 from quantbuild.store.files import file_mode, write_atomic
 from quantbuild.store.keys import canonical_json, digest, file_sha256
 
@@ -196,6 +197,14 @@ class RecipeBuild:
             try:
                 shutil.copyfile(entry.path(artifact), tmp)
                 os.replace(tmp, target)
+            except OSError as err:
+                Path(tmp).unlink(missing_ok=True)
+                if err.errno not in DISK_FULL:
+                    raise
+                raise StoreError(
+                    f"cannot write {name} ({err.strerror}); free space in {self.export_dir()}",
+                    str(target),
+                ) from None
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
@@ -234,8 +243,10 @@ class RecipeBuild:
 
 
 def write_last_record(state: Path, recipe: str, stage: str, record: dict[str, Any]) -> None:
-    """Remember what a recipe's stage was last built from, for `status --why`."""
-    write_atomic(state / RECORDS / recipe / f"{stage}.json", canonical_json(record).encode())
+    """Remember what a recipe's stage was last built from, for `status --why` (best effort:
+    without it, status says "never built")."""
+    with contextlib.suppress(OSError):
+        write_atomic(state / RECORDS / recipe / f"{stage}.json", canonical_json(record).encode())
 
 
 def last_record(state: Path, recipe: str, stage: str) -> dict[str, Any] | None:

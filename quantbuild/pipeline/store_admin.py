@@ -7,7 +7,6 @@ are ever touched, so a store pointed at the wrong folder loses nothing else.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import string
@@ -21,7 +20,15 @@ from quantbuild.errors import StoreError
 from quantbuild.pipeline.plan import RecipeBuild
 from quantbuild.pipeline.project import Project
 from quantbuild.stages import BY_NAME
-from quantbuild.store.entries import STAGING, TRASH, BadEntry, check_entry, discard, staging_owner
+from quantbuild.store.entries import (
+    STAGING,
+    TRASH,
+    BadEntry,
+    check_entry,
+    discard,
+    staging_owner,
+    writer_alive,
+)
 
 LEFTOVER_AGE = 3600.0  # seconds; a younger staging or trash folder may belong to a live writer
 DAY = 86400.0
@@ -84,8 +91,10 @@ def leftovers(root: Path, now: float, max_age: float = LEFTOVER_AGE) -> list[Pat
         except OSError:
             continue
         owner = staging_owner(path.name) if path.name.startswith(STAGING) else None
-        if age >= max_age and not (owner and _alive(*owner)):
-            old.append(path)
+        if owner and not writer_alive(*owner):
+            old.append(path)  # its writer died on this host: whatever its age
+        elif age >= max_age and not (owner and owner[0] == socket.gethostname()):
+            old.append(path)  # old, and its writer not known to be alive here
     return old
 
 
@@ -204,16 +213,3 @@ def _stage_dirs(root: Path) -> list[Path]:
 
 def _is_key(name: str) -> bool:
     return len(name) == 64 and all(c in string.hexdigits for c in name)
-
-
-def _alive(host: str, pid: int) -> bool:
-    """Whether the process that made a staging folder still runs (only knowable on its host)."""
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True

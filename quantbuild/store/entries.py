@@ -32,6 +32,10 @@ READ_ONLY_HINT = (
 )
 
 
+# Write failures that mean "no room", whatever the file: the store or the disk is full.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A file a stage writes into its store entry; `export` names its copy under
@@ -118,6 +122,8 @@ class Store:
     ) -> Entry:
         """Run `build(tmpdir) -> meta` and publish the files it wrote as (stage, key); with
         `replace`, in place of an existing entry (a forced rebuild)."""
+        for leftover in dead_staging(self.root / stage):  # what killed builds left behind
+            shutil.rmtree(leftover, ignore_errors=True)
         staging = self.root / stage / f"{STAGING}{socket.gethostname()}-{os.getpid()}-{_unique()}"
         try:
             staging.mkdir(parents=True)
@@ -144,6 +150,15 @@ class Store:
             (staging / MANIFEST).write_text(canonical_json(manifest) + "\n", encoding="utf-8")
             _fsync_tree(staging)
             return self._install(staging, stage, key, manifest, replace)
+        except OSError as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            if err.errno not in DISK_FULL:
+                raise
+            raise StoreError(
+                f"cannot write the {stage} artifact into the store ({err.strerror}); free "
+                "space there, or point QUANTBUILD_CACHE (doit.cfg `store`) elsewhere",
+                str(self.root),
+            ) from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -264,6 +279,34 @@ def discard(folder: Path, judged: int) -> bool:
             pass  # yet another writer published meanwhile: this copy is redundant
     shutil.rmtree(trash, ignore_errors=True)
     return inode == judged
+
+
+def writer_alive(host: str, pid: int) -> bool:
+    """Whether the process that made a staging folder may still run: certainly not when it
+    was on this host and its pid is gone; from another host, unknowable (assumed alive)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def dead_staging(stage_dir: Path) -> list[Path]:
+    """Staging folders in a stage folder whose writer died on this host (a killed build)."""
+    try:
+        names = [n for n in os.listdir(stage_dir) if n.startswith(STAGING)]
+    except OSError:
+        return []
+    out = []
+    for name in sorted(names):
+        owner = staging_owner(name)
+        if owner and not writer_alive(*owner):
+            out.append(stage_dir / name)
+    return out
 
 
 def staging_owner(name: str) -> tuple[str, int] | None:

@@ -4,14 +4,17 @@ documented exit code, never a traceback or a hang, and nothing already built is 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import sys
 import time
 
 import onnx
-from builders import RECIPE, write_images
+from builders import RECIPE, heavy_cnn, make_project, write_images, write_model, write_npz
 from cli_runner import run_cli, run_doit, tree_bytes
 from onnx import TensorProto, helper
 
@@ -151,3 +154,47 @@ def test_force_recomputes_and_replaces_store_entries(project):
     inode = _stats_entry(project).stat().st_ino
     assert run_doit(project, "-a").code == 0  # plain doit's --always-execute alike
     assert _stats_entry(project).stat().st_ino != inode
+
+
+def test_the_next_build_removes_what_a_killed_build_left_in_the_store(project):
+    assert run_cli("build", "-C", str(project)).code == 0
+    stats_dir = project / ".quantbuild" / "store" / "stats"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = stats_dir / f".tmp-{socket.gethostname()}-{dead.pid}-0123456789ab"
+    leftover.mkdir()
+    (leftover / "stats.npz").write_bytes(b"half")
+    write_npz(project / "calib.npz", 8, seed=5)  # new statistics: the stats stage publishes
+    assert run_cli("build", "-C", str(project)).code == 0
+    assert not leftover.exists()
+
+
+def test_a_full_store_is_one_line_and_the_next_build_recovers(tmp_path):
+    """Files capped at 64 kB for the build (RLIMIT_FSIZE: writes fail with EFBIG, as on a full
+    disk with ENOSPC): doit's small database fits, the model artifact does not. Exit 5 naming
+    the store; nothing half-published; the next build, with room, completes."""
+    project = make_project(
+        tmp_path / "p", {"base": RECIPE.format(extra="").split("evaluation:")[0]}
+    )
+    write_model(project / "model.onnx", heavy_cnn(size=16, width=64))
+    write_npz(project / "calib.npz", 2, shape=(1, 3, 16, 16))
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    env = {k: v for k, v in os.environ.items() if k != "QUANTBUILD_CACHE"}
+    full = subprocess.run(
+        [sys.executable, "-m", "quantbuild", "build", "-C", str(project)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=small_files,
+    )
+    assert "Traceback" not in full.stderr, full.stderr
+    assert full.returncode == 5, full.stdout + full.stderr
+    assert "cannot write the prepare artifact into the store (File too large)" in full.stderr
+    store = project / ".quantbuild" / "store"
+    assert not [p for p in store.rglob("*") if p.name.startswith(".tmp-")]
+    assert run_cli("build", "-C", str(project)).code == 0

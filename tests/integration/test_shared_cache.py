@@ -167,11 +167,12 @@ def test_cache_ls_gc_and_verify(project):
     assert listed.stdout.splitlines()[-1].startswith("9 entries, ")
 
     stats_dir = project / ".quantbuild" / "store" / "stats"
+    # A writer killed a moment ago (its pid is gone) and one still running (this process).
     killed = stats_dir / f".tmp-{socket.gethostname()}-999999999-0123456789ab"
-    running = stats_dir / f".tmp-{socket.gethostname()}-999999998-0123456789ab"
+    running = stats_dir / f".tmp-{socket.gethostname()}-{os.getpid()}-0123456789ab"
     for folder in (killed, running):
         folder.mkdir()
-    os.utime(killed, (time.time() - 7200, time.time() - 7200))
+    os.utime(running, (time.time() - 7200, time.time() - 7200))  # however old
 
     dry = run_cli("cache", "gc", "--dry-run", *cache)
     assert dry.code == 0, dry.stderr
