@@ -71,4 +71,10 @@ def check_channels(options: dict) -> str | None:
                 f"gives {channels} channel(s); give "
                 + ("1 value" if channels == 1 else f"1 or {channels} values")
             )
+    zero = [i for i, value in enumerate(options.get("scale") or []) if value == 0]
+    if zero:
+        return (
+            f"scale[{zero[0]}] is 0: every input value of that channel would be 0; "
+            "pixels are multiplied by scale (1/255 = 0.00392156862745098 maps 8-bit to [0, 1])"
+        )
     return None

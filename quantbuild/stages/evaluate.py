@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
     top1 = (
         {"float": Top1(), "quantized": Top1()} if "top1" in metrics and dataset.has_labels else None
     )
+    if top1:
+        _check_classifier(float_model, dataset, ctx.log)
     fidelity = {name: Fidelity() for name in outputs}
     for frame, feed in track(dataset.iterate(inputs), "evaluation", len(dataset.frames)):
         ref = dict(zip(outputs, run_frame(reference, outputs, feed, dataset, frame)))
@@ -82,6 +85,27 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
             f"accumulated: {row['tensor']} ({row['op']} {row['node']})"
         )
     return result
+
+
+def _check_classifier(model: onnx.ModelProto, dataset: Dataset, log: Callable[[str], None]) -> None:
+    """Warn when top-1 cannot mean what it says: the first output is no [batch, classes]
+    score vector, or labels name classes the model does not have."""
+    output = model.graph.output[0]
+    dims = [d.dim_value or None for d in output.type.tensor_type.shape.dim]
+    if len([d for d in dims[1:] if d != 1]) > 1:
+        log(
+            f"warning: top1: the first output {output.name!r} has shape {dims}, not [batch, "
+            "classes]; top-1 takes the argmax of its first row (drop top1 from metrics?)"
+        )
+    classes = dims[-1] if dims else None
+    labels = [f.label for f in dataset.frames if f.label is not None]
+    out_of_range = [label for label in labels if label < 0 or (classes and label >= classes)]
+    if out_of_range:
+        log(
+            f"warning: top1: {len(out_of_range)} of {len(labels)} labels are not class indices "
+            f"of the model's {classes} outputs (e.g. {out_of_range[0]}); check the labels file "
+            "or the class folder order"
+        )
 
 
 def _layer_errors(

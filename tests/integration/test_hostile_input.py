@@ -198,3 +198,37 @@ def test_a_full_store_is_one_line_and_the_next_build_recovers(tmp_path):
     store = project / ".quantbuild" / "store"
     assert not [p for p in store.rglob("*") if p.name.startswith(".tmp-")]
     assert run_cli("build", "-C", str(project)).code == 0
+
+
+def test_labels_that_are_not_class_indices_are_warned_about(project):
+    write_npz(project / "val.npz", 6, seed=2, labels=9)  # the model has 5 classes
+    built = run_cli("build", "-C", str(project))
+    assert built.code == 0, built.stderr
+    assert "warning: top1:" in built.stdout and "not class indices of the model's 5" in built.stdout
+
+
+def test_top1_on_a_model_without_a_classifier_output_is_warned_about(project):
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3, 1, 1], [0.5] * 9)
+    conv = helper.make_node("Conv", ["input", "w"], ["y"], name="conv")
+    graph = helper.make_graph([conv], "g", [x], [y], [w])
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+        project / "model.onnx",
+    )
+    built = run_cli("build", "-C", str(project))
+    assert built.code == 0, built.stderr
+    assert "warning: top1: the first output 'y' has shape [1, 3, 8, 8]" in built.stdout
+
+
+def test_a_zero_preprocess_scale_is_a_recipe_error(project):
+    write_images(project / "imgs", size=8)
+    text = RECIPE.format(extra="").replace(
+        "{tensors: calib.npz}", "{images: imgs}\n  preprocess: {scale: [0]}"
+    )
+    (project / "base.yaml").write_text(text)
+    run = run_cli("build", "-C", str(project))
+    assert run.code == RECIPE_EXIT and "Traceback" not in run.stderr, run.stderr
+    errors = run.stderr.splitlines()  # calibration's, and evaluation's that inherits it
+    assert errors and all("base.yaml:5:15" in e and "scale[0] is 0" in e for e in errors)
