@@ -21,8 +21,11 @@ DEFAULTS = {
     "out": "build",
     "store": f"{STATE}/store",
     "store_readonly": "false",
+    "store_key_file": "",
+    "store_signed": "false",
 }
 READONLY_ENV = "QUANTBUILD_CACHE_READONLY"
+KEY_ENV = "QUANTBUILD_STORE_KEY"
 
 CONFIG_TEXT = """\
 # quantbuild project: `doit` (or `quantbuild build`) here builds every recipe.
@@ -43,6 +46,11 @@ out = build
 store = .quantbuild/store
 # true: only read that store, build misses into .quantbuild/store (QUANTBUILD_CACHE_READONLY=1).
 store_readonly = false
+# A file holding the team's store key (or set QUANTBUILD_STORE_KEY): entries published here are
+# signed with it. Keep it out of the repository (docs/cache.md, "Trust").
+store_key_file =
+# true: use only store entries signed with that key; others are rebuilt (with a warning).
+store_signed = false
 """
 
 
@@ -93,11 +101,12 @@ class Project:
             self.root / (os.environ.get("QUANTBUILD_CACHE") or self.settings["store"])
         ).resolve()
         local = (self.root / DEFAULTS["store"]).resolve()
+        key, signed = self.store_key(), self.store_signed()
         if self.store_readonly() and store_root != local:
             # Pull-request CI: hits come from the shared store, misses are built locally.
-            self.store = Store(local, read_only=store_root)
+            self.store = Store(local, read_only=store_root, key=key, require_signed=signed)
         else:
-            self.store = Store(store_root)
+            self.store = Store(store_root, key=key, require_signed=signed)
         self.out = (self.root / self.settings["out"]).resolve()
         self.state = self.root / STATE
         self.hasher = FileHasher(self.state / "filehashes.json")
@@ -112,6 +121,43 @@ class Project:
         return _flag(
             self.settings["store_readonly"], "[quantbuild] store_readonly", str(self.root / CONFIG)
         )
+
+    def store_key(self) -> bytes | None:
+        """The team's store key: QUANTBUILD_STORE_KEY, else the `store_key_file`'s content."""
+        value = os.environ.get(KEY_ENV, "").strip()
+        if value:
+            return value.encode("utf-8")
+        name = self.settings["store_key_file"]
+        if not name:
+            return None
+        path = (self.root / os.path.expanduser(name)).resolve()
+        try:
+            key = path.read_bytes().strip()
+        except OSError as err:
+            raise RecipeError(
+                f"[quantbuild] store_key_file: cannot read {path} ({err.strerror}); fix the path "
+                f"or set {KEY_ENV}",
+                str(self.root / CONFIG),
+            ) from None
+        if len(key) < 16:
+            raise RecipeError(
+                f"[quantbuild] store_key_file: {path} holds {len(key)} bytes; a key is at least "
+                "16 (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)",
+                str(self.root / CONFIG),
+            )
+        return key
+
+    def store_signed(self) -> bool:
+        """Whether only entries signed with the store key are used (`store_signed`)."""
+        where = str(self.root / CONFIG)
+        signed = _flag(self.settings["store_signed"], "[quantbuild] store_signed", where)
+        if signed and self.store_key() is None:
+            raise RecipeError(
+                f"[quantbuild] store_signed is true but there is no key: set {KEY_ENV} or "
+                "store_key_file",
+                where,
+            )
+        return signed
 
     def recipe_files(self) -> list[Path]:
         files: set[Path] = set()

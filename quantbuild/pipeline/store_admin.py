@@ -116,14 +116,17 @@ def ls(project: Project, out: Out = print) -> None:
 
 
 def verify(project: Project, fix: bool = False, out: Out = print) -> None:
-    """Re-hash every entry; with `fix`, remove the bad ones. Raises StoreError if any remain."""
+    """Re-hash every entry (and check its signature when the project uses only signed ones);
+    with `fix`, remove the bad ones. Raises StoreError if any remain."""
     remaining, stuck = 0, False
+    store = project.store
+    signed_by = store.key if store.require_signed else None  # forged entries are bad too
     for root, writable in _layers(project):
         entries = scan(root)
         bad = removed = 0
         for e in entries:
             try:
-                check_entry(e.dir, e.stage, e.key)
+                check_entry(e.dir, e.stage, e.key, signed_by)
                 continue
             except BadEntry as err:
                 problem = str(err)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 from quantbuild.errors import StoreError
 from quantbuild.store.keys import canonical_json, digest, file_sha256
+from quantbuild.store.signing import sign, signature_problem
 
 MANIFEST = "manifest.json"
 STAGING = ".tmp-"  # <root>/<stage>/.tmp-<host>-<pid>-<hex>: a build in progress
@@ -75,9 +77,20 @@ class Store:
     """The artifact store rooted at `root`; with `read_only`, a shared store searched first
     and never written (misses are built into `root`)."""
 
-    def __init__(self, root: Path, read_only: Path | None = None):
+    def __init__(
+        self,
+        root: Path,
+        read_only: Path | None = None,
+        key: bytes | None = None,
+        require_signed: bool = False,
+        warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    ):
         self.root = Path(root)
         self.read_only = Path(read_only) if read_only else None
+        self.key = key  # signs what this process publishes
+        self.require_signed = require_signed  # use only entries signed with `key`
+        self.warn = warn
+        self._refused: set[Path] = set()  # warned about once per process
         # entry folder -> stamp of its files when their hashes last matched, in this process
         self._verified: dict[Path, tuple[Any, ...]] = {}
 
@@ -102,6 +115,8 @@ class Store:
         mtime or inode change: a large model is not re-read on every lookup)."""
         try:
             manifest = read_manifest(folder, stage, key)
+            if self.require_signed:
+                self._check_signature(folder, manifest)
             stamp = file_stamp(folder, manifest)
             if self._verified.get(folder) != stamp:
                 verify_files(folder, manifest)
@@ -111,6 +126,16 @@ class Store:
         except BadEntry:
             return None
         return Entry(folder, manifest)
+
+    def _check_signature(self, folder: Path, manifest: dict[str, Any]) -> None:
+        assert self.key is not None  # Project refuses require_signed without a key
+        problem = signature_problem(manifest, self.key)
+        if problem is None:
+            return
+        if folder not in self._refused and (folder / MANIFEST).is_file():
+            self._refused.add(folder)
+            self.warn(f"warning: store entry {folder} not used: {problem}; rebuilding it")
+        raise BadEntry(problem)
 
     def publish(
         self,
@@ -147,6 +172,8 @@ class Store:
                 "record": record,
                 "meta": meta,
             }
+            if self.key is not None:
+                manifest["signature"] = sign(manifest, self.key)
             (staging / MANIFEST).write_text(canonical_json(manifest) + "\n", encoding="utf-8")
             _fsync_tree(staging)
             return self._install(staging, stage, key, manifest, replace)
@@ -253,9 +280,16 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
             raise BadEntry(f"{name}: content does not match its sha256")
 
 
-def check_entry(folder: Path, stage: str, key: str) -> dict[str, Any]:
-    """Re-read and re-hash an entry from scratch; raises BadEntry. Returns its manifest."""
+def check_entry(
+    folder: Path, stage: str, key: str, signed_by: bytes | None = None
+) -> dict[str, Any]:
+    """Re-read and re-hash an entry from scratch (and, given a key, check it signed the
+    entry); raises BadEntry. Returns its manifest."""
     manifest = read_manifest(folder, stage, key)
+    if signed_by is not None:
+        problem = signature_problem(manifest, signed_by)
+        if problem:
+            raise BadEntry(problem)
     file_stamp(folder, manifest)
     verify_files(folder, manifest)
     return manifest
