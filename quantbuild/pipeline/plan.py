@@ -231,7 +231,7 @@ class RecipeBuild:
             inputs = {u: self._entries[u] for u in self.inputs(stage)}
             ctx = Context(self.recipe, inputs, self.dataset, log)
             entry = self.project.store.publish(
-                stage, key, lambda out: spec.run(ctx, out), record, replace=self.force
+                stage, key, lambda out: spec.run(ctx, out), record, replace=self.force, log=log
             )
             self._entries[stage] = entry
         else:

@@ -21,6 +21,7 @@ from quantbuild.pipeline.plan import RecipeBuild
 from quantbuild.pipeline.project import Project
 from quantbuild.stages import BY_NAME
 from quantbuild.store.entries import (
+    LOCKS,
     STAGING,
     TRASH,
     BadEntry,
@@ -79,8 +80,9 @@ def used_by(project: Project) -> dict[tuple[str, str], list[str]]:
 
 
 def leftovers(root: Path, now: float, max_age: float = LEFTOVER_AGE) -> list[Path]:
-    """Staging and trash folders older than `max_age` whose writer is gone (killed builds)."""
-    candidates: list[Path] = []
+    """Staging folders of writers that are gone (killed builds), and trash folders and lease
+    files older than `max_age`."""
+    candidates: list[Path] = list(root.glob(f"{LOCKS}/*"))  # leases of killed builds
     for stage_dir in _stage_dirs(root):
         candidates += stage_dir.glob(f"{STAGING}*")
         candidates += stage_dir.glob(f"??/{TRASH}*")
@@ -177,7 +179,10 @@ def gc(project: Project, keep_days: float = 0.0, dry_run: bool = False, out: Out
         stale = leftovers(root, now)
         for path in stale:
             if not dry_run:
-                shutil.rmtree(path, ignore_errors=True)
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
             out(f"{verb} {path.relative_to(root)}")
         out(
             f"{verb} {_count(removed, 'entry')} ({human_size(freed)}) and "

@@ -15,7 +15,12 @@ import shutil
 import socket
 import sys
 import uuid
-from collections.abc import Callable
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no leases, concurrent builds may compute twice
+    fcntl = None  # type: ignore[assignment]
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from quantbuild.store.keys import canonical_json, digest, file_sha256
 from quantbuild.store.signing import sign, signature_problem
 
 MANIFEST = "manifest.json"
+LOCKS = ".locks"  # <root>/.locks/<stage>-<key>: build leases (empty files, flock), while held
 STAGING = ".tmp-"  # <root>/<stage>/.tmp-<host>-<pid>-<hex>: a build in progress
 TRASH = ".trash-"  # <root>/<stage>/<xx>/.trash-<hex>: an entry being deleted
 
@@ -144,9 +150,67 @@ class Store:
         build: Callable[[Path], dict[str, Any]],
         record: dict[str, Any],
         replace: bool = False,
+        log: Callable[[str], None] | None = None,
     ) -> Entry:
         """Run `build(tmpdir) -> meta` and publish the files it wrote as (stage, key); with
-        `replace`, in place of an existing entry (a forced rebuild)."""
+        `replace`, in place of an existing entry (a forced rebuild).
+
+        Under a lease on the key: a second process asking for the same entry waits for the
+        first and takes its result instead of computing it again."""
+        with self._lease(stage, key, log or self.warn):
+            if not replace:
+                existing = self._load(self.entry_dir(stage, key), stage, key)
+                if existing is not None:
+                    return existing  # built by another process while we waited
+            return self._publish(stage, key, build, record, replace)
+
+    @contextlib.contextmanager
+    def _lease(self, stage: str, key: str, log: Callable[[str], None]) -> Iterator[None]:
+        """Exclusive right to build (stage, key) among the processes using this store
+        (flock: local disks and NFS with locking; without fcntl, no lease)."""
+        if fcntl is None:
+            yield
+            return
+        folder = self.root / LOCKS
+        path = folder / f"{stage}-{key}"
+        waited = False
+        while True:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                handle = open(path, "a+b")  # noqa: SIM115  (closed below)
+            except OSError as err:
+                raise StoreError(
+                    f"cannot write the artifact store ({err.strerror}); {READ_ONLY_HINT}",
+                    str(self.root),
+                ) from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    log(f"waiting for another process building this {stage} entry ({key[:12]})")
+                    waited = True
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:  # the holder before us removed the file: lock the one at the path now
+                current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            handle.close()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # while still holding it: no lease files pile up
+            handle.close()  # releases the lock
+
+    def _publish(
+        self,
+        stage: str,
+        key: str,
+        build: Callable[[Path], dict[str, Any]],
+        record: dict[str, Any],
+        replace: bool,
+    ) -> Entry:
         for leftover in dead_staging(self.root / stage):  # what killed builds left behind
             shutil.rmtree(leftover, ignore_errors=True)
         staging = self.root / stage / f"{STAGING}{socket.gethostname()}-{os.getpid()}-{_unique()}"

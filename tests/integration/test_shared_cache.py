@@ -67,6 +67,8 @@ def test_two_checkouts_building_into_one_store_at_once_both_succeed(tmp_path):
     ]
     outputs = [build.communicate(timeout=120)[0] for build in builds]
     assert [b.returncode for b in builds] == [0, 0], "\n".join(outputs)
+    # One statistics pass in all: the second build waits for the first's (a lease on the key).
+    assert sum(len(STATS_PASS.findall(output)) for output in outputs) == 1, outputs
     assert tree_bytes(first / "build") == tree_bytes(second / "build")
     verified = run_cli("cache", "verify", "-C", str(first), env={"QUANTBUILD_CACHE": str(cache)})
     assert verified.code == 0, verified.stdout + verified.stderr
@@ -123,7 +125,12 @@ def test_read_only_mode_hits_the_shared_store_and_builds_misses_locally(tmp_path
         assert "stats:base" in built.up_to_date and not STATS_PASS.search(built.stdout)
         assert {"ranges:base", "quantize:base", "evaluate:base"} <= built.ran
         local = pull_request / ".quantbuild" / "store"
-        assert sorted(p.name for p in local.iterdir()) == ["evaluate", "quantize", "ranges"]
+        assert sorted(p.name for p in local.iterdir()) == [
+            ".locks",
+            "evaluate",
+            "quantize",
+            "ranges",
+        ]
 
         # The same through doit.cfg, with plain `doit`: everything is a hit now.
         config = pull_request / "doit.cfg"

@@ -17,7 +17,7 @@ import pytest
 from quantbuild.errors import StoreError
 from quantbuild.pipeline.store_admin import leftovers, scan
 from quantbuild.store import entries as store_module
-from quantbuild.store.entries import MANIFEST, Store, discard
+from quantbuild.store.entries import LOCKS, MANIFEST, Store, discard
 from quantbuild.store.keys import digest
 
 KEY = "ab" + "0" * 62
@@ -175,8 +175,9 @@ def test_failing_build_keeps_an_existing_entry(tmp_path):
     def build(folder: Path) -> dict:
         raise ValueError("boom")
 
-    with pytest.raises(ValueError):
-        store.publish("stats", KEY, build, {})
+    assert store.publish("stats", KEY, build, {}).manifest["files"]  # a hit: no build at all
+    with pytest.raises(ValueError):  # a forced rebuild that fails
+        store.publish("stats", KEY, build, {}, replace=True)
     found = store.lookup("stats", KEY)
     assert found is not None and found.path("model.onnx").read_bytes() == FILES["model.onnx"]
 
@@ -261,8 +262,9 @@ def test_a_writer_that_finishes_second_keeps_the_first_writers_entry(tmp_path):
     won = {}
 
     def build(folder: Path) -> dict:
-        # Another process publishes the same key while we are still building.
-        won["entry"] = theirs.publish("stats", KEY, _writer(FILES, {"by": "them"}), {})
+        # Another process publishes the same key while we are still building (one that takes
+        # no lease: another host whose file system has no locks).
+        won["entry"] = theirs._publish("stats", KEY, _writer(FILES, {"by": "them"}), {}, False)
         return _writer(FILES, {"by": "us"})(folder)
 
     entry = ours.publish("stats", KEY, build, {})
@@ -278,7 +280,7 @@ def test_a_bad_entry_replaced_by_another_writer_meanwhile_is_kept(tmp_path):
     bad.path("model.onnx").write_bytes(b"\x08\x07model bytez")
 
     def build(folder: Path) -> dict:
-        theirs.publish("stats", KEY, _writer(FILES, {"by": "them"}), {})  # discards the bad one
+        theirs._publish("stats", KEY, _writer(FILES, {"by": "them"}), {}, False)  # no lease
         return _writer(FILES, {"by": "us"})(folder)
 
     entry = Store(tmp_path / "store").publish("stats", KEY, build, {})
@@ -312,7 +314,8 @@ def test_many_writers_racing_over_a_bad_entry_all_succeed(tmp_path, round_):
         return _writer(FILES)(folder)
 
     def publish(_: int):
-        return Store(root).publish("stats", KEY, build, {})  # one Store per writer process
+        # One Store per writer process, racing without leases (hosts without file locks).
+        return Store(root)._publish("stats", KEY, build, {}, False)
 
     with ThreadPoolExecutor(8) as pool:
         entries = list(pool.map(publish, range(8)))
@@ -321,6 +324,30 @@ def test_many_writers_racing_over_a_bad_entry_all_succeed(tmp_path, round_):
     found = Store(root).lookup("stats", KEY)
     assert found is not None and found.path("model.onnx").read_bytes() == FILES["model.onnx"]
     assert os.listdir(root / "stats" / "ab") == [KEY]
+    assert _leftovers(root) == []
+
+
+def test_concurrent_writers_of_one_key_build_it_once(tmp_path):
+    root = tmp_path / "store"
+    builds: list[int] = []
+
+    def build(folder: Path) -> dict:
+        builds.append(1)
+        time.sleep(0.2)  # long enough for every other writer to be waiting on the lease
+        return _writer(FILES)(folder)
+
+    waits: list[str] = []
+    with ThreadPoolExecutor(4) as pool:
+        entries = list(
+            pool.map(
+                lambda _: Store(root, warn=waits.append).publish("stats", KEY, build, {}), range(4)
+            )
+        )
+    assert len(builds) == 1 and len({e.dir for e in entries}) == 1
+    assert waits and all(
+        "waiting for another process building this stats entry" in w for w in waits
+    )
+    assert not list((root / LOCKS).iterdir())  # leases are removed when released
     assert _leftovers(root) == []
 
 
