@@ -23,7 +23,7 @@ from quantbuild.interop.imported import read_imported
 from quantbuild.recipe import load_recipe
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("QUANTBUILD_FUZZ_EXAMPLES", "400")),
+    max_examples=int(os.environ.get("QUANTBUILD_FUZZ_EXAMPLES", "250")),
     deadline=2000,
     derandomize=not os.environ.get("QUANTBUILD_FUZZ_EXAMPLES"),  # explore when asked
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
