@@ -44,6 +44,10 @@ READ_ONLY_HINT = (
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
+def _unwritable(err: OSError, where: str) -> StoreError:
+    return StoreError(f"cannot write the artifact store ({err.strerror}); {READ_ONLY_HINT}", where)
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A file a stage writes into its store entry; `export` names its copy under
@@ -179,10 +183,7 @@ class Store:
                 folder.mkdir(parents=True, exist_ok=True)
                 handle = open(path, "a+b")  # noqa: SIM115  (closed below)
             except OSError as err:
-                raise StoreError(
-                    f"cannot write the artifact store ({err.strerror}); {READ_ONLY_HINT}",
-                    str(self.root),
-                ) from None
+                raise _unwritable(err, str(self.root)) from None
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -217,10 +218,7 @@ class Store:
         try:
             staging.mkdir(parents=True)
         except OSError as err:
-            raise StoreError(
-                f"cannot write the artifact store ({err.strerror}); {READ_ONLY_HINT}",
-                str(self.root),
-            ) from None
+            raise _unwritable(err, str(self.root)) from None
         try:
             meta = build(staging)
             files = {}
@@ -267,10 +265,7 @@ class Store:
                 os.rename(staging, final)
             except OSError as err:
                 if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise StoreError(
-                        f"cannot write the artifact store ({err.strerror}); {READ_ONLY_HINT}",
-                        str(final),
-                    ) from None
+                    raise _unwritable(err, str(final)) from None
             else:
                 # These bytes were hashed a moment ago: no need to read them again.
                 with contextlib.suppress(BadEntry):
