@@ -234,7 +234,8 @@ def _not_a_recipe(file: Path) -> str | None:
         return None  # let the loader report it
     if re.search(rb"^format\s*:\s*quantbuild-ranges/", head, re.MULTILINE):
         return "a quantbuild ranges file (import it with quantization.ranges.import)"
-    if re.search(rb"^(version|model|extends|quantization|calibration)\s*:", head, re.MULTILINE):
+    keys = rb"(^|[{,]\s*)[\"']?(version|model|extends|quantization|calibration)[\"']?\s*:"
+    if re.search(keys, head, re.MULTILINE):  # block style, or flow style / JSON
         return None  # a recipe, or a broken one: the loader says what is wrong
     return "no top-level recipe keys (version, model, extends, quantization, calibration)"
 
