@@ -11,7 +11,7 @@ from pathlib import Path
 from quantbuild.errors import QuantbuildError, RecipeError
 from quantbuild.recipe import Recipe, load_recipe
 from quantbuild.recipe.validate import RecipeErrors
-from quantbuild.store.entries import Store
+from quantbuild.store.entries import OWN_STORE_HINT, Store
 from quantbuild.store.keys import FileHasher
 
 CONFIG = "doit.cfg"
@@ -107,6 +107,8 @@ class Project:
             self.store = Store(local, read_only=store_root, key=key, require_signed=signed)
         else:
             self.store = Store(store_root, key=key, require_signed=signed)
+        if self.store.root == local:
+            self.store.hint = OWN_STORE_HINT
         self.out = (self.root / self.settings["out"]).resolve()
         self.state = self.root / STATE
         self.hasher = FileHasher(self.state / "filehashes.json")

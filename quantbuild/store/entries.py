@@ -38,14 +38,19 @@ READ_ONLY_HINT = (
     "fix its permissions, or set QUANTBUILD_CACHE_READONLY=1 to build misses into the "
     "project's own store"
 )
+# When the unwritable store is the project's own, read-only mode cannot help.
+OWN_STORE_HINT = (
+    "fix its permissions, or set QUANTBUILD_CACHE to a writable folder (a shared store that "
+    "must stay read-only needs a writable project folder for the misses)"
+)
 
 
 # Write failures that mean "no room", whatever the file: the store or the disk is full.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def _unwritable(err: OSError, where: str) -> StoreError:
-    return StoreError(f"cannot write the artifact store ({err.strerror}); {READ_ONLY_HINT}", where)
+def _unwritable(err: OSError, where: str, hint: str = READ_ONLY_HINT) -> StoreError:
+    return StoreError(f"cannot write the artifact store ({err.strerror}); {hint}", where)
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class Store:
         self.key = key  # signs what this process publishes
         self.require_signed = require_signed  # use only entries signed with `key`
         self.warn = warn
+        self.hint = READ_ONLY_HINT  # what to do when `root` cannot be written (see Project)
         self._refused: set[Path] = set()  # warned about once per process
         # entry folder -> stamp of its files when their hashes last matched, in this process
         self._verified: dict[Path, tuple[Any, ...]] = {}
@@ -183,7 +189,7 @@ class Store:
                 folder.mkdir(parents=True, exist_ok=True)
                 handle = open(path, "a+b")  # noqa: SIM115  (closed below)
             except OSError as err:
-                raise _unwritable(err, str(self.root)) from None
+                raise _unwritable(err, str(self.root), self.hint) from None
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -218,7 +224,7 @@ class Store:
         try:
             staging.mkdir(parents=True)
         except OSError as err:
-            raise _unwritable(err, str(self.root)) from None
+            raise _unwritable(err, str(self.root), self.hint) from None
         try:
             meta = build(staging)
             files = {}
@@ -265,7 +271,7 @@ class Store:
                 os.rename(staging, final)
             except OSError as err:
                 if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise _unwritable(err, str(final)) from None
+                    raise _unwritable(err, str(final), self.hint) from None
             else:
                 # These bytes were hashed a moment ago: no need to read them again.
                 with contextlib.suppress(BadEntry):

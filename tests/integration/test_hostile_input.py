@@ -232,3 +232,11 @@ def test_a_zero_preprocess_scale_is_a_recipe_error(project):
     assert run.code == RECIPE_EXIT and "Traceback" not in run.stderr, run.stderr
     errors = run.stderr.splitlines()  # calibration's, and evaluation's that inherits it
     assert errors and all("base.yaml:5:15" in e and "scale[0] is 0" in e for e in errors)
+
+
+def test_an_unwritable_own_store_does_not_suggest_read_only_mode(project):
+    (project / ".quantbuild").mkdir()
+    (project / ".quantbuild" / "store").write_text("not a folder")  # unwritable even as root
+    line = _one_error(run_cli("build", "-C", str(project)), 5, "cannot write the artifact store")
+    assert "QUANTBUILD_CACHE to a writable folder" in line
+    assert "QUANTBUILD_CACHE_READONLY" not in line
