@@ -11,9 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from functools import cached_property
@@ -29,7 +26,7 @@ from quantbuild.recipe.resolve import INPUT_FILES
 from quantbuild.stages import BY_NAME, PIPELINE, Stage
 from quantbuild.stages.context import Context
 from quantbuild.store.entries import DISK_FULL, Entry
-from quantbuild.store.files import file_mode, write_atomic
+from quantbuild.store.files import copy_atomic, write_atomic
 from quantbuild.store.keys import canonical_json, digest, file_sha256
 
 RECORDS = "records"  # under the project's state folder: <recipe>/<stage>.json
@@ -185,29 +182,20 @@ class RecipeBuild:
         for artifact in BY_NAME[stage].exports:
             name = str(artifact.export)
             target = self.export_dir() / name
-            target.parent.mkdir(parents=True, exist_ok=True)
             if (
                 target.is_file()
                 and file_sha256(target) == entry.manifest["files"][artifact.file]["sha256"]
             ):
                 continue
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
-            os.fchmod(fd, file_mode())
-            os.close(fd)
             try:
-                shutil.copyfile(entry.path(artifact), tmp)
-                os.replace(tmp, target)
+                copy_atomic(entry.path(artifact), target)
             except OSError as err:
-                Path(tmp).unlink(missing_ok=True)
                 if err.errno not in DISK_FULL:
                     raise
                 raise StoreError(
                     f"cannot write {name} ({err.strerror}); free space in {self.export_dir()}",
                     str(target),
                 ) from None
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
 
     # -- execution ----------------------------------------------------------------------------
     def is_current(self, stage: str) -> bool:
@@ -226,8 +214,9 @@ class RecipeBuild:
         entry = None if self.force else self.entry(stage)
         hit = entry is not None
         if entry is None:
-            if stage == "evaluate" and self.overlap():
-                log(f"warning: {self.overlap()} evaluation frame(s) are also calibration frames")
+            shared = self.overlap() if stage == "evaluate" else 0
+            if shared:
+                log(f"warning: {shared} evaluation frame(s) are also calibration frames")
             inputs = {u: self._entries[u] for u in self.inputs(stage)}
             ctx = Context(self.recipe, inputs, self.dataset, log)
             entry = self.project.store.publish(

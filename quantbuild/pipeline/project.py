@@ -101,7 +101,8 @@ class Project:
             self.root / (os.environ.get("QUANTBUILD_CACHE") or self.settings["store"])
         ).resolve()
         local = (self.root / DEFAULTS["store"]).resolve()
-        key, signed = self.store_key(), self.store_signed()
+        key = self.store_key()
+        signed = self.store_signed(key)
         if self.store_readonly() and store_root != local:
             # Pull-request CI: hits come from the shared store, misses are built locally.
             self.store = Store(local, read_only=store_root, key=key, require_signed=signed)
@@ -149,11 +150,11 @@ class Project:
             )
         return key
 
-    def store_signed(self) -> bool:
-        """Whether only entries signed with the store key are used (`store_signed`)."""
+    def store_signed(self, key: bytes | None) -> bool:
+        """Whether only entries signed with the store `key` are used (`store_signed`)."""
         where = str(self.root / CONFIG)
         signed = _flag(self.settings["store_signed"], "[quantbuild] store_signed", where)
-        if signed and self.store_key() is None:
+        if signed and key is None:
             raise RecipeError(
                 f"[quantbuild] store_signed is true but there is no key: set {KEY_ENV} or "
                 "store_key_file",

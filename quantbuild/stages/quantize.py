@@ -17,7 +17,7 @@ from quantbuild.calib.rounding_runner import ROUNDING_FRAMES, Rounding, apply_ro
 from quantbuild.interop import ort_overrides, tidl_proto
 from quantbuild.interop.ranges_file import read
 from quantbuild.mixed.apply import wide_layers, widen_ranges
-from quantbuild.mixed.latency import estimate
+from quantbuild.mixed.latency import LatencyTable, estimate
 from quantbuild.mixed.precision import Assignment, assign
 from quantbuild.mixed.select import select_layers, select_within
 from quantbuild.quant.params import DTYPES, QParams
@@ -62,7 +62,8 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
     if q.prequantized:
         options = replace(options, given=_prequantized_weights(ctx))
     shapes = observed_shapes(ctx, model)
-    assignment = _assignment(ctx, model, shapes)
+    table = latency_table(ctx)  # read once: the selection and precision.json both use it
+    assignment = _assignment(ctx, model, shapes, table)
     if q.bits == 8 and (assignment.tensors_16bit or assignment.weights_16bit):
         stats = load_npz(ctx.inputs["stats"].path(STATS))
         ranges = widen_ranges(ranges, stats, assignment, q.grid)
@@ -71,7 +72,7 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
         ctx.log(
             f"mixed precision: {wide} layers with 16-bit outputs, {len(options.wide_layers)} with 16-bit parameters"
         )
-    latency = estimate(model, assignment, shapes, latency_table(ctx))
+    latency = estimate(model, assignment, shapes, table)
     # A 16-bit build runs every layer at the 16-bit rate.
     t_mp = latency.t16 if q.bits == 16 else latency.t_mp
     precision = {
@@ -178,7 +179,9 @@ def _with_final_biases(
     return final
 
 
-def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict[str, Any]) -> Assignment:
+def _assignment(
+    ctx: Context, model: onnx.ModelProto, shapes: dict[str, Any], table: LatencyTable | None
+) -> Assignment:
     """The recipe's manual mixed precision (everything at `bits` without one)."""
     q = Quantization.of(ctx.recipe.data)
     mp = q.mixed_precision
@@ -187,7 +190,7 @@ def _assignment(ctx: Context, model: onnx.ModelProto, shapes: dict[str, Any]) ->
         selection = json.loads(ctx.inputs["selection"].path(SELECTION).read_text())
         chosen, reason = selection["chosen"], f"max_drop {mp['max_drop']}"
     elif "sensitivity" in ctx.inputs:
-        chosen, reason = _auto_selection(ctx, model, shapes), f"factor {mp['factor']}"
+        chosen, reason = _auto_selection(ctx, model, shapes, table), f"factor {mp['factor']}"
     else:
         chosen, reason = [], ""
     promoted, promoted_params = split_candidates(chosen)
@@ -220,11 +223,12 @@ def _table(assignment: Assignment, bits: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _auto_selection(ctx: Context, model: onnx.ModelProto, shapes: dict[str, Any]) -> list[str]:
+def _auto_selection(
+    ctx: Context, model: onnx.ModelProto, shapes: dict[str, Any], table: LatencyTable | None
+) -> list[str]:
     """Layers promoted under `mixed_precision.factor`, from the cached sensitivities."""
     mp = Quantization.of(ctx.recipe.data).mixed_precision
     sensitivity = json.loads(ctx.inputs["sensitivity"].path(SENSITIVITY).read_text())
-    table = latency_table(ctx)
     promotions = Promotions(model, mp, shapes, table)
     lists, ratio_of, spans = promotions.lists, promotions.ratio, promotions.spans
     manual = assign(model, *lists([]), spans)

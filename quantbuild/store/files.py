@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -21,15 +24,31 @@ def file_mode() -> int:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to `path` via a temporary file in the same folder and a rename."""
+    """Write bytes to `path` via a temporary file in the same folder and a rename (synced)."""
+    _replace(path, lambda f: f.write(data), sync=True)
+
+
+def copy_atomic(source: Path, path: Path) -> None:
+    """Copy `source` to `path` via a temporary file in the same folder and a rename (not
+    synced: for copies of files that are durable elsewhere, e.g. exports of store entries)."""
+
+    def copy(f: BinaryIO) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f)
+
+    _replace(path, copy, sync=False)
+
+
+def _replace(path: Path, fill: Callable[[BinaryIO], object], sync: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            fill(f)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
