@@ -50,6 +50,7 @@ store_readonly = false
 # signed with it. Keep it out of the repository (docs/cache.md, "Trust").
 store_key_file =
 # true: use only store entries signed with that key; others are rebuilt (with a warning).
+# strict: others stop the build with an error (as `quantbuild build --strict` does).
 store_signed = false
 """
 
@@ -92,6 +93,7 @@ class Project:
 
     root: Path
     overrides: tuple[str, ...] = ()
+    strict: bool = False  # `build --strict`: as if store_signed = strict
     settings: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -103,11 +105,14 @@ class Project:
         local = (self.root / DEFAULTS["store"]).resolve()
         key = self.store_key()
         signed = self.store_signed(key)
+        strict = signed == "strict"
         if self.store_readonly() and store_root != local:
             # Pull-request CI: hits come from the shared store, misses are built locally.
-            self.store = Store(local, read_only=store_root, key=key, require_signed=signed)
+            self.store = Store(
+                local, read_only=store_root, key=key, require_signed=bool(signed), strict=strict
+            )
         else:
-            self.store = Store(store_root, key=key, require_signed=signed)
+            self.store = Store(store_root, key=key, require_signed=bool(signed), strict=strict)
         if self.store.root == local:
             self.store.hint = OWN_STORE_HINT
         self.out = (self.root / self.settings["out"]).resolve()
@@ -150,14 +155,26 @@ class Project:
             )
         return key
 
-    def store_signed(self, key: bytes | None) -> bool:
-        """Whether only entries signed with the store `key` are used (`store_signed`)."""
+    def store_signed(self, key: bytes | None) -> bool | str:
+        """Whether only entries signed with the store `key` are used (`store_signed`): False,
+        True (others are rebuilt, with a warning) or "strict" (others stop the build)."""
         where = str(self.root / CONFIG)
-        signed = _flag(self.settings["store_signed"], "[quantbuild] store_signed", where)
+        value = self.settings["store_signed"]
+        signed: bool | str
+        if self.strict or value.strip().lower() == "strict":
+            signed = "strict"
+        else:
+            try:
+                signed = _flag(value, "[quantbuild] store_signed", where)
+            except RecipeError:
+                raise RecipeError(
+                    f"[quantbuild] store_signed: {value!r} is not one of true, false, strict",
+                    where,
+                ) from None
         if signed and key is None:
             raise RecipeError(
-                f"[quantbuild] store_signed is true but there is no key: set {KEY_ENV} or "
-                "store_key_file",
+                f"[quantbuild] store_signed is {'strict' if signed == 'strict' else 'true'} but "
+                f"there is no key: set {KEY_ENV} or store_key_file",
                 where,
             )
         return signed

@@ -98,12 +98,14 @@ class Store:
         read_only: Path | None = None,
         key: bytes | None = None,
         require_signed: bool = False,
+        strict: bool = False,
         warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
     ):
         self.root = Path(root)
         self.read_only = Path(read_only) if read_only else None
         self.key = key  # signs what this process publishes
         self.require_signed = require_signed  # use only entries signed with `key`
+        self.strict = strict  # an entry refused for its signature stops the build
         self.warn = warn
         self.hint = READ_ONLY_HINT  # what to do when `root` cannot be written (see Project)
         self._refused: set[Path] = set()  # warned about once per process
@@ -148,7 +150,15 @@ class Store:
         problem = signature_problem(manifest, self.key)
         if problem is None:
             return
-        if folder not in self._refused and (folder / MANIFEST).is_file():
+        if not (folder / MANIFEST).is_file():
+            raise BadEntry(problem)  # nothing there: an ordinary miss
+        if self.strict:
+            raise StoreError(
+                f"store entry not used: {problem} (store_signed = strict); remove it with "
+                "`quantbuild cache verify --fix` or build without --strict to replace it",
+                str(folder),
+            )
+        if folder not in self._refused:
             self._refused.add(folder)
             self.warn(f"warning: store entry {folder} not used: {problem}; rebuilding it")
         raise BadEntry(problem)

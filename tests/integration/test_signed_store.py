@@ -72,3 +72,40 @@ def test_store_signed_without_a_key_is_a_config_error(tmp_path):
     run = run_cli("build", "-C", str(root), env={"QUANTBUILD_STORE_KEY": ""})
     assert run.code == 2
     assert "store_signed is true but there is no key" in run.stderr
+
+
+def test_strict_mode_stops_at_a_forged_entry_and_touches_nothing(tmp_path):
+    store = tmp_path / "shared"
+    env = {"QUANTBUILD_CACHE": str(store), "QUANTBUILD_STORE_KEY": KEY}
+    writer = make_project(tmp_path / "writer" / "repo")
+    assert run_cli("build", "-C", str(writer), env=env).code == 0
+    (entry,) = (store / "quantize").glob("*/*")
+    _forge(entry, "model.qdq.onnx")
+    forged = tree_bytes(entry)
+
+    victim = make_project(tmp_path / "victim" / "repo")
+    strict = run_cli("build", "--strict", "-C", str(victim), env=env)
+    assert strict.code == 5, strict.stderr
+    assert f"{entry}: store entry not used: wrong signature" in strict.stderr
+    assert "(store_signed = strict)" in strict.stderr
+    assert "Traceback" not in strict.stderr
+    assert tree_bytes(entry) == forged  # left for `cache verify --fix`, not replaced
+    assert not (victim / "build" / "tiny" / "model.qdq.onnx").exists()
+
+    config = victim / "doit.cfg"  # the same from doit.cfg, for plain `doit` runs
+    config.write_text(config.read_text().replace("store_signed = false", "store_signed = strict"))
+    assert run_cli("build", "-C", str(victim), env=env).code == 5
+    no_key = run_cli("build", "-C", str(victim), env={**env, "QUANTBUILD_STORE_KEY": ""})
+    assert no_key.code == 2 and "store_signed is strict but there is no key" in no_key.stderr
+    config.write_text(config.read_text().replace("store_signed = strict", "store_signed = maybe"))
+    bad = run_cli("build", "-C", str(victim), env=env)
+    assert bad.code == 2 and "'maybe' is not one of true, false, strict" in bad.stderr
+
+
+def test_strict_mode_builds_when_every_entry_is_signed(tmp_path):
+    env = {"QUANTBUILD_CACHE": str(tmp_path / "shared"), "QUANTBUILD_STORE_KEY": KEY}
+    first = make_project(tmp_path / "a" / "repo")
+    assert run_cli("build", "--strict", "-C", str(first), env=env).code == 0
+    second = make_project(tmp_path / "b" / "repo")
+    reused = run_cli("build", "--strict", "-C", str(second), env=env)
+    assert reused.code == 0 and reused.stdout.count("store hit") == 5, reused.stderr
