@@ -18,7 +18,9 @@ from quantbuild.errors import EXIT_BUILD_FAILED, EXIT_INTERNAL, QuantbuildError,
 def _project(args):
     from quantbuild.pipeline.project import Project
 
-    return Project(Path(args.directory), tuple(args.set or ()))
+    return Project(
+        Path(args.directory), tuple(args.set or ()), strict=getattr(args, "strict", False)
+    )
 
 
 def cmd_init(args) -> int:
@@ -56,11 +58,11 @@ def cmd_build(args) -> int:
         + (["--always-execute"] if args.force else [])
     )
     code = DoitMain(RecipeLoader(plan=plan), config_filenames=()).run(doit_args + targets)
-    if code == 0:
-        return 0
-    error = failures.first()
-    if code == 1:
-        return error.exit_code if error else EXIT_BUILD_FAILED
+    error = failures.first()  # also after a clean run: doit's state may not have been saved
+    if error is not None:
+        return error.exit_code
+    if code in (0, 1):
+        return code and EXIT_BUILD_FAILED
     return EXIT_INTERNAL if code == 2 else code
 
 
@@ -296,6 +298,11 @@ def parser() -> argparse.ArgumentParser:
         "-k", "--keep-going", action="store_true", help="build other recipes after a failure"
     )
     p.add_argument("--force", action="store_true", help="run every stage even if up to date")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at a store entry that is unsigned or wrongly signed (needs the store key)",
+    )
     overrides(p)
     p = add("list", cmd_list, "list the recipes of the project")
     p.add_argument(

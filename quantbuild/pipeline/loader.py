@@ -17,7 +17,7 @@ from doit.exceptions import InvalidDodoFile, TaskFailed
 from doit.loader import generate_tasks
 
 from quantbuild.errors import QuantbuildError
-from quantbuild.pipeline import failures
+from quantbuild.pipeline import doit_state, failures
 from quantbuild.pipeline.plan import Plan, RecipeBuild
 from quantbuild.pipeline.project import Project
 from quantbuild.pipeline.reporter import QuantbuildReporter
@@ -121,9 +121,14 @@ class RecipeLoader(TaskLoader2):  # type: ignore[misc]  # doit ships no types
         self._force = bool(opt_values.get("always"))
 
     def load_doit_config(self) -> dict[str, Any]:
-        self.project.state.mkdir(parents=True, exist_ok=True)
+        failures.clear()  # the first call of every doit command
+        try:
+            doit_state.prepare(self._state_file())
+        except QuantbuildError as err:
+            failures.record(doit_state.TASK, err)
+            raise InvalidDodoFile(str(err)) from None
         return {
-            "dep_file": str(self.project.state / "doit.db"),
+            "dep_file": str(self._state_file()),
             "backend": "sqlite3",
             "reporter": QuantbuildReporter,
             "verbosity": 2,
@@ -137,8 +142,13 @@ class RecipeLoader(TaskLoader2):  # type: ignore[misc]  # doit ships no types
                 raise InvalidDodoFile(str(err)) from None
         return self._plan
 
+    def _state_file(self) -> Path:
+        return self.project.state / "doit.db"
+
     def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Any]:
-        failures.clear()
+        state = cmd.dep_manager.backend
+        if not isinstance(state, doit_state.GuardedState):
+            cmd.dep_manager.backend = doit_state.GuardedState(state, self._state_file())
         plan = self.plan()
         tasks = []
         for stage in PIPELINE:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -59,11 +60,12 @@ class FileHasher:
         """Persist the cache atomically (best effort: a failure only costs re-hashing)."""
         if not (self.cache_file and self._dirty):
             return
+        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
         try:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self._cache), encoding="utf-8")
             os.replace(tmp, self.cache_file)
             self._dirty = False
         except OSError:
-            pass
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)

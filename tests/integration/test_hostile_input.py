@@ -8,12 +8,14 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
 import time
 
 import onnx
+import pytest
 from builders import RECIPE, heavy_cnn, make_project, write_images, write_model, write_npz
 from cli_runner import run_cli, run_doit, tree_bytes
 from onnx import TensorProto, helper
@@ -198,6 +200,49 @@ def test_a_full_store_is_one_line_and_the_next_build_recovers(tmp_path):
     store = project / ".quantbuild" / "store"
     assert not [p for p in store.rglob("*") if p.name.startswith(".tmp-")]
     assert run_cli("build", "-C", str(project)).code == 0
+
+
+def _build_with_files_capped(project, limit: int):
+    """`quantbuild build` with every file written capped at `limit` bytes (RLIMIT_FSIZE: writes
+    past it fail with EFBIG, as they fail with ENOSPC on a full disk)."""
+
+    def capped():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {k: v for k, v in os.environ.items() if k != "QUANTBUILD_CACHE"}
+    return subprocess.run(
+        [sys.executable, "-m", "quantbuild", "build", "-C", str(project)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=capped,
+    )
+
+
+@pytest.mark.parametrize("when", ["opening", "saving"])
+def test_doit_state_on_a_full_disk_is_one_line_and_loses_nothing(project, when):
+    """doit's database cannot grow (the store is complete, so nothing else needs the space):
+    one line naming .quantbuild/doit.db, exit 5, every export intact; with room, the next
+    build runs no stage."""
+    assert run_cli("build", "-C", str(project)).code == 0
+    built = tree_bytes(project / "build")
+    state = project / ".quantbuild" / "doit.db"
+    state.unlink()
+    if when == "saving":  # an empty database exists: the run's records at the end do not fit
+        with sqlite3.connect(state) as db:
+            db.execute("create table doit (task_id text not null primary key, task_data json)")
+        db.close()
+    full = _build_with_files_capped(project, state.stat().st_size if state.exists() else 0)
+    assert "Traceback" not in full.stderr, full.stderr
+    assert full.returncode == 5, full.stdout + full.stderr
+    (line,) = [line for line in full.stderr.splitlines() if "doit's state" in line]
+    assert f"{state}: cannot write doit's state" in line and "full" in line, line
+    assert tree_bytes(project / "build") == built
+    again = run_cli("build", "-C", str(project))
+    assert again.code == 0, again.stderr
+    assert all(line.startswith("-- ") for line in again.stdout.splitlines())  # all up to date
 
 
 def test_labels_that_are_not_class_indices_are_warned_about(project):
