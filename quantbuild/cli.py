@@ -402,6 +402,8 @@ def _terminate(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (`cmd &`)
+        signal.signal(signal.SIGINT, _interrupt)
     if argv is None and hasattr(signal, "SIGPIPE"):
         # `quantbuild build | head -1`: end quietly when the reader goes away, as cat does
         # (exit status 141 from the shell); store entries are published atomically.
@@ -414,6 +416,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if not _interrupted:
+            raise
+        # Ctrl-C inside a C extension's import or call can surface as another exception
+        # (onnxruntime: "ImportError: initialization failed"): still an interruption.
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+_interrupted = False
+
+
+def _interrupt(signum, frame):
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
