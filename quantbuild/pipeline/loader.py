@@ -146,9 +146,7 @@ class RecipeLoader(TaskLoader2):  # type: ignore[misc]  # doit ships no types
         return self.project.state / "doit.db"
 
     def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Any]:
-        state = cmd.dep_manager.backend
-        if not isinstance(state, doit_state.GuardedState):
-            cmd.dep_manager.backend = doit_state.GuardedState(state, self._state_file())
+        doit_state.guard(cmd.dep_manager, self._state_file())
         plan = self.plan()
         tasks = []
         for stage in PIPELINE:

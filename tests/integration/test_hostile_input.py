@@ -89,7 +89,7 @@ def test_ranges_import_pointing_at_a_binary_file(project):
     write_images(project / "imgs", per_class=1, classes=1)
     extra = "quantization: {ranges: {import: imgs/0/0.png}}\n"
     (project / "base.yaml").write_text(RECIPE.format(extra=extra))
-    _one_error(run_cli("build", "-C", str(project)), RECIPE_EXIT, "0.png", "not a text file")
+    _one_error(run_cli("build", "-C", str(project)), RECIPE_EXIT, "0.png", "not a text ranges file")
 
 
 def test_a_recipe_file_name_that_is_not_utf8(project):
@@ -243,6 +243,15 @@ def test_doit_state_on_a_full_disk_is_one_line_and_loses_nothing(project, when):
     again = run_cli("build", "-C", str(project))
     assert again.code == 0, again.stderr
     assert all(line.startswith("-- ") for line in again.stdout.splitlines())  # all up to date
+
+
+def test_a_damaged_doit_state_is_replaced_with_a_warning(project):
+    assert run_cli("build", "-C", str(project)).code == 0
+    (project / ".quantbuild" / "doit.db").write_bytes(b"not sqlite " * 100)
+    again = run_cli("build", "-C", str(project))
+    assert again.code == 0, again.stderr
+    assert "doit.db: not a doit state database" in again.stderr
+    assert all(line.startswith("-- ") for line in again.stdout.splitlines())  # nothing re-ran
 
 
 def test_labels_that_are_not_class_indices_are_warned_about(project):
