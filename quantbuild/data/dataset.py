@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from quantbuild.data.arrays import load_all, open_arrays, take_frame
 from quantbuild.data.preprocess import preprocess_image
 from quantbuild.errors import DataError, Where
+from quantbuild.textfile import read_utf8
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 _INT = re.compile(r"^-?\d+$")
@@ -138,6 +139,12 @@ def _as_input_type(
 ) -> np.ndarray:
     """The array in the input's own element type; integer and bool inputs (token ids, masks)
     take only integral values, never a silently truncated float."""
+    if array.dtype.kind not in "biuf":
+        raise DataError(
+            f"{dataset.field}: {frame.file.name}: array {spec.name!r} holds {array.dtype} "
+            f"values, but the model input is {spec.dtype}; store numbers",
+            dataset.where,
+        )
     integral = array.dtype.kind != "f" or np.array_equal(array, np.round(array))
     if spec.dtype.kind in "iub" and not integral:
         raise DataError(
@@ -189,7 +196,8 @@ def _folder_labels(root: Path, files: list[Path], field: str, where) -> list[int
 
 def _file_labels(root: Path, files: list[Path], labels_file: Path, field: str, where) -> list[int]:
     table: dict[str, int] = {}
-    for number, line in enumerate(labels_file.read_text(encoding="utf-8").splitlines(), 1):
+    text = read_utf8(labels_file, DataError, "labels file")
+    for number, line in enumerate(text.splitlines(), 1):
         parts = line.replace(",", " ").split()
         if not parts or parts[0].startswith("#"):
             continue
@@ -226,7 +234,16 @@ def _array_frames(path: Path, field: str, where, labels: str | None) -> list[Fra
     if labels:
         if labels not in arrays:
             raise DataError(f"{field}.labels: {path.name} has no array {labels!r}", where)
-        label_values = load_all(arrays[labels]).astype(np.int64).reshape(-1).tolist()
+        raw = load_all(arrays[labels])
+        if raw.dtype.kind not in "biuf" or (
+            raw.dtype.kind == "f" and not np.array_equal(raw, np.round(raw))
+        ):
+            raise DataError(
+                f"{field}.labels: array {labels!r} in {path.name} holds {raw.dtype} values; "
+                "store class indices (integers)",
+                where,
+            )
+        label_values = raw.astype(np.int64).reshape(-1).tolist()
         if len(label_values) != frames:
             raise DataError(
                 f"{field}.labels: array {labels!r} in {path.name} has {len(label_values)} labels "

@@ -15,6 +15,7 @@ from ruamel.yaml.error import YAMLError
 
 from quantbuild.errors import RecipeError
 from quantbuild.quant.params import DTYPES, QParams, TensorRange
+from quantbuild.textfile import read_utf8
 
 FORMAT = "quantbuild-ranges/1"
 HEADER = (
@@ -110,20 +111,15 @@ MAX_BYTES = 256 << 20  # a ranges file of a very large model is tens of MB
 def read_text(path: Path) -> str:
     """A ranges file's text: a clear error for a binary, unreadable or absurdly large file."""
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise RecipeError(
-                f"{size >> 20} MB; a ranges file is at most {MAX_BYTES >> 20} MB", str(path)
-            )
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
+        return read_utf8(path, RecipeError, "ranges file", MAX_BYTES)
+    except RecipeError as err:
+        if not err.message.startswith("not a text"):
+            raise
         raise RecipeError(
-            "not a text file; import a quantbuild ranges.yaml, a TIDL quant_params.prototxt or "
+            f"{err.message}; import a quantbuild ranges.yaml, a TIDL quant_params.prototxt or "
             "an onnxruntime tensor_quant_overrides.json",
-            str(path),
+            err.where,
         ) from None
-    except OSError as err:
-        raise RecipeError(f"cannot read: {err.strerror or err}", str(path)) from None
 
 
 def read(path: Path) -> tuple[dict[str, TensorRange], dict]:

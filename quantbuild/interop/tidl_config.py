@@ -46,6 +46,7 @@ from quantbuild.recipe.resolve import BIAS_CALIBRATION, PATH_FIELDS, expand_accu
 from quantbuild.recipe.validate import fill_defaults, subschema
 from quantbuild.resources import presets_dir, recipe_schema
 from quantbuild.suggest import closest
+from quantbuild.textfile import read_utf8
 
 Field = tuple[str, ...]
 QUANTIZATION = ("quantization",)
@@ -638,10 +639,7 @@ def _dump(data: Any) -> str:
 def read_config(file: Path) -> dict:
     """A TIDL options dict or an edgeai config, from JSON or YAML (loaded safely)."""
     name = str(file)
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"cannot read: {err}", name) from None
+    text = read_utf8(Path(file), RecipeError, "config")
     try:
         data = (
             json.loads(text) if name.endswith(".json") else YAML(typ="safe", pure=True).load(text)

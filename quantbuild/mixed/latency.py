@@ -39,6 +39,7 @@ from quantbuild.errors import RecipeError, Where
 from quantbuild.graph.layers import layer_macs
 from quantbuild.graph.onnx_utils import initializers, static_shape, tensor_types
 from quantbuild.mixed.precision import Assignment, Network
+from quantbuild.textfile import read_utf8
 
 MACS_PER_CYCLE = {8: 4096, 16: 1024}
 BYTES_PER_CYCLE = 16.0
@@ -231,10 +232,7 @@ def read_table(path: Path | str) -> LatencyTable:
     layer -> {"t8", "t16"}."""
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"cannot read the latency table ({err})", source) from None
+    text = read_utf8(path, RecipeError, "latency table")
     rows: dict[str, tuple[float, float]] = {}
     if path.suffix.lower() == ".json":
         try:

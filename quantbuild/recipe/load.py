@@ -12,6 +12,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
 from quantbuild.errors import RecipeError, Where
+from quantbuild.textfile import read_utf8
 
 # A path into the document: ("quantization", "bits") or ("extends", 0).
 DocPath = tuple[str | int, ...]
@@ -127,19 +128,7 @@ def _problem(err: MarkedYAMLError) -> str:
 def load_yaml(file: Path) -> Located:
     """Load one YAML file into plain data with positions; errors name file:line:column."""
     name = str(file)
-    try:
-        size = file.stat().st_size
-        if size > MAX_BYTES:
-            raise RecipeError(
-                f"{size / (1 << 20):.1f} MB; a recipe is at most {MAX_BYTES >> 20} MB "
-                "(is this file a recipe?)",
-                name,
-            )
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError("file not found", name) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"cannot read: {err}", name) from None
+    text = read_utf8(file, RecipeError, "recipe", MAX_BYTES)
     try:
         node = _yaml().load(text)
     except MarkedYAMLError as err:

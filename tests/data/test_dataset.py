@@ -436,3 +436,31 @@ def test_fractional_values_for_an_integer_input_are_an_error(tmp_path):
     ds = _open({"tensors": str(path)})
     with pytest.raises(DataError, match="'input_ids' holds fractional values.*int64"):
         ds.load(ds.frames[0], [InputSpec("input_ids", (1, None), np.dtype(np.int64))])
+
+
+def test_strings_for_a_numeric_input_are_an_error(tmp_path):
+    path = tmp_path / "s.npz"
+    np.savez(path, input=np.array([["a", "b"]]))
+    ds = _open({"tensors": str(path)})
+    with pytest.raises(DataError, match="'input' holds <U1 values.*float32; store numbers"):
+        ds.load(ds.frames[0], [InputSpec("input", (1, 2), np.dtype(np.float32))])
+
+
+@pytest.mark.parametrize("labels", [np.array(["cat", "dog"]), np.array([0.5, 1.0])])
+def test_labels_that_are_not_integers_are_an_error(tmp_path, labels):
+    path = tmp_path / "l.npz"
+    np.savez(path, input=np.zeros((2, 1, 4, 4), np.float32), labels=labels)
+    with pytest.raises(DataError, match="'labels' in l.npz holds .* store class indices"):
+        _open({"tensors": str(path), "labels": "labels"})
+
+
+def test_a_labels_file_that_is_not_utf8_names_the_line(tmp_path):
+    write_images(tmp_path / "imgs", 2)
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes(b"0.png 1\n1.png \xff\n")
+    with pytest.raises(DataError) as info:
+        _open({"images": str(tmp_path / "imgs"), "labels": str(labels)})
+    assert (
+        str(info.value)
+        == f"{labels}:2:7: not UTF-8 text (byte 0xff); save the labels file as UTF-8"
+    )

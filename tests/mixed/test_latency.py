@@ -257,5 +257,5 @@ def test_read_table_errors_are_one_line(tmp_path, name, text, message):
 
 
 def test_read_table_missing_file(tmp_path):
-    with pytest.raises(RecipeError, match="cannot read the latency table"):
+    with pytest.raises(RecipeError, match="absent.csv: file not found"):
         read_table(tmp_path / "absent.csv")
