@@ -261,9 +261,21 @@ def _not_a_recipe(file: Path) -> str | None:
 
 
 class ProjectErrors(QuantbuildError):
-    """Errors from several recipes; the exit code is that of the first."""
+    """Errors from several recipes, one per mistake; the exit code is that of the first.
+
+    Recipes that share a base file, an override or an inherited section (evaluation's
+    preprocess is calibration's) meet the same mistake several times: an error with the same
+    place and problem (the message after its field name) is reported once."""
 
     def __init__(self, errors: list[QuantbuildError]):
+        seen: set[tuple[str, str]] = set()
+        unique = []
+        for error in errors:
+            key = (str(error.where), error.message.split(": ", 1)[-1])
+            if key not in seen:
+                seen.add(key)
+                unique.append(error)
+        errors = unique
         super().__init__("\n".join(str(e) for e in errors))
         self.errors = errors
         self.exit_code = errors[0].exit_code

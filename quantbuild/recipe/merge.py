@@ -15,7 +15,9 @@ def _is_prefix(prefix: tuple, path: tuple) -> bool:
 
 
 def merge(base: Located, over: Located) -> Located:
-    """Deep-merge `over` onto `base`: mappings merge, lists and scalars are replaced."""
+    """Deep-merge `over` onto `base`: mappings merge, lists and scalars are replaced, and
+    `key: null` removes an inherited key (e.g. `images` where the base gave a folder and this
+    recipe gives `tensors`)."""
     out = Located(None, dict(base.values), dict(base.keys))
 
     def walk(b, o, path: tuple):
@@ -23,6 +25,12 @@ def merge(base: Located, over: Located) -> Located:
             result = dict(b)
             for key, value in o.items():
                 child = path + (key,)
+                if value is None:
+                    result.pop(key, None)
+                    for table in (out.values, out.keys):
+                        for p in [p for p in table if _is_prefix(child, p)]:
+                            del table[p]
+                    continue
                 if key in b:
                     result[key] = walk(b[key], value, child)
                 else:

@@ -226,8 +226,14 @@ def _check_inputs(recipe: Recipe) -> None:
         dotted = ".".join(dataset)
         kinds = [k for k in ("images", "tensors") if k in section]
         if len(kinds) != 1:
+            fix = (
+                "; to switch kinds in a recipe that extends another, set the inherited one to "
+                "null (`images: null`)"
+                if len(kinds) == 2
+                else ""
+            )
             raise RecipeError(
-                f"{dotted}: give exactly one of 'images' (a folder) or 'tensors' (.npz/.npy)",
+                f"{dotted}: give exactly one of 'images' (a folder) or 'tensors' (.npz/.npy)" + fix,
                 recipe.where(dataset),
             )
         source = Path(section[kinds[0]])

@@ -226,6 +226,18 @@ def test_merge_mapping_replaced_by_scalar_and_scalar_by_mapping(tmp_path):
     assert out.values[("b", "z")] == Where(str(tmp_path / "o.yaml"), 2, 8)
 
 
+def test_null_removes_an_inherited_key_and_its_positions(tmp_path):
+    base = load_yaml(
+        _write(tmp_path / "b.yaml", "data: {images: calib, limit: 4}\ndevice: am68a\n")
+    )
+    over = load_yaml(_write(tmp_path / "o.yaml", "data: {images: null, tensors: t.npz}\n"))
+    out = merge(merge(base, over), load_yaml(_write(tmp_path / "n.yaml", "device: null\n")))
+    assert out.data == {"data": {"limit": 4, "tensors": "t.npz"}}
+    assert ("data", "images") not in out.values and ("data", "images") not in out.keys
+    assert ("device",) not in out.values
+    assert out.values[("data", "tensors")] == Where(str(tmp_path / "o.yaml"), 1, 31)
+
+
 def test_file_itself_overrides_its_base(tmp_path):
     _write(tmp_path / "base.yaml", BASE)
     f = _write(tmp_path / "r.yaml", "extends: base.yaml\n" + OVER)

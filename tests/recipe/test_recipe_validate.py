@@ -379,9 +379,22 @@ def test_dataset_needs_exactly_one_of_images_or_tensors(project, data):
     f, err = _error(project, HEAD.replace("{tensors: calib.npz}", data))
     assert type(err) is RecipeError
     assert err.exit_code == 2
-    assert str(err) == (
+    assert str(err).startswith(
         f"{f}:4:9: calibration.data: give exactly one of 'images' (a folder) or 'tensors' (.npz/.npy)"
     )
+    assert ("images: null" in str(err)) == (data.count(":") == 2)  # both given: how to drop one
+
+
+def test_a_recipe_switches_an_inherited_images_folder_to_tensors_with_null(project):
+    (project / "imgs").mkdir()
+    base = _recipe(project, HEAD.replace("{tensors: calib.npz}", "{images: imgs}"))
+    derived = project / "derived.yaml"
+    derived.write_text(
+        f"extends: {base.name}\ncalibration:\n  data: {{images: null, tensors: calib.npz}}\n"
+    )
+    recipe = load_recipe(derived)
+    assert recipe.data["calibration"]["data"]["tensors"] == str(project / "calib.npz")
+    assert "images" not in recipe.data["calibration"]["data"]
 
 
 def test_evaluation_dataset_needs_exactly_one_source(project):
