@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from quantbuild.data.arrays import load_all, open_arrays, take_frame
 from quantbuild.data.preprocess import preprocess_image
 from quantbuild.errors import DataError, Where
 from quantbuild.textfile import read_utf8
+
+# PIL is imported where images are decoded: a no-op build only lists and hashes the files
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 _INT = re.compile(r"^-?\d+$")
@@ -95,6 +96,8 @@ class Dataset:
             yield frame, self.load(frame, inputs)
 
     def _image(self, frame: FrameRef) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
         try:
             with Image.open(frame.file) as image:
                 return preprocess_image(image, self.preprocess)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+# PIL is imported where images are decoded: a no-op build only lists and hashes the files
+if TYPE_CHECKING:
+    from PIL import Image
+
+# recipe interpolation -> PIL's Image.Resampling member
 _RESAMPLE = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
+    "bilinear": "BILINEAR",
+    "nearest": "NEAREST",
+    "bicubic": "BICUBIC",
+    "lanczos": "LANCZOS",
 }
 
 
@@ -25,12 +31,14 @@ def _size(value: int | list[int], image_hw: tuple[int, int]) -> tuple[int, int]:
 
 def preprocess_image(image: Image.Image, options: dict) -> np.ndarray:
     """Turn a decoded image into a float32 tensor with a leading batch axis of 1."""
+    from PIL import Image
+
     color = options.get("color", "rgb")
     image = image.convert("L" if color == "gray" else "RGB")
     if "resize" in options:
         h, w = _size(options["resize"], (image.height, image.width))
         if (h, w) != (image.height, image.width):
-            resample = _RESAMPLE[options.get("interpolation", "bilinear")]
+            resample = Image.Resampling[_RESAMPLE[options.get("interpolation", "bilinear")]]
             image = image.resize((w, h), resample)
     if "crop" in options:
         h, w = _size(options["crop"], (image.height, image.width))

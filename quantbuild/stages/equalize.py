@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
-from quantbuild.calib.collect import channel_ranges
-from quantbuild.graph.equalize import equalize, find_pairs
-from quantbuild.graph.smooth import find_norm_pairs, smooth
 from quantbuild.stages.context import Context
 from quantbuild.stages.prepare import MODEL as PREPARED_MODEL
 from quantbuild.stages.settings import Quantization
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
 from quantbuild.store.keys import digest
+
+# onnx and the algorithm modules are imported where used: a no-op build loads only the stage specs
+if TYPE_CHECKING:
+    import onnx
 
 # The model that was quantized: what TIDL compiles with the exported quant_params.prototxt.
 MODEL = Artifact("model.onnx", export="model.float.onnx")
@@ -28,6 +28,12 @@ STAMP = "quantbuild.equalization"  # metadata key: digest of the channel factors
 
 
 def run(ctx: Context, out: Path) -> dict[str, Any]:
+    import onnx
+
+    from quantbuild.calib.collect import channel_ranges
+    from quantbuild.graph.equalize import equalize, find_pairs
+    from quantbuild.graph.smooth import find_norm_pairs, smooth
+
     q = Quantization.of(ctx.recipe.data)
     settings = q.equalization
     assert settings is not None  # the stage applies only then

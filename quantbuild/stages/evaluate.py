@@ -9,22 +9,22 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import onnx
+from typing import TYPE_CHECKING, Any
 
 from quantbuild.data.dataset import Dataset
-from quantbuild.evaluate import layerwise
 from quantbuild.evaluate.metrics import ErrorSums, Fidelity, Top1
-from quantbuild.graph.onnx_utils import graph_inputs
-from quantbuild.mixed.latency import static_shapes
 from quantbuild.progress import track
-from quantbuild.runtime import run_frame, session, with_outputs
 from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.quantize import QDQ_MODEL
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
+
+# onnx and onnxruntime are imported where used: a no-op build loads only the stage specs
+if TYPE_CHECKING:
+    import onnx
+
+    from quantbuild.evaluate import layerwise
 
 METRICS = Artifact("metrics.json", export="metrics.json")
 LAYER_ERRORS = Artifact("layers.json", export="layer_errors.json")
@@ -34,6 +34,12 @@ LAYER_BYTES = 192 << 20  # analysed tensor values held per frame and chunk
 
 
 def run(ctx: Context, out: Path) -> dict[str, Any]:
+    import onnx
+
+    from quantbuild.evaluate import layerwise
+    from quantbuild.graph.onnx_utils import graph_inputs
+    from quantbuild.runtime import run_frame, session
+
     metrics = ctx.recipe.data["evaluation"]["metrics"]
     float_model = onnx.load(str(float_model_path(ctx)))
     quant_model = onnx.load(str(ctx.inputs["quantize"].path(QDQ_MODEL)))
@@ -120,6 +126,9 @@ def _layer_errors(
     model everything quantized up to each tensor. Every analysed tensor is a session output,
     so the tensors go in chunks whose values for one frame fit LAYER_BYTES: memory stays
     bounded on large feature maps, at the cost of re-running the models per chunk."""
+    from quantbuild.mixed.latency import static_shapes
+    from quantbuild.runtime import run_frame, session, with_outputs
+
     frames = dataset.frames[:LAYER_FRAMES]
     errors = [ErrorSums(2) for _ in lw.layers]
     if not frames or not lw.layers:

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from quantbuild.errors import RecipeError, Where
 from quantbuild.interop.imported import ImportedRange, activations_only, read_imported
 from quantbuild.interop.ranges_file import read
-from quantbuild.runtime import float_tensors
 from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import stamp_of
 from quantbuild.stages.prepare import PREQUANTIZED_RANGES
 from quantbuild.stages.settings import Quantization
 
+# onnx and onnxruntime are imported where used: a no-op build loads only the stage specs
+if TYPE_CHECKING:
+    import onnx
+
 
 def imported_ranges(ctx: Context, model: onnx.ModelProto) -> dict[str, ImportedRange]:
     """Pre-quantized grids, overridden by the import file's: tensor name -> imported range."""
+    from quantbuild.runtime import float_tensors
+
     out: dict[str, ImportedRange] = {}
     if Quantization.of(ctx.recipe.data).prequantized:
         ranges, _ = read(ctx.inputs["prepare"].path(PREQUANTIZED_RANGES))

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from quantbuild.errors import ModelError
-from quantbuild.graph.layers import layer_table
-from quantbuild.graph.onnx_utils import graph_inputs, load_model
-from quantbuild.graph.prepare import prepare_model
 from quantbuild.interop.ranges_file import dumps
 from quantbuild.quant.params import QParams, TensorRange
-from quantbuild.quant.qdq_strip import Prequantized, is_qdq, strip_qdq
 from quantbuild.stages.context import Context
 from quantbuild.stages.settings import Quantization
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
+
+# The onnx-based graph modules are imported where used: a no-op build loads only the stage specs
+if TYPE_CHECKING:
+    from quantbuild.quant.qdq_strip import Prequantized
 
 MODEL = Artifact("model.onnx")
 LAYERS = Artifact("layers.json", export="layers.json")
@@ -27,6 +27,11 @@ PREQUANTIZED_WEIGHTS = Artifact("prequantized.weights.json")
 
 
 def run(ctx: Context, out: Path) -> dict[str, Any]:
+    from quantbuild.graph.layers import layer_table
+    from quantbuild.graph.onnx_utils import graph_inputs, load_model
+    from quantbuild.graph.prepare import prepare_model
+    from quantbuild.quant.qdq_strip import is_qdq, strip_qdq
+
     where = ctx.recipe.where(("model",))
     model = load_model(ctx.recipe.model, where)
     prequantized = Quantization.of(ctx.recipe.data).prequantized

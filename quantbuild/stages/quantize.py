@@ -6,23 +6,13 @@ import functools
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
-from quantbuild.calib.bias_runner import calibrate_biases, check_frames, output_errors
-from quantbuild.calib.rounding_runner import ROUNDING_FRAMES, Rounding, apply_rounding
-from quantbuild.interop import ort_overrides, tidl_proto
 from quantbuild.interop.ranges_file import read
-from quantbuild.mixed.apply import wide_layers, widen_ranges
-from quantbuild.mixed.latency import LatencyTable, estimate
-from quantbuild.mixed.precision import Assignment, assign
 from quantbuild.mixed.select import select_layers, select_within
 from quantbuild.quant.params import DTYPES, QParams
-from quantbuild.quant.qdq import write_qdq
-from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.prepare import PREQUANTIZED_WEIGHTS
@@ -45,6 +35,13 @@ from quantbuild.stages.stats import STATS
 from quantbuild.store.entries import Artifact
 from quantbuild.store.files import load_npz
 
+# onnx, onnxruntime and networkx are imported where used: a no-op build loads only the stage specs
+if TYPE_CHECKING:
+    import onnx
+
+    from quantbuild.mixed.latency import LatencyTable
+    from quantbuild.mixed.precision import Assignment
+
 QDQ_MODEL = Artifact("model.qdq.onnx", export="model.qdq.onnx")
 QUANT_PARAMS = Artifact("quant_params.json", export="quant_params.json")
 # The same parameters for other tools: TIDL quant_params_proto_path, onnxruntime overrides.
@@ -55,6 +52,14 @@ PRECISION = Artifact("precision.json", export="precision.json")
 
 
 def run(ctx: Context, out: Path) -> dict[str, Any]:
+    import onnx
+
+    from quantbuild.interop import ort_overrides, tidl_proto
+    from quantbuild.mixed.apply import wide_layers, widen_ranges
+    from quantbuild.mixed.latency import estimate
+    from quantbuild.quant.qdq import write_qdq
+    from quantbuild.runtime import session
+
     q = Quantization.of(ctx.recipe.data)
     model = onnx.load(str(float_model_path(ctx)))
     ranges, _ = read(ctx.inputs["ranges"].path(RANGES))
@@ -118,6 +123,9 @@ def _finish(
     the candidate whose output is closer to the float model's on calibration frames that
     neither fitted is kept (GPTQ alone lowers every layer's error but not always the model's,
     and bias calibration can undo its gain)."""
+    from quantbuild.calib.bias_runner import calibrate_biases, check_frames, output_errors
+    from quantbuild.calib.rounding_runner import ROUNDING_FRAMES, Rounding, apply_rounding
+
     dataset = ctx.dataset("calibration")
     bias = Quantization.of(ctx.recipe.data).bias_calibration
 
@@ -168,6 +176,9 @@ def _with_final_biases(
     model: onnx.ModelProto, qdq: onnx.ModelProto, record: dict[str, Any]
 ) -> onnx.ModelProto:
     """The float model with the biases the QDQ model uses (bias calibration changed them)."""
+    import onnx
+    from onnx import numpy_helper
+
     inits = {t.name: t for t in qdq.graph.initializer}
     final = onnx.ModelProto()
     final.CopyFrom(model)
@@ -183,6 +194,8 @@ def _assignment(
     ctx: Context, model: onnx.ModelProto, shapes: dict[str, Any], table: LatencyTable | None
 ) -> Assignment:
     """The recipe's manual mixed precision (everything at `bits` without one)."""
+    from quantbuild.mixed.precision import assign
+
     q = Quantization.of(ctx.recipe.data)
     mp = q.mixed_precision
     where = ctx.recipe.where(("quantization", "mixed_precision"))
@@ -227,6 +240,9 @@ def _auto_selection(
     ctx: Context, model: onnx.ModelProto, shapes: dict[str, Any], table: LatencyTable | None
 ) -> list[str]:
     """Layers promoted under `mixed_precision.factor`, from the cached sensitivities."""
+    from quantbuild.mixed.latency import estimate
+    from quantbuild.mixed.precision import assign
+
     mp = Quantization.of(ctx.recipe.data).mixed_precision
     sensitivity = json.loads(ctx.inputs["sensitivity"].path(SENSITIVITY).read_text())
     promotions = Promotions(model, mp, shapes, table)

@@ -10,11 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import onnx
-
-from quantbuild.calib.rounding_runner import gptq_rounding
 from quantbuild.interop.ranges_file import read
-from quantbuild.quant.qdq import write_qdq
 from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.ranges import RANGES
@@ -22,6 +18,8 @@ from quantbuild.stages.settings import Quantization
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
 from quantbuild.store.files import npz_bytes
+
+# onnx and the algorithm modules are imported where used: a no-op build loads only the stage specs
 
 ROUNDING = Artifact("rounding.npz")
 
@@ -33,6 +31,11 @@ def applies(recipe: dict[str, Any]) -> bool:
 
 
 def run(ctx: Context, out: Path) -> dict[str, Any]:
+    import onnx
+
+    from quantbuild.calib.rounding_runner import gptq_rounding
+    from quantbuild.quant.qdq import write_qdq
+
     model = onnx.load(str(float_model_path(ctx)))
     ranges, _ = read(ctx.inputs["ranges"].path(RANGES))
     qdq, record = write_qdq(model, ranges, Quantization.of(ctx.recipe.data).weights)

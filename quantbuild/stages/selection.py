@@ -12,22 +12,23 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
 from quantbuild.evaluate.metrics import Fidelity, Top1
-from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.mixed.target import cheapest_within
 from quantbuild.progress import track
-from quantbuild.runtime import run_frame, session
 from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.sensitivity import SENSITIVITY, MixedModels, Promotions, observed_shapes
 from quantbuild.stages.settings import Quantization, latency_table
 from quantbuild.stages.spec import Stage
 from quantbuild.store.entries import Artifact
+
+# onnx and onnxruntime are imported where used: a no-op build loads only the stage specs
+if TYPE_CHECKING:
+    import onnx
 
 SELECTION = Artifact("selection.json", export="selection.json")
 
@@ -42,6 +43,8 @@ class TaskMetric:
     """The task metric of a model on the evaluation data (float's reference kept in memory)."""
 
     def __init__(self, ctx: Context, model: onnx.ModelProto):
+        from quantbuild.graph.onnx_utils import graph_inputs
+
         self.dataset = ctx.dataset("evaluation")
         self.inputs = graph_inputs(model)
         self.names = [o.name for o in model.graph.output]
@@ -51,6 +54,8 @@ class TaskMetric:
         self.float = self._measure(model, keep=True)
 
     def _measure(self, model: onnx.ModelProto, keep: bool = False) -> float:
+        from quantbuild.runtime import run_frame, session
+
         runner = session(model)
         top1, fidelity = Top1(), [Fidelity() for _ in self.names]
         frames = self.dataset.iterate(self.inputs)
@@ -72,6 +77,8 @@ class TaskMetric:
 
 
 def run(ctx: Context, out: Path) -> dict[str, Any]:
+    import onnx
+
     mp = Quantization.of(ctx.recipe.data).mixed_precision
     model = onnx.load(str(float_model_path(ctx)))
     models = MixedModels(ctx, model)

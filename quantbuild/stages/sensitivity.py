@@ -22,27 +22,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
 from quantbuild.evaluate.metrics import frame_errors
-from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.graph.ops import WEIGHTED
 from quantbuild.interop.ranges_file import read
-from quantbuild.mixed.apply import wide_layers, widen_ranges
-from quantbuild.mixed.latency import LatencyTable, estimate, static_shapes
-from quantbuild.mixed.precision import (
-    CHANGES_PRECISION,
-    Assignment,
-    Network,
-    assign,
-)
 from quantbuild.mixed.select import select_within
 from quantbuild.progress import track
-from quantbuild.quant.qdq import write_qdq
-from quantbuild.runtime import session
 from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.ranges import RANGES
@@ -51,6 +39,13 @@ from quantbuild.stages.spec import Stage
 from quantbuild.stages.stats import STATS
 from quantbuild.store.entries import Artifact
 from quantbuild.store.files import load_npz
+
+# onnx, onnxruntime and networkx are imported where used: a no-op build loads only the stage specs
+if TYPE_CHECKING:
+    import onnx
+
+    from quantbuild.mixed.latency import LatencyTable
+    from quantbuild.mixed.precision import Assignment
 
 SENSITIVITY = Artifact("sensitivity.json", export="sensitivity.json")
 FRAMES = 8  # calibration frames per measurement
@@ -80,6 +75,9 @@ def split_candidates(chosen: list[str]) -> tuple[list[str], list[str]]:
 
 def observed_shapes(ctx: Context, model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Static shapes of every tensor for the first calibration frame (symbolic H/W resolved)."""
+    from quantbuild.graph.onnx_utils import graph_inputs
+    from quantbuild.mixed.latency import static_shapes
+
     dataset = ctx.dataset("calibration")
     feed = dataset.load(dataset.frames[0], graph_inputs(model))
     return static_shapes(model, {name: value.shape for name, value in feed.items()})
@@ -96,6 +94,8 @@ class Promotions:
         shapes: dict[str, Any],
         table: LatencyTable | None = None,
     ):
+        from quantbuild.mixed.precision import Network
+
         self.model, self.mp, self.shapes, self.table = model, mp, shapes, table
         self.net = Network(model)  # built once: every ratio assigns lists on this model
         self.spans = [tuple(pair) for pair in mp.get("ranges", [])]
@@ -108,6 +108,9 @@ class Promotions:
         return list(manual[0]) + outputs, list(manual[1]) + params
 
     def ratio(self, chosen: list[str]) -> float:
+        from quantbuild.mixed.latency import estimate
+        from quantbuild.mixed.precision import assign
+
         key = tuple(chosen)
         if key not in self._ratios:
             assignment = assign(self.net, *self.lists(chosen), self.spans)
@@ -120,6 +123,8 @@ class MixedModels:
     (and start/end `ranges`) state them."""
 
     def __init__(self, ctx: Context, model: onnx.ModelProto):
+        from quantbuild.mixed.precision import Network
+
         q = Quantization.of(ctx.recipe.data)
         self.model = model
         self.net = Network(model)  # built once: every candidate assigns lists on this model
@@ -134,10 +139,15 @@ class MixedModels:
         params_16bit: Iterable[str] = (),
         ranges: Iterable[tuple[str, str]] = (),
     ) -> onnx.ModelProto:
+        from quantbuild.mixed.precision import assign
+
         return self.build(assign(self.net, output_16bit, params_16bit, ranges))
 
     def build(self, assignment: Assignment) -> onnx.ModelProto:
         """The QDQ model of a precision assignment."""
+        from quantbuild.mixed.apply import wide_layers, widen_ranges
+        from quantbuild.quant.qdq import write_qdq
+
         wide = widen_ranges(self.ranges, self.stats, assignment, self.grid)
         options = replace(self.options, wide_layers=wide_layers(assignment))
         return write_qdq(self.model, wide, options)[0]
@@ -149,6 +159,9 @@ class ErrorProbe:
     minimizes."""
 
     def __init__(self, ctx: Context, model: onnx.ModelProto, frames: slice = slice(FRAMES)):
+        from quantbuild.graph.onnx_utils import graph_inputs
+        from quantbuild.runtime import session
+
         self.models = MixedModels(ctx, model)
         dataset = ctx.dataset("calibration")
         inputs = graph_inputs(model)
@@ -167,6 +180,9 @@ class ErrorProbe:
         ranges: Iterable[tuple[str, str]] = (),
     ) -> np.ndarray:
         """Per-frame error with TIDL's lists (and start/end `ranges`) applied."""
+        from quantbuild.mixed.precision import assign
+        from quantbuild.runtime import session
+
         assignment = assign(self.models.net, output_16bit, params_16bit, ranges)
         key = (assignment.tensors_16bit, assignment.weights_16bit)
         if key not in self._errors:
@@ -186,6 +202,11 @@ class ErrorProbe:
 
 
 def run(ctx: Context, out: Path) -> dict[str, Any]:
+    import onnx
+
+    from quantbuild.mixed.latency import static_shapes
+    from quantbuild.mixed.precision import CHANGES_PRECISION, Network
+
     model = onnx.load(str(float_model_path(ctx)))
     probe = ErrorProbe(ctx, model)
     feeds = probe.feeds

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from quantbuild.mixed.latency import LatencyTable, read_table
 from quantbuild.quant.params import Grid
-from quantbuild.quant.qdq import WeightOptions
 from quantbuild.stages.context import Context
+
+# onnx and networkx are imported where used: a no-op build loads only the stage specs
+if TYPE_CHECKING:
+    from quantbuild.mixed.latency import LatencyTable
+    from quantbuild.quant.qdq import WeightOptions
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class Quantization:
     @property
     def weights(self) -> WeightOptions:
         """Weight and bias quantization settings."""
+        from quantbuild.quant.qdq import WeightOptions
+
         return WeightOptions(
             bits=self.bits,
             per_channel=self.per_channel,
@@ -83,5 +88,7 @@ class Quantization:
 
 def latency_table(ctx: Context) -> LatencyTable | None:
     """The recipe's measured per-layer times (mixed_precision.latency_table), if any."""
+    from quantbuild.mixed.latency import read_table
+
     path = Quantization.of(ctx.recipe.data).mixed_precision.get("latency_table")
     return read_table(path) if path else None

@@ -17,7 +17,9 @@ from quantbuild.calib.policy import minmax_ranges
 from quantbuild.data.dataset import open_dataset
 from quantbuild.evaluate import layerwise
 from quantbuild.evaluate.metrics import ErrorSums
+from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.graph.prepare import prepare_model
+from quantbuild.mixed.latency import static_shapes
 from quantbuild.quant.params import Grid
 from quantbuild.quant.qdq import WeightOptions, write_qdq
 from quantbuild.runtime import session, with_outputs
@@ -218,10 +220,10 @@ def test_layer_errors_in_small_chunks_equal_one_pass(built, tmp_path, monkeypatc
     npz = write_npz(tmp_path / "val.npz", 5, seed=3)
     dataset = open_dataset({"tensors": str(npz)}, {}, "evaluation.data", "recipe.yaml")
     lw = layerwise.build(prepared, qdq)
-    inputs = evaluate.graph_inputs(prepared)
+    inputs = graph_inputs(prepared)
     whole = evaluate._layer_errors(lw, qdq, dataset, inputs)
     monkeypatch.setattr(evaluate, "LAYER_BYTES", 1)  # one layer per chunk
-    shapes = evaluate.static_shapes(prepared, {"input": (1, 3, 8, 8)})
+    shapes = static_shapes(prepared, {"input": (1, 3, 8, 8)})
     assert len(evaluate._chunks(lw.layers, shapes)) == len(lw.layers)
     chunked = evaluate._layer_errors(lw, qdq, dataset, inputs)
     assert [(e.signal, e.noise) for e in chunked] == [(e.signal, e.noise) for e in whole]
@@ -231,7 +233,7 @@ def test_layer_errors_in_small_chunks_equal_one_pass(built, tmp_path, monkeypatc
 def test_chunks_keep_graph_order_within_the_byte_budget(built, monkeypatch):
     prepared, qdq, _, _ = built
     lw = layerwise.build(prepared, qdq)
-    shapes = evaluate.static_shapes(prepared, {"input": (1, 3, 8, 8)})
+    shapes = static_shapes(prepared, {"input": (1, 3, 8, 8)})
     sizes = [
         4 * int(np.prod(shapes[layer.tensor])) * (3 if layer.layerwise else 2)
         for layer in lw.layers
