@@ -86,9 +86,14 @@ def run_frame(
         ) from None
     for name, value in zip(names, values) if finite else ():
         if value.size and not np.isfinite(value).all():
-            raise DataError(
-                f"{dataset.field}: tensor {name!r} is not finite on {dataset.describe(frame)}; "
-                "check the preprocessing (mean/scale) and the model",
-                dataset.where,
-            )
+            raise not_finite(name, dataset, frame)
     return values
+
+
+def not_finite(name: str, dataset: Dataset, frame: FrameRef) -> DataError:
+    """The error for a tensor holding NaN or infinity on a frame."""
+    return DataError(
+        f"{dataset.field}: tensor {name!r} is not finite on {dataset.describe(frame)}; "
+        "check the preprocessing (mean/scale) and the model",
+        dataset.where,
+    )

@@ -5,6 +5,8 @@ Memory is bounded by the number of tensors, never by the number of frames.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 
@@ -15,7 +17,7 @@ from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.graph.ops import VALUE_PRESERVING
 from quantbuild.progress import track
 from quantbuild.quant.qdq import activation_tensors
-from quantbuild.runtime import float_tensors, run_frame, session, with_outputs
+from quantbuild.runtime import float_tensors, not_finite, run_frame, session, with_outputs
 
 
 def collect_statistics(
@@ -43,11 +45,15 @@ def collect_statistics(
     hist = np.zeros((count, BINS if histograms else 0), dtype=np.int64)
     frames = 0
     for frame, feed in track(dataset.iterate(inputs), "statistics", len(dataset.frames)):
-        for i, value in enumerate(run_frame(runner, names, feed, dataset, frame, finite=True)):
+        for i, value in enumerate(run_frame(runner, names, feed, dataset, frame)):
             if value.size == 0:
                 continue
-            low[i] = min(low[i], float(value.min()))
-            high[i] = max(high[i], float(value.max()))
+            # min and max carry any NaN or infinity: no separate pass to find them
+            smallest, largest = float(value.min()), float(value.max())
+            if not (math.isfinite(smallest) and math.isfinite(largest)):
+                raise not_finite(names[i], dataset, frame)
+            low[i] = min(low[i], smallest)
+            high[i] = max(high[i], largest)
             elements[i] += value.size
             if histograms:
                 accumulate(hist[i], value)
