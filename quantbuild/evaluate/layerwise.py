@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 
@@ -246,3 +247,108 @@ def _append_qdq(
     graph.node.append(_renamed(quantize, names, _copy_name(quantize.name, index)))
     names = {**params, dequantize.input[0]: middle, activation: target}
     graph.node.append(_renamed(dequantize, names, _copy_name(dequantize.name, index)))
+
+
+QUANTIZED = "~q/"  # prefix of the QDQ model's names inside the error model
+
+
+@dataclass(frozen=True)
+class ErrorOutputs:
+    """A layer's outputs in the error model: float64 scalars for one frame."""
+
+    signal: str  # Σx² of the float tensor
+    alone: str | None  # Σ(x − layer-wise)²; None where the layer has no layer-wise copy
+    accumulated: str  # Σ(x − QDQ model's tensor)²
+
+
+@dataclass(frozen=True)
+class ErrorModel:
+    """The float model, the QDQ model and every layer's error sums in one graph."""
+
+    model: onnx.ModelProto
+    layers: list[ErrorOutputs]  # one per LayerwiseModel layer
+    float_outputs: list[str]  # the float model's outputs (their own names)
+    quantized_outputs: list[str]  # the QDQ model's outputs, in the same order
+
+    @property
+    def names(self) -> list[str]:
+        """Every output of `model`, in order."""
+        return [o.name for o in self.model.graph.output]
+
+
+def error_model(lw: LayerwiseModel, qdq: onnx.ModelProto) -> ErrorModel:
+    """One model that computes every layer's error sums inside the graph: the layer-wise model
+    and the QDQ model side by side on the same inputs, each layer's float, layer-wise and
+    accumulated tensors reduced to Σx² and Σ(x − q)² (difference in float32, squares and sums
+    in float64), next to both models' own outputs. Nothing larger than the model outputs
+    leaves the session, so one pass per frame suffices at any tensor size.
+
+    Raises ValueError when the QDQ model has subgraphs (their outer-scope names cannot be
+    renamed safely): callers fall back to exposing the tensors."""
+    if any(_has_subgraph(n) for n in qdq.graph.node):
+        raise ValueError("the QDQ model has subgraphs")
+    model = onnx.ModelProto()
+    model.CopyFrom(lw.model)
+    graph = model.graph
+    float_outputs = list(graph.output)
+    del graph.output[:]
+    versions = {o.domain: o for o in model.opset_import}
+    for opset in qdq.opset_import:
+        if opset.domain not in versions:
+            model.opset_import.append(opset)
+        elif opset.version > versions[opset.domain].version:
+            versions[opset.domain].version = opset.version
+
+    shared = {i.name for i in qdq.graph.input} - {t.name for t in qdq.graph.initializer}
+
+    def quantized(name: str) -> str:
+        return name if name in shared or not name else QUANTIZED + name
+
+    for tensor in qdq.graph.initializer:
+        copy = graph.initializer.add()
+        copy.CopyFrom(tensor)
+        copy.name = quantized(tensor.name)
+    for source in qdq.graph.node:
+        names = {n: quantized(n) for n in list(source.input) + list(source.output)}
+        graph.node.append(_renamed(source, names, QUANTIZED + source.name))
+
+    made: dict[tuple[str, ...], str] = {}
+
+    def node(op: str, inputs: list[str], **attributes: Any) -> str:
+        key = (op, *inputs)
+        if key not in made:
+            made[key] = f"~err{len(made)}"
+            graph.node.append(
+                onnx.helper.make_node(op, inputs, [made[key]], name=made[key], **attributes)
+            )
+        return made[key]
+
+    def sum_squares(value: str) -> str:
+        double = node("Cast", [value], to=onnx.TensorProto.DOUBLE)
+        return node("ReduceSumSquare", [double], keepdims=0)
+
+    layers = []
+    for layer in lw.layers:
+        got = quantized(layer.quantized)
+        alone = node("Sub", [layer.layerwise, layer.tensor]) if layer.layerwise else None
+        layers.append(
+            ErrorOutputs(
+                sum_squares(layer.tensor),
+                sum_squares(alone) if alone else None,
+                sum_squares(node("Sub", [got, layer.tensor])),
+            )
+        )
+    graph.output.extend(float_outputs)
+    for output in qdq.graph.output:
+        renamed = graph.output.add()
+        renamed.CopyFrom(output)
+        renamed.name = quantized(output.name)
+    sums = (n for o in layers for n in (o.signal, o.alone, o.accumulated) if n)
+    for name in dict.fromkeys(sums):
+        graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.DOUBLE, []))
+    return ErrorModel(
+        model,
+        layers,
+        [o.name for o in float_outputs],
+        [quantized(o.name) for o in qdq.graph.output],
+    )

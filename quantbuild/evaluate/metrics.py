@@ -84,6 +84,13 @@ class ErrorSums:
                 # is far below any quantization error.
                 self.noise[i] += _sum_squares(np.subtract(np.asarray(q).ravel(), x))
 
+    def add(self, signal: float, *noise: float | None) -> None:
+        """Add one frame's sums computed elsewhere (inside the model); None: no value."""
+        self.signal += float(signal)
+        for i, value in enumerate(noise):
+            if value is not None:
+                self.noise[i] += float(value)
+
     def sqnr_db(self) -> list[float | None]:
         return [sqnr_db(self.signal, noise) for noise in self.noise]
 

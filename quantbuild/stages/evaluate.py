@@ -44,7 +44,6 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
     float_model = onnx.load(str(float_model_path(ctx)))
     quant_model = onnx.load(str(ctx.inputs["quantize"].path(QDQ_MODEL)))
     outputs = [o.name for o in float_model.graph.output]
-    reference, quantized = session(float_model), session(quant_model)
     inputs = graph_inputs(float_model)
     dataset = ctx.dataset("evaluation")
     top1 = (
@@ -52,18 +51,35 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
     )
     if top1:
         _check_classifier(float_model, dataset, ctx.log)
+    lw = layerwise.build(float_model, quant_model)
+    layers = lw.layers
+    errors = [ErrorSums(2) for _ in layers]
+    # The analysed frames run once through the error model (both models' outputs and every
+    # layer's error sums); the rest through the two models alone.
+    analysis = _error_pass(lw, quant_model)
+    sessions: dict[str, Any] = {}
     fidelity = {name: Fidelity() for name in outputs}
-    for frame, feed in track(dataset.iterate(inputs), "evaluation", len(dataset.frames)):
-        ref = dict(zip(outputs, run_frame(reference, outputs, feed, dataset, frame)))
-        got = dict(zip(outputs, run_frame(quantized, outputs, feed, dataset, frame)))
+    for index, (frame, feed) in enumerate(
+        track(dataset.iterate(inputs), "evaluation", len(dataset.frames))
+    ):
+        if analysis is not None and index < LAYER_FRAMES:
+            ref, got = analysis.run(feed, dataset, frame, errors)
+        else:
+            if not sessions:
+                sessions.update(reference=session(float_model), quantized=session(quant_model))
+            ref = dict(
+                zip(outputs, run_frame(sessions["reference"], outputs, feed, dataset, frame))
+            )
+            got = dict(
+                zip(outputs, run_frame(sessions["quantized"], outputs, feed, dataset, frame))
+            )
         for name in outputs:
             fidelity[name].update(ref[name], got[name])
         if top1:
             top1["float"].update(ref[outputs[0]], frame.label)
             top1["quantized"].update(got[outputs[0]], frame.label)
-    lw = layerwise.build(float_model, quant_model)
-    layers = lw.layers
-    errors = _layer_errors(lw, quant_model, dataset, inputs)
+    if analysis is None:
+        errors = _layer_errors(lw, quant_model, dataset, inputs)
     result: dict[str, Any] = {"frames": len(dataset.frames), "outputs": {}}
     if top1:
         result["top1"] = {k: v.value() for k, v in top1.items()}
@@ -114,13 +130,68 @@ def _check_classifier(model: onnx.ModelProto, dataset: Dataset, log: Callable[[s
         )
 
 
+class _ErrorPass:
+    """One session over layerwise.error_model: per frame, the float and quantized outputs and
+    every layer's error sums, without any large tensor leaving onnxruntime."""
+
+    def __init__(self, errors: layerwise.ErrorModel):
+        from quantbuild.runtime import session
+
+        self.errors = errors
+        self.names = errors.names
+        self.session = session(errors.model)
+
+    def run(
+        self, feed: dict[str, Any], dataset: Dataset, frame: Any, sums: list[ErrorSums]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Add the frame's error sums to `sums`; return the (float, quantized) outputs."""
+        from quantbuild.runtime import run_frame
+
+        values = dict(zip(self.names, run_frame(self.session, self.names, feed, dataset, frame)))
+        for layer_sums, layer in zip(sums, self.errors.layers):
+            layer_sums.add(
+                float(values[layer.signal]),
+                float(values[layer.alone]) if layer.alone else None,
+                float(values[layer.accumulated]),
+            )
+        outputs = self.errors.float_outputs
+        ref = {name: values[name] for name in outputs}
+        got = {n: values[q] for n, q in zip(outputs, self.errors.quantized_outputs)}
+        return ref, got
+
+
+def _error_pass(lw: layerwise.LayerwiseModel, qdq: onnx.ModelProto) -> _ErrorPass | None:
+    """The error model's session, or None where it cannot be built (subgraphs)."""
+    from quantbuild.evaluate import layerwise
+
+    try:
+        return _ErrorPass(layerwise.error_model(lw, qdq))
+    except ValueError:
+        return None
+
+
+def layer_errors(
+    lw: layerwise.LayerwiseModel, qdq: onnx.ModelProto, dataset: Dataset, inputs: list[Any]
+) -> list[ErrorSums]:
+    """Per layer [layer-wise, accumulated] error sums over the first LAYER_FRAMES frames, as
+    the stage computes them (one pass of the error model per frame)."""
+    analysis = _error_pass(lw, qdq)
+    if analysis is None:
+        return _layer_errors(lw, qdq, dataset, inputs)
+    errors = [ErrorSums(2) for _ in lw.layers]
+    for frame in dataset.frames[:LAYER_FRAMES]:
+        analysis.run(dataset.load(frame, inputs), dataset, frame, errors)
+    return errors
+
+
 def _layer_errors(
     lw: layerwise.LayerwiseModel,
     quant_model: onnx.ModelProto,
     dataset: Dataset,
     inputs: list[Any],
 ) -> list[ErrorSums]:
-    """Per layer [layer-wise, accumulated] error sums over the first LAYER_FRAMES frames.
+    """Per layer [layer-wise, accumulated] error sums over the first LAYER_FRAMES frames,
+    where the error model cannot be built (subgraphs).
 
     The layer-wise model gives the float reference and each layer quantized alone; the QDQ
     model everything quantized up to each tensor. Every analysed tensor is a session output,
@@ -213,7 +284,7 @@ def applies(recipe: dict[str, Any]) -> bool:
 
 STAGE = Stage(
     name="evaluate",
-    version=5,
+    version=6,
     reads=("/evaluation",),
     inputs=("prepare", "equalize", "quantize"),
     artifacts=(
