@@ -230,6 +230,30 @@ def test_layer_errors_in_small_chunks_equal_one_pass(built, tmp_path, monkeypatc
     assert all(e.signal > 0 for e in whole)
 
 
+def test_error_sums_inside_the_model_equal_the_exposed_tensors(built, tmp_path):
+    """The error model reduces in the graph what the fallback reduces in numpy: the same sums
+    up to float64 summation order, and both models' outputs bit for bit."""
+    prepared, qdq, _, _ = built
+    npz = write_npz(tmp_path / "val.npz", 5, seed=3)
+    dataset = open_dataset({"tensors": str(npz)}, {}, "evaluation.data", "recipe.yaml")
+    lw = layerwise.build(prepared, qdq)
+    inputs = graph_inputs(prepared)
+    exposed = evaluate._layer_errors(lw, qdq, dataset, inputs)
+    inside = evaluate.layer_errors(lw, qdq, dataset, inputs)
+    assert len(inside) == len(exposed) == len(lw.layers)
+    for a, b in zip(inside, exposed):
+        assert a.signal == pytest.approx(b.signal, rel=1e-12)
+        assert a.noise == pytest.approx(b.noise, rel=1e-12, abs=1e-300)
+    model = layerwise.error_model(lw, qdq)
+    feed = dataset.load(dataset.frames[0], inputs)
+    values = dict(zip(model.names, session(model.model).run(model.names, feed)))
+    outputs = [o.name for o in prepared.graph.output]
+    for name, want in zip(outputs, session(prepared).run(outputs, feed)):
+        np.testing.assert_array_equal(values[name], want)
+    for name, want in zip(model.quantized_outputs, session(qdq).run(outputs, feed)):
+        np.testing.assert_array_equal(values[name], want)
+
+
 def test_chunks_keep_graph_order_within_the_byte_budget(built, monkeypatch):
     prepared, qdq, _, _ = built
     lw = layerwise.build(prepared, qdq)
