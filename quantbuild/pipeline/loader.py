@@ -8,6 +8,10 @@ files match it; doit checks this just before the task would run, after its upstr
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,7 @@ from doit.cmd_base import TaskLoader2
 from doit.exceptions import InvalidDodoFile, TaskFailed
 from doit.loader import generate_tasks
 
+from quantbuild import report as report_package
 from quantbuild.errors import QuantbuildError
 from quantbuild.pipeline import doit_state, failures
 from quantbuild.pipeline.plan import Plan, RecipeBuild
@@ -29,7 +34,9 @@ from quantbuild.stages.ranges import RANGES
 from quantbuild.stages.selection import SELECTION
 from quantbuild.stages.sensitivity import SENSITIVITY
 from quantbuild.stages.stats import STATS
+from quantbuild.store.entries import Artifact, Entry
 from quantbuild.store.files import write_atomic
+from quantbuild.store.keys import digest, file_sha256
 
 
 def _execute(build: RecipeBuild, stage: str) -> TaskFailed | dict[str, Any]:
@@ -49,26 +56,60 @@ def _is_current(build: RecipeBuild, stage: str) -> bool:
         return False  # the action will run and report the error properly
 
 
-def recipe_files(build: RecipeBuild) -> RecipeFiles | None:
-    """What the report reads of one recipe, or None while its evaluation is missing."""
-    data = build.recipe.data
-    found: dict[str, Path] = {}
-    if "evaluation" in data:
+def _report_inputs(build: RecipeBuild) -> dict[str, tuple[Entry, Artifact]] | None:
+    """The artifacts the report reads of one recipe, or None while its evaluation is missing."""
+    found: dict[str, tuple[Entry, Artifact]] = {}
+    if "evaluation" in build.recipe.data:
         evaluated = build.entry("evaluate")
         if evaluated is None:
             return None
-        found |= {"metrics": evaluated.path(METRICS), "layer_errors": evaluated.path(LAYER_ERRORS)}
+        found |= {"metrics": (evaluated, METRICS), "layer_errors": (evaluated, LAYER_ERRORS)}
     quantized = build.entry("quantize")
     if quantized is not None and quantized.path(PRECISION).is_file():
-        found["precision"] = quantized.path(PRECISION)
+        found["precision"] = (quantized, PRECISION)
     for stage, artifact in (("sensitivity", SENSITIVITY), ("selection", SELECTION)):
         entry = build.entry(stage) if stage in build.inputs("quantize") else None
         if entry is not None:
-            found[stage] = entry.path(artifact)
+            found[stage] = (entry, artifact)
     stats, ranges = build.entry("stats"), build.entry("ranges")
     if stats is not None and ranges is not None:
-        found |= {"stats": stats.path(STATS), "ranges": ranges.path(RANGES)}
-    return RecipeFiles(build.recipe.name, data.get("device"), data["quantization"], **found)
+        found |= {"stats": (stats, STATS), "ranges": (ranges, RANGES)}
+    return found
+
+
+def recipe_files(build: RecipeBuild) -> RecipeFiles | None:
+    """What the report reads of one recipe, or None while its evaluation is missing."""
+    found = _report_inputs(build)
+    if found is None:
+        return None
+    data = build.recipe.data
+    paths = {kind: entry.path(artifact) for kind, (entry, artifact) in found.items()}
+    return RecipeFiles(build.recipe.name, data.get("device"), data["quantization"], **paths)
+
+
+def report_key(plan: Plan) -> str | None:
+    """What the report is a function of: every recipe's settings and the content digests of
+    the artifacts it reads, and the report code itself (None while an evaluation is missing).
+    A no-op build compares this key instead of rendering the report again."""
+    recipes = []
+    for build in plan.builds.values():
+        found = _report_inputs(build)
+        if found is None:
+            return None
+        data = build.recipe.data
+        digests = {
+            kind: entry.manifest["files"][artifact.file]["sha256"]
+            for kind, (entry, artifact) in found.items()
+        }
+        recipes.append([build.recipe.name, data.get("device"), data["quantization"], digests])
+    return digest([_report_code(), recipes])
+
+
+@functools.cache
+def _report_code() -> str:
+    """Digest of the report package's source: a changed report is rendered again."""
+    folder = Path(report_package.__file__).parent
+    return digest({p.name: file_sha256(p) for p in sorted(folder.glob("*.py"))})
 
 
 def planned_report(plan: Plan) -> dict[str, bytes] | None:
@@ -85,25 +126,41 @@ def planned_report(plan: Plan) -> dict[str, bytes] | None:
 def _write_report(plan: Plan, out: Path) -> TaskFailed | None:
     try:
         files = planned_report(plan)
+        key = report_key(plan)
     except QuantbuildError as err:
         failures.record("report", err)
         return TaskFailed(str(err))
-    if files is None:
+    if files is None or key is None:
         return TaskFailed("an evaluation is missing; build the evaluate tasks first")
     for name, data in files.items():
         write_atomic(out / name, data)
         print(f"   {out / name}", flush=True)
+    written = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    with contextlib.suppress(OSError):  # without it, the next build renders the report again
+        write_atomic(_report_state(plan), json.dumps({"key": key, "files": written}).encode())
     return None
 
 
+def _report_state(plan: Plan) -> Path:
+    return plan.project.state / "report.json"
+
+
 def _report_current(plan: Plan, out: Path) -> bool:
+    """The report files were written for the current key and are unchanged since."""
     try:
-        files = planned_report(plan)
-    except QuantbuildError:
+        key = report_key(plan)
+        state = json.loads(_report_state(plan).read_text(encoding="utf-8"))
+        return (
+            key is not None
+            and state["key"] == key
+            and all(
+                (out / name).is_file() and plan.project.hasher.sha256(out / name) == sha
+                for name, sha in state["files"].items()
+            )
+            and set(state["files"]) == set(REPORTS)
+        )
+    except (QuantbuildError, OSError, ValueError, KeyError, TypeError):
         return False
-    return files is not None and all(
-        (out / name).is_file() and (out / name).read_bytes() == data for name, data in files.items()
-    )
 
 
 class RecipeLoader(TaskLoader2):  # type: ignore[misc]  # doit ships no types

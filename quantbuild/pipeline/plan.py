@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -77,18 +78,33 @@ class RecipeBuild:
                 raise RecipeError(
                     f"{section}.preprocess: {problem}", self.recipe.where((section, "preprocess"))
                 )
-            self._datasets[section] = open_dataset(
-                self.recipe.data[section]["data"],
-                self.recipe.data[section].get("preprocess", {}),
-                f"{section}.data",
-                self.recipe.where((section, "data")),
+            data = self.recipe.data[section]["data"]
+            preprocess = self.recipe.data[section].get("preprocess", {})
+            where = self.recipe.where((section, "data"))
+            shared = self.project.datasets.get(self._dataset_key(section))
+            # Recipes of a project mostly share their datasets: listed once per command, each
+            # recipe's copy pointing at its own recipe in messages.
+            self._datasets[section] = (
+                dataclasses.replace(shared, where=where)
+                if shared is not None
+                else open_dataset(data, preprocess, f"{section}.data", where)
             )
+            self.project.datasets.setdefault(self._dataset_key(section), self._datasets[section])
         return self._datasets[section]
 
+    def _dataset_key(self, section: str) -> str:
+        data = self.recipe.data[section]
+        return canonical_json([section, data["data"], data.get("preprocess", {})])
+
     def _frames_digest(self, section: str) -> str:
-        dataset = self.dataset(section)
-        hashes = {f: self.project.hasher.sha256(f) for f in dataset.files()}
-        return digest([[hashes[f.file], f.index, f.label] for f in dataset.frames])
+        key = self._dataset_key(section)
+        if key not in self.project.frame_digests:
+            dataset = self.dataset(section)
+            hashes = {f: self.project.hasher.sha256(f) for f in dataset.files()}
+            self.project.frame_digests[key] = digest(
+                [[hashes[f.file], f.index, f.label] for f in dataset.frames]
+            )
+        return self.project.frame_digests[key]
 
     @cached_property
     def keyed_recipe(self) -> dict[str, Any]:

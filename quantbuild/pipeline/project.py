@@ -7,12 +7,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quantbuild.errors import QuantbuildError, RecipeError
 from quantbuild.recipe import Recipe, load_recipe
 from quantbuild.recipe.validate import RecipeErrors
 from quantbuild.store.entries import OWN_STORE_HINT, Store
 from quantbuild.store.keys import FileHasher
+
+if TYPE_CHECKING:
+    from quantbuild.data.dataset import Dataset
 
 CONFIG = "doit.cfg"
 STATE = ".quantbuild"
@@ -120,6 +124,9 @@ class Project:
         self.hasher = FileHasher(self.state / "filehashes.json")
         self._recipes: dict[str, Recipe] | None = None
         self.ignored: dict[Path, str] = {}  # YAML files matched by `recipes` that are not ones
+        # datasets listed and digested in this command, shared by the recipes that name them
+        self.datasets: dict[str, Dataset] = {}
+        self.frame_digests: dict[str, str] = {}
 
     def store_readonly(self) -> bool:
         """QUANTBUILD_CACHE_READONLY when set, else the `store_readonly` setting."""

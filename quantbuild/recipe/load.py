@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,8 +127,35 @@ def _problem(err: MarkedYAMLError) -> str:
     return problem or "invalid YAML"
 
 
+# Parsed files by (path, size, mtime, inode): recipes of one project share their base files and
+# presets, and a command loads each once (callers get a copy: merging mutates).
+_PARSED: dict[tuple[str, int, int, int], Located] = {}
+
+
 def load_yaml(file: Path) -> Located:
     """Load one YAML file into plain data with positions; errors name file:line:column."""
+    try:
+        st = os.stat(file)
+        stamp: tuple[str, int, int, int] | None = (
+            os.path.abspath(file),
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ino,
+        )
+    except OSError:
+        stamp = None  # read_utf8 names the problem
+    if stamp is None or stamp not in _PARSED:
+        located = _parse(file)
+        if stamp is None:
+            return located
+        if len(_PARSED) > 4096:  # a long-lived process (tests, a server) stays bounded
+            _PARSED.clear()
+        _PARSED[stamp] = located
+    cached = _PARSED[stamp]
+    return Located(copy.deepcopy(cached.data), dict(cached.values), dict(cached.keys))
+
+
+def _parse(file: Path) -> Located:
     name = str(file)
     text = read_utf8(file, RecipeError, "recipe", MAX_BYTES)
     try:

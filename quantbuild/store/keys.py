@@ -47,7 +47,7 @@ class FileHasher:
     def sha256(self, path: Path) -> str:
         st = os.stat(path)
         stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
-        key = str(Path(path).resolve())
+        key = os.path.abspath(path)  # no resolve(): a syscall per path component, per file
         cached = self._cache.get(key)
         if cached and cached[:3] == stamp:
             return str(cached[3])

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from builders import RECIPE, make_project
+from builders import RECIPE, device_recipes, make_project
 from cli_runner import run_doit
 
 from quantbuild import cli
+from quantbuild.pipeline import loader as loader_module
 from quantbuild.pipeline import plan as plan_module
 from quantbuild.pipeline import project as project_module
 from quantbuild.pipeline.plan import Plan
@@ -63,6 +64,45 @@ def test_noop_build_loads_each_recipe_and_dataset_once(project, key_digests, mon
     assert recipes == {"base.yaml": 1}
     assert datasets == {"calibration.data": 1, "evaluation.data": 1}
     assert max(key_digests.values()) == 1, key_digests
+
+
+def test_recipes_sharing_a_dataset_list_and_hash_it_once(tmp_path, monkeypatch):
+    root = make_project(tmp_path / "p", device_recipes())
+    opened: Counter[str] = Counter()
+    open_dataset = plan_module.open_dataset
+
+    def counting(spec, preprocess, field, *args):
+        opened[field] += 1
+        return open_dataset(spec, preprocess, field, *args)
+
+    monkeypatch.setattr(plan_module, "open_dataset", counting)
+    plan = Plan(Project(root))
+    assert opened == {"calibration.data": 1, "evaluation.data": 1}  # two recipes, one each
+    a, b = plan.builds.values()
+    assert a.dataset("calibration").frames == b.dataset("calibration").frames
+    assert a.dataset("calibration").where != b.dataset("calibration").where  # own messages
+    assert a.key("stats") == b.key("stats")  # same data, same statistics
+
+
+def test_a_noop_build_does_not_render_the_report_and_an_edited_report_is_restored(
+    project, monkeypatch
+):
+    assert cli.main(["build", "-C", str(project)]) == 0
+    report = project / "build" / "report.md"
+    built = report.read_bytes()
+    renders = Counter()
+    report_files = loader_module.report_files
+
+    def counting(recipes):
+        renders["report"] += 1
+        return report_files(recipes)
+
+    monkeypatch.setattr(loader_module, "report_files", counting)
+    assert cli.main(["build", "-C", str(project)]) == 0
+    assert renders["report"] == 0  # compared by key, not rendered again
+    report.write_text("edited by hand\n")
+    assert cli.main(["build", "-C", str(project)]) == 0
+    assert renders["report"] == 1 and report.read_bytes() == built
 
 
 @pytest.mark.parametrize(

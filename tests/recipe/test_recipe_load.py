@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from quantbuild.errors import RecipeError, Where
@@ -268,3 +270,13 @@ def test_merge_key_is_merged_or_rejected_cleanly(tmp_path):
     else:
         assert doc.data["quantization"] == {"bits": 8, "scale": "float"}
         assert doc.where(("quantization", "bits")).file == str(f)
+
+
+def test_a_file_is_parsed_once_per_content_and_callers_get_their_own_copy(tmp_path):
+    f = _write(tmp_path, "version: 1\nquantization: {bits: 8}\n")
+    first = load_yaml(f)
+    first.data["quantization"]["bits"] = 99  # merging mutates what it loads
+    assert load_yaml(f).data["quantization"]["bits"] == 8
+    f.write_text("version: 1\nquantization: {bits: 16}\n")  # same size: mtime and inode tell
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1_000_000))
+    assert load_yaml(f).data["quantization"]["bits"] == 16
