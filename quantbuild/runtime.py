@@ -49,9 +49,15 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return copy
 
 
-def session(model: onnx.ModelProto, optimize: bool = False) -> ort.InferenceSession:
-    """A CPU session. Without `optimize`, no graph rewrites: every tensor is computed as written."""
+def session(
+    model: onnx.ModelProto, optimize: bool = False, in_order: bool = False
+) -> ort.InferenceSession:
+    """A CPU session. Without `optimize`, no graph rewrites: every tensor is computed as written.
+    With `in_order`, nodes run in the model's own (topological) order, which the caller chose
+    to keep few tensors alive at once; results are the same."""
     options = ort.SessionOptions()
+    if in_order:
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if optimize

@@ -45,6 +45,7 @@ class Layer:
 class LayerwiseModel:
     model: onnx.ModelProto
     layers: list[Layer]  # in graph order
+    float_nodes: int = 0  # model.graph.node: the float model's nodes first, then the copies
 
 
 class _QdqGraph:
@@ -143,7 +144,7 @@ def build(
             output = _copy_layer(q, index, dequantized, segment, graph, constant, parameter)
             layer = Layer(layer.tensor, layer.quantized, output, layer.node, layer.op)
         layers.append(layer)
-    return LayerwiseModel(model, layers)
+    return LayerwiseModel(model, layers, len(float_model.graph.node))
 
 
 def _segment(q: _QdqGraph, start: str) -> list[onnx.NodeProto]:
@@ -338,6 +339,7 @@ def error_model(lw: LayerwiseModel, qdq: onnx.ModelProto) -> ErrorModel:
                 sum_squares(node("Sub", [got, layer.tensor])),
             )
         )
+    _interleave(graph, lw.float_nodes, len(lw.model.graph.node), len(qdq.graph.node))
     graph.output.extend(float_outputs)
     for output in qdq.graph.output:
         renamed = graph.output.add()
@@ -352,3 +354,31 @@ def error_model(lw: LayerwiseModel, qdq: onnx.ModelProto) -> ErrorModel:
         [o.name for o in float_outputs],
         [quantized(o.name) for o in qdq.graph.output],
     )
+
+
+def _interleave(graph: onnx.GraphProto, floats: int, layerwise: int, quantized: int) -> None:
+    """Order the nodes so that the float and QDQ graphs advance together and every copy and
+    error node comes right after its inputs: tensors die early, and the session's peak memory
+    stays near one model's instead of holding every float tensor until the end.
+
+    The nodes are [float graph | layer-wise copies | QDQ graph | error nodes] (indices
+    `floats`, `layerwise` and `layerwise + quantized` split them), each part in topological
+    order. Float and QDQ nodes take their relative position in their own graph; the others
+    the latest position among their producers, then their own index (so producers stay
+    first)."""
+    nodes = list(graph.node)
+    position: dict[str, float] = {}
+    keys = []
+    for index, node in enumerate(nodes):
+        if index < floats:
+            at = index / max(floats, 1)
+        elif layerwise <= index < layerwise + quantized:
+            at = (index - layerwise) / max(quantized, 1)
+        else:
+            at = max((position.get(name, 0.0) for name in node.input if name), default=0.0)
+        for name in node.output:
+            position[name] = at
+        keys.append((at, index))
+    order = sorted(range(len(nodes)), key=keys.__getitem__)
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)

@@ -139,7 +139,7 @@ class _ErrorPass:
 
         self.errors = errors
         self.names = errors.names
-        self.session = session(errors.model)
+        self.session = session(errors.model, in_order=True)  # see layerwise._interleave
 
     def run(
         self, feed: dict[str, Any], dataset: Dataset, frame: Any, sums: list[ErrorSums]
