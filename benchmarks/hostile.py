@@ -96,6 +96,20 @@ def quantbuild(
     return Outcome(done.returncode, done.stdout, done.stderr, time.perf_counter() - start)
 
 
+def started(root: Path, *args: str) -> subprocess.Popen[str]:
+    """`quantbuild ARGS` started in `root`, its output piped (for faults that need the process
+    while it runs)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "quantbuild", *args],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        env=_env(),
+    )
+
+
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTBUILD_")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -674,14 +688,7 @@ def killed_after(sig: int, delay: float, code: int | None) -> Callable[[Path], s
     """A cold build that receives `sig` after `delay` seconds (SIGKILL: no exit code to check)."""
 
     def inflict(root: Path) -> str | None:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "quantbuild", "build"],
-            cwd=root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
+        proc = started(root, "build")
         time.sleep(delay)
         proc.send_signal(sig)
         try:
@@ -748,17 +755,7 @@ def flip_last_byte(path: Path) -> None:
 
 def two_builds_at_once(root: Path) -> str | None:
     """Two cold builds of one recipe on one store: both correct, statistics computed once."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "quantbuild", "build", "am68a"],
-            cwd=root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
-        for _ in range(2)
-    ]
+    procs = [started(root, "build", "am68a") for _ in range(2)]
     outs = [proc.communicate(timeout=TIMEOUT) for proc in procs]
     for proc, (_, err) in zip(procs, outs, strict=True):
         if proc.returncode != 0:
@@ -776,17 +773,11 @@ def _computed(stdout: str, task: str) -> bool:
 
 
 def broken_pipe(root: Path) -> str | None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "quantbuild", "build"],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_env(),
-    )
-    assert proc.stdout is not None
+    proc = started(root, "build")
+    assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.readline()
     proc.stdout.close()  # the reader goes away, as `| head -1` does
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    err = proc.stderr.read()
     proc.wait(timeout=TIMEOUT)
     if "Traceback" in err:
         return "traceback: " + err.strip().splitlines()[-1][:200]

@@ -171,37 +171,6 @@ def test_the_next_build_removes_what_a_killed_build_left_in_the_store(project):
     assert not leftover.exists()
 
 
-def test_a_full_store_is_one_line_and_the_next_build_recovers(tmp_path):
-    """Files capped at 64 kB for the build (RLIMIT_FSIZE: writes fail with EFBIG, as on a full
-    disk with ENOSPC): doit's small database fits, the model artifact does not. Exit 5 naming
-    the store; nothing half-published; the next build, with room, completes."""
-    project = make_project(
-        tmp_path / "p", {"base": RECIPE.format(extra="").split("evaluation:")[0]}
-    )
-    write_model(project / "model.onnx", heavy_cnn(size=16, width=64))
-    write_npz(project / "calib.npz", 2, shape=(1, 3, 16, 16))
-
-    def small_files():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
-
-    env = {k: v for k, v in os.environ.items() if k != "QUANTBUILD_CACHE"}
-    full = subprocess.run(
-        [sys.executable, "-m", "quantbuild", "build", "-C", str(project)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        preexec_fn=small_files,
-    )
-    assert "Traceback" not in full.stderr, full.stderr
-    assert full.returncode == 5, full.stdout + full.stderr
-    assert "cannot write the prepare artifact into the store (File too large)" in full.stderr
-    store = project / ".quantbuild" / "store"
-    assert not [p for p in store.rglob("*") if p.name.startswith(".tmp-")]
-    assert run_cli("build", "-C", str(project)).code == 0
-
-
 def _build_with_files_capped(project, limit: int):
     """`quantbuild build` with every file written capped at `limit` bytes (RLIMIT_FSIZE: writes
     past it fail with EFBIG, as they fail with ENOSPC on a full disk)."""
@@ -219,6 +188,25 @@ def _build_with_files_capped(project, limit: int):
         timeout=300,
         preexec_fn=capped,
     )
+
+
+def test_a_full_store_is_one_line_and_the_next_build_recovers(tmp_path):
+    """Files capped at 64 kB for the build (RLIMIT_FSIZE: writes fail with EFBIG, as on a full
+    disk with ENOSPC): doit's small database fits, the model artifact does not. Exit 5 naming
+    the store; nothing half-published; the next build, with room, completes."""
+    project = make_project(
+        tmp_path / "p", {"base": RECIPE.format(extra="").split("evaluation:")[0]}
+    )
+    write_model(project / "model.onnx", heavy_cnn(size=16, width=64))
+    write_npz(project / "calib.npz", 2, shape=(1, 3, 16, 16))
+
+    full = _build_with_files_capped(project, 64_000)
+    assert "Traceback" not in full.stderr, full.stderr
+    assert full.returncode == 5, full.stdout + full.stderr
+    assert "cannot write the prepare artifact into the store (File too large)" in full.stderr
+    store = project / ".quantbuild" / "store"
+    assert not [p for p in store.rglob("*") if p.name.startswith(".tmp-")]
+    assert run_cli("build", "-C", str(project)).code == 0
 
 
 @pytest.mark.parametrize("when", ["opening", "saving"])
