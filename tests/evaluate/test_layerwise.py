@@ -214,13 +214,18 @@ def test_layer_table_puts_undefined_sqnr_where_it_belongs():
     assert table[-1]["layerwise_sqnr_db"] is None and table[-1]["index"] == 1
 
 
-def test_layer_errors_in_small_chunks_equal_one_pass(built, tmp_path, monkeypatch):
-    """Chunking bounds memory; it must not change a single sum."""
+@pytest.fixture
+def analysed(built, tmp_path):
+    """(prepared, qdq, layer-wise model, evaluation dataset, model inputs)."""
     prepared, qdq, _, _ = built
     npz = write_npz(tmp_path / "val.npz", 5, seed=3)
     dataset = open_dataset({"tensors": str(npz)}, {}, "evaluation.data", "recipe.yaml")
-    lw = layerwise.build(prepared, qdq)
-    inputs = graph_inputs(prepared)
+    return prepared, qdq, layerwise.build(prepared, qdq), dataset, graph_inputs(prepared)
+
+
+def test_layer_errors_in_small_chunks_equal_one_pass(analysed, monkeypatch):
+    """Chunking bounds memory; it must not change a single sum."""
+    prepared, qdq, lw, dataset, inputs = analysed
     whole = evaluate._layer_errors(lw, qdq, dataset, inputs)
     monkeypatch.setattr(evaluate, "LAYER_BYTES", 1)  # one layer per chunk
     shapes = static_shapes(prepared, {"input": (1, 3, 8, 8)})
@@ -230,14 +235,10 @@ def test_layer_errors_in_small_chunks_equal_one_pass(built, tmp_path, monkeypatc
     assert all(e.signal > 0 for e in whole)
 
 
-def test_error_sums_inside_the_model_equal_the_exposed_tensors(built, tmp_path):
+def test_error_sums_inside_the_model_equal_the_exposed_tensors(analysed):
     """The error model reduces in the graph what the fallback reduces in numpy: the same sums
     up to float64 summation order, and both models' outputs bit for bit."""
-    prepared, qdq, _, _ = built
-    npz = write_npz(tmp_path / "val.npz", 5, seed=3)
-    dataset = open_dataset({"tensors": str(npz)}, {}, "evaluation.data", "recipe.yaml")
-    lw = layerwise.build(prepared, qdq)
-    inputs = graph_inputs(prepared)
+    prepared, qdq, lw, dataset, inputs = analysed
     exposed = evaluate._layer_errors(lw, qdq, dataset, inputs)
     inside = evaluate.layer_errors(lw, qdq, dataset, inputs)
     assert len(inside) == len(exposed) == len(lw.layers)
