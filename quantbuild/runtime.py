@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from quantbuild import cores
 from quantbuild.errors import DataError, ModelError
 
 if TYPE_CHECKING:
@@ -64,9 +65,10 @@ def session(
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     options.log_severity_level = 3
-    # Idle worker threads sleep instead of spinning: the same wall time for one build, about a
-    # third less CPU, and parallel builds (`doit -n 2`) no longer fight spinning threads.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if cores.shared:
+        # Parallel builds: idle threads sleep, else the workers' spinning threads take each
+        # other's cores (one build alone spins: 10-25 % faster on models with many mid-size ops).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(
             model.SerializeToString(), options, providers=["CPUExecutionProvider"]

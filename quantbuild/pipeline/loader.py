@@ -20,6 +20,7 @@ from doit.cmd_base import TaskLoader2
 from doit.exceptions import InvalidDodoFile, TaskFailed
 from doit.loader import generate_tasks
 
+from quantbuild import cores
 from quantbuild import report as report_package
 from quantbuild.errors import QuantbuildError
 from quantbuild.pipeline import doit_state, failures
@@ -176,6 +177,7 @@ class RecipeLoader(TaskLoader2):  # type: ignore[misc]  # doit ships no types
     def setup(self, opt_values: dict[str, Any]) -> None:
         # `doit -a` (--always-execute) recomputes, as `quantbuild build --force` does.
         self._force = bool(opt_values.get("always"))
+        cores.share(int(opt_values.get("num_process") or 0))
 
     def load_doit_config(self) -> dict[str, Any]:
         failures.clear()  # the first call of every doit command

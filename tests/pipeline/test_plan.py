@@ -129,3 +129,15 @@ def test_a_doit_cfg_naming_the_old_loader_path_still_builds(project):
     built = run_doit(project)
     assert built.code == 0, built.stdout + built.stderr
     assert "quantize:base" in built.ran
+
+
+def test_parallel_doit_makes_onnxruntime_threads_sleep_when_idle(project, monkeypatch):
+    from quantbuild import cores
+    from quantbuild.pipeline.loader import RecipeLoader
+
+    monkeypatch.setattr(cores, "shared", False)
+    loader = RecipeLoader(Project(project))
+    loader.setup({"num_process": 0})
+    assert not cores.shared  # one build alone: spinning threads are faster
+    loader.setup({"num_process": 2})
+    assert cores.shared
