@@ -57,6 +57,7 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
     # The analysed frames run once through the error model (both models' outputs and every
     # layer's error sums); the rest through the two models alone.
     analysis = _error_pass(lw, quant_model)
+    in_graph = analysis is not None  # else the exposed-tensor fallback after the loop
     sessions: dict[str, Any] = {}
     fidelity = {name: Fidelity() for name in outputs}
     for index, (frame, feed) in enumerate(
@@ -65,6 +66,7 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
         if analysis is not None and index < LAYER_FRAMES:
             ref, got = analysis.run(feed, dataset, frame, errors)
         else:
+            analysis = None  # its session (three graphs) is not needed any more
             if not sessions:
                 sessions.update(reference=session(float_model), quantized=session(quant_model))
             ref = dict(
@@ -78,7 +80,7 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
         if top1:
             top1["float"].update(ref[outputs[0]], frame.label)
             top1["quantized"].update(got[outputs[0]], frame.label)
-    if analysis is None:
+    if not in_graph:
         errors = _layer_errors(lw, quant_model, dataset, inputs)
     result: dict[str, Any] = {"frames": len(dataset.frames), "outputs": {}}
     if top1:

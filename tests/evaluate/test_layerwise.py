@@ -269,3 +269,16 @@ def test_chunks_keep_graph_order_within_the_byte_budget(built, monkeypatch):
     assert [i for chunk in chunks for i in chunk] == list(range(len(lw.layers)))
     assert 1 < len(chunks) < len(lw.layers)
     assert all(sum(sizes[i] for i in chunk) <= max(sizes) * 2 for chunk in chunks)
+
+
+def test_without_an_error_model_the_exposed_tensors_are_reduced(analysed, monkeypatch):
+    """A QDQ model with subgraphs has no error model: the chunked fallback gives the sums."""
+    prepared, qdq, lw, dataset, inputs = analysed
+
+    def refuse(*args):
+        raise ValueError("the QDQ model has subgraphs")
+
+    monkeypatch.setattr(layerwise, "error_model", refuse)
+    fallback = evaluate.layer_errors(lw, qdq, dataset, inputs)
+    exposed = evaluate._layer_errors(lw, qdq, dataset, inputs)
+    assert [(e.signal, e.noise) for e in fallback] == [(e.signal, e.noise) for e in exposed]
