@@ -402,8 +402,10 @@ def _terminate(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (`cmd &`)
-        signal.signal(signal.SIGINT, _interrupt)
+    global _interrupted
+    _interrupted = False
+    if argv is None and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)  # (not when ignored: `quantbuild build &`)
     if argv is None and hasattr(signal, "SIGPIPE"):
         # `quantbuild build | head -1`: end quietly when the reader goes away, as cat does
         # (exit status 141 from the shell); store entries are published atomically.

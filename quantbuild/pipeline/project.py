@@ -179,11 +179,13 @@ class Project:
                     where,
                 ) from None
         if signed and key is None:
-            raise RecipeError(
-                f"[quantbuild] store_signed is {'strict' if signed == 'strict' else 'true'} but "
-                f"there is no key: set {KEY_ENV} or store_key_file",
-                where,
+            setting = "strict" if signed == "strict" else "true"
+            what = (
+                "quantbuild build --strict needs the store key"
+                if self.strict
+                else f"[quantbuild] store_signed is {setting} but there is no key"
             )
+            raise RecipeError(f"{what}: set {KEY_ENV} or store_key_file", where)
         return signed
 
     def recipe_files(self) -> list[Path]:

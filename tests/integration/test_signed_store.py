@@ -109,3 +109,10 @@ def test_strict_mode_builds_when_every_entry_is_signed(tmp_path):
     second = make_project(tmp_path / "b" / "repo")
     reused = run_cli("build", "--strict", "-C", str(second), env=env)
     assert reused.code == 0 and reused.stdout.count("store hit") == 5, reused.stderr
+
+
+def test_strict_without_a_key_says_what_it_needs(tmp_path):
+    root = make_project(tmp_path / "p")
+    run = run_cli("build", "--strict", "-C", str(root), env={"QUANTBUILD_STORE_KEY": ""})
+    assert run.code == 2
+    assert "quantbuild build --strict needs the store key: set QUANTBUILD_STORE_KEY" in run.stderr
