@@ -81,7 +81,8 @@ class RecipeBuild:
             data = self.recipe.data[section]["data"]
             preprocess = self.recipe.data[section].get("preprocess", {})
             where = self.recipe.where((section, "data"))
-            shared = self.project.datasets.get(self._dataset_key(section))
+            key = self._dataset_key(section)
+            shared = self.project.datasets.get(key)
             # Recipes of a project mostly share their datasets: listed once per command, each
             # recipe's copy pointing at its own recipe in messages.
             self._datasets[section] = (
@@ -89,7 +90,7 @@ class RecipeBuild:
                 if shared is not None
                 else open_dataset(data, preprocess, f"{section}.data", where)
             )
-            self.project.datasets.setdefault(self._dataset_key(section), self._datasets[section])
+            self.project.datasets.setdefault(key, self._datasets[section])
         return self._datasets[section]
 
     def _dataset_key(self, section: str) -> str:

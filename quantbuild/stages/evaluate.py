@@ -167,9 +167,10 @@ def _error_pass(lw: layerwise.LayerwiseModel, qdq: onnx.ModelProto) -> _ErrorPas
     from quantbuild.evaluate import layerwise
 
     try:
-        return _ErrorPass(layerwise.error_model(lw, qdq))
+        errors = layerwise.error_model(lw, qdq)
     except ValueError:
         return None
+    return _ErrorPass(errors)
 
 
 def layer_errors(

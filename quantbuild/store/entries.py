@@ -150,8 +150,6 @@ class Store:
         problem = signature_problem(manifest, self.key)
         if problem is None:
             return
-        if not (folder / MANIFEST).is_file():
-            raise BadEntry(problem)  # nothing there: an ordinary miss
         if self.strict:
             raise StoreError(
                 f"store entry not used: {problem} (store_signed = strict); remove it with "

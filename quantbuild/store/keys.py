@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from quantbuild.store.files import write_atomic
+
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace: the same value always gives the same text."""
@@ -60,12 +62,6 @@ class FileHasher:
         """Persist the cache atomically (best effort: a failure only costs re-hashing)."""
         if not (self.cache_file and self._dirty):
             return
-        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
-        try:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self._cache), encoding="utf-8")
-            os.replace(tmp, self.cache_file)
+        with contextlib.suppress(OSError):
+            write_atomic(self.cache_file, json.dumps(self._cache).encode("utf-8"))
             self._dirty = False
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
