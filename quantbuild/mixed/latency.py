@@ -152,56 +152,75 @@ def estimate(
 
     `shapes` are observed feature-map shapes (e.g. from calibration) for symbolic dimensions.
     """
-    net = Network(model)
-    layers = _layers(model, net, shapes or {})
-    measured = _table_rows(net, table) if table else {}
+    return LatencyModel(model, shapes, table).estimate(assignment)
 
-    model_times: dict[str, tuple[float, float, float, str]] = {}
-    for name, layer in layers.items():
-        if name in net.host:
-            model_times[name] = (0.0, 0.0, 0.0, "fused")
-            continue
-        has_weight = name in net.weight
-        t8, _ = layer.cycles(lambda t: 8, 8 if has_weight else None)
-        t16, _ = layer.cycles(lambda t: 16, 16 if has_weight else None)
-        t_mp, bound = layer.cycles(assignment.bits, assignment.layers[name]["weight_bits"])
-        model_times[name] = (t8, t16, t_mp, bound)
 
-    # Bring the model's cycles to the table's unit, matched on the layers both cover.
-    model_total = sum(model_times[n][0] for n in measured)
-    table_total = sum(t8 for t8, _ in measured.values())
-    scale = table_total / model_total if model_total > 0 and table_total > 0 else 1.0
+class LatencyModel:
+    """The latency model of one network: its layers read once, any number of assignments
+    estimated (automatic selection estimates thousands)."""
 
-    result = {}
-    for name, layer in layers.items():
-        t8, t16, t_mp, bound = model_times[name]
-        if name in measured:
-            u8, u16 = measured[name]
-            # A partly 16-bit layer sits where the model puts it between its t8 and t16.
-            if t16 > t8:
-                share = (t_mp - t8) / (t16 - t8)
-            else:  # the model has no time for it (shapes unknown): all or nothing
-                info = assignment.layers[name]
-                wide = info["output_bits"] == 16 or info["weight_bits"] == 16
-                share = float(wide or any(assignment.bits(t) == 16 for t, _ in layer.inputs))
-            t8, t16, t_mp, bound = u8, u16, u8 + (u16 - u8) * share, "table"
-        else:
-            t8, t16, t_mp = t8 * scale, t16 * scale, t_mp * scale
-        result[name] = LayerLatency(net.op[name], layer.macs, t8, t16, t_mp, bound)
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        shapes: dict[str, tuple[int, ...]] | None = None,
+        table: LatencyTable | None = None,
+        net: Network | None = None,
+    ):
+        self.net = net or Network(model)
+        self.layers = _layers(model, self.net, shapes or {})
+        self.measured = _table_rows(self.net, table) if table else {}
 
-    total8 = sum(r.t8 for r in result.values())
-    total_mp = sum(r.t_mp for r in result.values())
-    return Estimate(
-        layers=result,
-        t8=total8,
-        t16=sum(r.t16 for r in result.values()),
-        t_mp=total_mp,
-        ratio=total_mp / total8 if total8 > 0 else 1.0,
-        unit="table" if measured else "cycles",
-        unknown=tuple(
-            n for n, layer in layers.items() if not (layer.known or n in measured or n in net.host)
-        ),
-    )
+    def estimate(self, assignment: Assignment) -> Estimate:
+        """Latency all 8-bit, all 16-bit and under `assignment`."""
+        net, layers, measured = self.net, self.layers, self.measured
+        model_times: dict[str, tuple[float, float, float, str]] = {}
+        for name, layer in layers.items():
+            if name in net.host:
+                model_times[name] = (0.0, 0.0, 0.0, "fused")
+                continue
+            has_weight = name in net.weight
+            t8, _ = layer.cycles(lambda t: 8, 8 if has_weight else None)
+            t16, _ = layer.cycles(lambda t: 16, 16 if has_weight else None)
+            t_mp, bound = layer.cycles(assignment.bits, assignment.layers[name]["weight_bits"])
+            model_times[name] = (t8, t16, t_mp, bound)
+
+        # Bring the model's cycles to the table's unit, matched on the layers both cover.
+        model_total = sum(model_times[n][0] for n in measured)
+        table_total = sum(t8 for t8, _ in measured.values())
+        scale = table_total / model_total if model_total > 0 and table_total > 0 else 1.0
+
+        result = {}
+        for name, layer in layers.items():
+            t8, t16, t_mp, bound = model_times[name]
+            if name in measured:
+                u8, u16 = measured[name]
+                # A partly 16-bit layer sits where the model puts it between its t8 and t16.
+                if t16 > t8:
+                    share = (t_mp - t8) / (t16 - t8)
+                else:  # the model has no time for it (shapes unknown): all or nothing
+                    info = assignment.layers[name]
+                    wide = info["output_bits"] == 16 or info["weight_bits"] == 16
+                    share = float(wide or any(assignment.bits(t) == 16 for t, _ in layer.inputs))
+                t8, t16, t_mp, bound = u8, u16, u8 + (u16 - u8) * share, "table"
+            else:
+                t8, t16, t_mp = t8 * scale, t16 * scale, t_mp * scale
+            result[name] = LayerLatency(net.op[name], layer.macs, t8, t16, t_mp, bound)
+
+        total8 = sum(r.t8 for r in result.values())
+        total_mp = sum(r.t_mp for r in result.values())
+        return Estimate(
+            layers=result,
+            t8=total8,
+            t16=sum(r.t16 for r in result.values()),
+            t_mp=total_mp,
+            ratio=total_mp / total8 if total8 > 0 else 1.0,
+            unit="table" if measured else "cycles",
+            unknown=tuple(
+                n
+                for n, layer in layers.items()
+                if not (layer.known or n in measured or n in net.host)
+            ),
+        )
 
 
 def _number(value: object, what: str, where: Where | str) -> float:

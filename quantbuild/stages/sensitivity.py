@@ -18,8 +18,9 @@ measures clearly lower per-frame errors (mixed.select.select_within).
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,10 +95,12 @@ class Promotions:
         shapes: dict[str, Any],
         table: LatencyTable | None = None,
     ):
+        from quantbuild.mixed.latency import LatencyModel
         from quantbuild.mixed.precision import Network
 
-        self.model, self.mp, self.shapes, self.table = model, mp, shapes, table
+        self.mp = mp
         self.net = Network(model)  # built once: every ratio assigns lists on this model
+        self.latency = LatencyModel(model, shapes, table, self.net)
         self.spans = [tuple(pair) for pair in mp.get("ranges", [])]
         self._ratios: dict[tuple[str, ...], float] = {}
 
@@ -108,13 +111,12 @@ class Promotions:
         return list(manual[0]) + outputs, list(manual[1]) + params
 
     def ratio(self, chosen: list[str]) -> float:
-        from quantbuild.mixed.latency import estimate
         from quantbuild.mixed.precision import assign
 
         key = tuple(chosen)
         if key not in self._ratios:
             assignment = assign(self.net, *self.lists(chosen), self.spans)
-            self._ratios[key] = estimate(self.model, assignment, self.shapes, self.table).ratio
+            self._ratios[key] = self.latency.estimate(assignment).ratio
         return self._ratios[key]
 
 
@@ -191,6 +193,34 @@ class ErrorProbe:
             self._errors[key] = frame_errors(outputs, self.reference)
         return self._errors[key]
 
+    def measure(
+        self, selections: list[tuple[list[str], list[str]]], background: tuple[list[str], list[str]]
+    ) -> Iterator[None]:
+        """Measure every selection (output_16bit, params_16bit lists), each run only where it
+        differs from `background` (mixed.variants; the same errors as whole runs); yields once
+        per selection, for progress."""
+        from quantbuild.mixed.precision import assign
+        from quantbuild.mixed.variants import Background
+
+        def key(assignment: Assignment) -> tuple[frozenset[str], frozenset[str]]:
+            return assignment.tensors_16bit, assignment.weights_16bit
+
+        back = assign(self.models.net, *background)
+        base = Background(self.models.build(back), self.feeds)
+        if key(back) not in self._errors:
+            self._errors[key(back)] = frame_errors(base.run(), self.reference)
+        todo: dict[tuple[frozenset[str], frozenset[str]], Assignment] = {}
+        for selection in selections:
+            assignment = assign(self.models.net, *selection)
+            if key(assignment) not in self._errors:
+                todo.setdefault(key(assignment), assignment)
+        variants = (self.models.build(a) for a in todo.values())
+        for k, outputs in zip(todo, base.measure(variants)):
+            self._errors[k] = frame_errors(outputs, self.reference)
+            yield None
+        for _ in range(len(selections) - len(todo)):
+            yield None
+
     def error(
         self,
         output_16bit: Iterable[str],
@@ -223,23 +253,28 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
     promotable = CHANGES_PRECISION | WEIGHTED
     everything = [n for n, op in net.op.items() if op in promotable and n not in net.host]
     top = error_with(everything)
-    steps = track(
-        [("alone", c) for c in candidates] + [("together", name) for name in layers],
-        "sensitivity",
-        len(candidates) + len(layers),
-        unit="layers",
+
+    # `name` back to 8 bits in the 16-bit model, then with its weights only promoted.
+    def demoted(name: str) -> list[str]:
+        return [other for other in everything if other != name]
+
+    lowered = [
+        split_candidates(selection)
+        for name in layers
+        for selection in (demoted(name), demoted(name) + [f"{name}{PARAMS}"])
+    ]
+    measures = itertools.chain(
+        probe.measure([split_candidates([c]) for c in candidates], split_candidates([])),
+        probe.measure(lowered, split_candidates(everything)),
     )
-    alone: dict[str, float] = {}
+    for _ in track(measures, "sensitivity", 2 * len(candidates), unit="variants"):
+        pass
+    alone = {name: base - error_with([name]) for name in candidates}
     together: dict[str, float] = {}
-    for kind, name in steps:
-        if kind == "alone":
-            alone[name] = base - error_with([name])
-            continue
-        # `name` back to 8 bits in the 16-bit model, then with its weights only promoted.
-        rest = [other for other in everything if other != name]
-        demoted = error_with(rest)
-        together[name] = demoted - top
-        together[f"{name}{PARAMS}"] = demoted - error_with(rest + [f"{name}{PARAMS}"])
+    for name in layers:
+        rest = demoted(name)
+        together[name] = error_with(rest) - top
+        together[f"{name}{PARAMS}"] = error_with(rest) - error_with(rest + [f"{name}{PARAMS}"])
     gains = {name: (alone[name] + together[name]) / 2 for name in candidates}
     shapes = static_shapes(model, {name: value.shape for name, value in feeds[0].items()})
 
