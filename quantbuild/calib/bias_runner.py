@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from quantbuild.calib.bias_correction import BiasedLayer, channel_means, step_size, update
+from quantbuild.calib.bias_correction import BiasedLayer, step_size, update
 from quantbuild.data.dataset import Dataset
 from quantbuild.evaluate.metrics import clearly_worse, frame_errors
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.progress import track
-from quantbuild.runtime import session, with_outputs
+from quantbuild.runtime import session
 
 # Frames on which calibrated and uncalibrated biases are compared: the last calibration frames,
 # those not fitted first. 32 paired frames tell a real gain from noise where 14 unfitted ones
@@ -62,45 +62,105 @@ def _with_bias_inputs(qdq: onnx.ModelProto, layers: list[BiasedLayer]) -> onnx.M
     return model
 
 
-def _fit(
+def _with_channel_means(
+    model: onnx.ModelProto, layers: list[BiasedLayer], tensor: Callable[[BiasedLayer], str]
+) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of `model` that also outputs each layer's per-channel mean of `tensor(layer)`,
+    reduced in float64 inside the graph (only the means leave the session)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    opset = next(o.version for o in copy.opset_import if o.domain in ("", "ai.onnx"))
+
+    def node(op: str, inputs: list[str], name: str, **attributes) -> str:
+        graph.node.append(helper.make_node(op, inputs, [name], name=name, **attributes))
+        return name
+
+    def constant(name: str, values: list[int]) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        return name
+
+    def reduce_mean(value: str, axes: list[int], name: str) -> str:
+        if opset >= 18:  # axes became an input
+            return node("ReduceMean", [value, constant(f"{name}/axes", axes)], name, keepdims=0)
+        return node("ReduceMean", [value], name, axes=axes, keepdims=0)
+
+    names = []
+    for i, layer in enumerate(layers):
+        prefix = f"~bias_mean/{i}"
+        double = node("Cast", [tensor(layer)], f"{prefix}/double", to=onnx.TensorProto.DOUBLE)
+        if layer.axis == -1:  # channels last: [rest, C]
+            shape = node("Shape", [double], f"{prefix}/shape")
+            last = node(
+                "Slice",
+                [shape, constant(f"{prefix}/-1", [-1]), constant(f"{prefix}/end", [2**62])],
+                f"{prefix}/last",
+            )
+            flat = node(
+                "Concat", [constant(f"{prefix}/rows", [-1]), last], f"{prefix}/flat", axis=0
+            )
+            mean = reduce_mean(node("Reshape", [double, flat], f"{prefix}/2d"), [0], prefix)
+        else:  # [leading..., C, rest]: a 0 in Reshape's shape keeps that dimension
+            flat = constant(f"{prefix}/flat", [0] * (layer.axis + 1) + [-1])
+            axes = [a for a in range(layer.axis + 2) if a != layer.axis]
+            mean = reduce_mean(node("Reshape", [double, flat], f"{prefix}/3d"), axes, prefix)
+        graph.output.append(helper.make_tensor_value_info(mean, onnx.TensorProto.DOUBLE, None))
+        names.append(mean)
+    return copy, names
+
+
+def _float_pass(
     float_model: onnx.ModelProto,
-    qdq: onnx.ModelProto,
     layers: list[BiasedLayer],
     dataset: Dataset,
-    chosen: list,
+    fitted: list,
+    check: list,
+) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """One float pass over the fitted and the check frames: the layers' channel means on the
+    fitted frames and the model's outputs on the check frames."""
+    inputs = graph_inputs(float_model)
+    outputs = [o.name for o in float_model.graph.output]
+    model, means = _with_channel_means(float_model, layers, lambda layer: layer.reference)
+    runner = session(model)
+    float_means, reference = [], []
+    for frame in dict.fromkeys(fitted + check):
+        feed = dataset.load(frame, inputs)
+        wanted = (means if frame in fitted else []) + (outputs if frame in check else [])
+        values = runner.run(wanted, feed)
+        if frame in fitted:
+            float_means.append(values[: len(means)])
+            values = values[len(means) :]
+        if frame in check:
+            reference.append(values)
+    return float_means, reference
+
+
+def _fit(
+    qdq: onnx.ModelProto,
+    layers: list[BiasedLayer],
+    float_means: list[list[np.ndarray]],
+    feeds: Callable[[int], dict],
     iterations: int,
 ) -> tuple[float, float]:
-    """TI's iterations, updating `layers` in place; the first and last mean channel gaps."""
-    inputs = graph_inputs(float_model)
-    reference_runner = session(with_outputs(float_model, [layer.reference for layer in layers]))
-    float_means = []
-    for frame in chosen:
-        outputs = reference_runner.run(
-            [layer.reference for layer in layers], dataset.load(frame, inputs)
-        )
-        float_means.append([channel_means(o, x.axis) for o, x in zip(outputs, layers)])
-    del reference_runner  # one large session at a time
-    calibration = _with_bias_inputs(qdq, layers)
-    runner = session(with_outputs(calibration, [layer.output for layer in layers]))
+    """TI's iterations, updating `layers` in place; the first and last mean channel gaps.
+    `float_means[i]` are the float model's channel means on the frame `feeds(i)` loads."""
+    model, means = _with_channel_means(
+        _with_bias_inputs(qdq, layers), layers, lambda layer: layer.output
+    )
+    runner = session(model)
     first_gap = last_gap = 0.0
     for t in track(range(iterations), "bias calibration", iterations, unit="iterations"):
-        index = t % len(chosen)
+        index = t % len(float_means)
         # Frames are re-read rather than kept: memory stays flat in the number of frames.
-        feed = {
-            **dataset.load(chosen[index], inputs),
-            **{layer.bias: layer.on_grid() for layer in layers},
-        }
-        quant_means = [
-            channel_means(o, x.axis)
-            for o, x in zip(runner.run([layer.output for layer in layers], feed), layers)
-        ]
+        feed = {**feeds(index), **{layer.bias: layer.on_grid() for layer in layers}}
+        quant_means = runner.run(means, feed)
         gap = float(
             np.mean([np.abs(f - q).mean() for f, q in zip(float_means[index], quant_means)])
         )
         first_gap = gap if t == 0 else first_gap
         last_gap = gap
         for layer, f, q in zip(layers, float_means[index], quant_means):
-            update(layer, f, q, step_size(t, len(chosen)))
+            update(layer, f, q, step_size(t, len(float_means)))
     return first_gap, last_gap
 
 
@@ -120,8 +180,14 @@ def calibrate_biases(
     layers = _layers(qdq, record)
     if not layers:
         return qdq
-    chosen = dataset.frames[:frames]
-    first_gap, last_gap = _fit(float_model, qdq, layers, dataset, chosen, iterations)
+    # Only the frames the iterations visit are fitted.
+    chosen = dataset.frames[: min(frames, iterations)]
+    check, where = check_frames(dataset, len(chosen))
+    float_means, reference = _float_pass(float_model, layers, dataset, chosen, check)
+    inputs = graph_inputs(float_model)
+    first_gap, last_gap = _fit(
+        qdq, layers, float_means, lambda i: dataset.load(chosen[i], inputs), iterations
+    )
     result = onnx.ModelProto()
     result.CopyFrom(qdq)
     by_name = {f"{layer.bias}_quantized": layer for layer in layers}
@@ -137,8 +203,7 @@ def calibrate_biases(
     # calibrated biases are dropped when they clearly do. Only clearly: what they gain is
     # mostly on a few hard frames (on held-out data, orientation top-1 0.943 -> 0.983), which a
     # small check set may not hold.
-    check, where = check_frames(dataset, frames)
-    before, after = output_errors(float_model, [qdq, result], dataset, check)
+    before, after = output_errors(float_model, [qdq, result], dataset, check, reference)
     change = f"output error {before.mean():.3g} -> {after.mean():.3g} on {where}"
     if clearly_worse(after, before):
         log(f"{summary}; {change}: clearly worse, kept the uncalibrated biases")
@@ -157,14 +222,20 @@ def check_frames(dataset: Dataset, used: int) -> tuple[list, str]:
 
 
 def output_errors(
-    float_model: onnx.ModelProto, candidates: list[onnx.ModelProto], dataset: Dataset, frames
+    float_model: onnx.ModelProto,
+    candidates: list[onnx.ModelProto],
+    dataset: Dataset,
+    frames: list,
+    reference: list[list[np.ndarray]] | None = None,
 ) -> list[np.ndarray]:
-    """Each candidate's per-frame output error relative to the float model on `frames`."""
+    """Each candidate's per-frame output error relative to the float model on `frames`
+    (whose float outputs are `reference` when already computed)."""
     inputs = graph_inputs(float_model)
     names = [o.name for o in float_model.graph.output]
     feeds = [dataset.load(frame, inputs) for frame in frames]
-    reference_runner = session(float_model)
-    reference = [reference_runner.run(names, feed) for feed in feeds]
+    if reference is None:
+        reference_runner = session(float_model)
+        reference = [reference_runner.run(names, feed) for feed in feeds]
     errors = []
     for model in candidates:
         runner = session(model)
