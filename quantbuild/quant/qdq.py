@@ -61,8 +61,9 @@ class WeightOptions:
     given: dict[str, QParams] = field(default_factory=dict)
     # Mixed precision: nodes whose weights (or element-wise constants) are 16-bit.
     wide_layers: frozenset[str] = frozenset()
-    # Clipped weights by (name, bits, axis), when one model is written many times (the mixed
-    # precision probe): MSE clipping is most of a write's time and depends only on these.
+    # Clipped weights by (name, bits, axis) and layers' integers by (layer, bits, input grid),
+    # when one model is written many times (the mixed precision probe): they depend only on
+    # these, and computing them is most of a write's time.
     clip_memo: dict | None = field(default=None, compare=False, repr=False)
 
     def for_layer(self, node: onnx.NodeProto) -> WeightOptions:
@@ -272,6 +273,53 @@ class QDQWriter:
             tensor = node.input[0]
         return self.act_params[tensor]
 
+    def _layer(
+        self, node: onnx.NodeProto, opts: WeightOptions, b_name: str, x_params: QParams | None
+    ) -> tuple[QParams, np.ndarray, tuple[np.ndarray, np.ndarray, int, int] | None]:
+        """A weighted layer's weight grid and integers, and with a bias (`b_name`) its
+        integers, scale, bits and how many weight scales it raised. Memoised with the clipped
+        weights: they depend only on the layer, the bits and the input's grid."""
+        memo, key = opts.clip_memo, None
+        if memo is not None:
+            grid = (
+                None if x_params is None else (x_params.dtype, np.asarray(x_params.scale).tobytes())
+            )
+            key = ("layer", node.name, opts.bits, b_name, grid)
+            if key in memo:
+                return memo[key]
+        w_name = node.input[1]
+        weight = numpy_helper.to_array(self.inits[w_name])
+        axis = weight_axis(node, weight) if opts.per_channel else None
+        stated = opts.stated(w_name, axis)
+        if stated is None:
+            weight = opts.clipped(w_name, weight, axis)
+            qp = weight_qparams(weight, opts.bits, axis is not None, opts.power_of_2, axis or 0)
+        else:
+            qp = stated
+        biased = None
+        if b_name:
+            assert x_params is not None  # a bias is only taken with input params
+            bias = numpy_helper.to_array(self.inits[b_name])
+            # 16-bit weights or a 16-bit input (mixed precision) accumulate wider: 32-bit
+            # biases, shifted where needed. At 16-bit input scales a 16-bit bias would
+            # force the weight scale up by ~256x and wipe out an 8-bit layer's weights.
+            wide = opts.bits == 16 or x_params.dtype.endswith("16")
+            # 8-bit layers: a bias must fit bias_bits at s_x * s_w, so the weight scale
+            # grows where it would not; wide layers keep their weights.
+            bias_bits = 32 if wide else opts.bias_bits
+            raised = 0
+            if not wide and stated is None:
+                qp, raised = fit_weights_to_bias(
+                    qp, bias, x_params.scale, bias_bits, opts.power_of_2
+                )
+            w_scale = qp.scale if qp.axis is not None else np.full(bias.shape, qp.scale)
+            q, scale = bias_int32(bias, x_params.scale, w_scale, bias_bits, shift=wide)
+            biased = (q, scale, bias_bits, raised)
+        result = (qp, qp.quantize(weight), biased)
+        if memo is not None:
+            memo[key] = result
+        return result
+
     def _quantize_parameters(self, uses: dict[str, int]) -> None:
         graph = self.source.graph
         producer = graph_index.producers(graph)
@@ -284,46 +332,23 @@ class QDQWriter:
                 w_name = node.input[1]
                 if w_name not in self.inits or w_name in self.removed_inits or uses[w_name] != 1:
                     continue
-                weight = numpy_helper.to_array(self.inits[w_name])
-                if weight.dtype != np.float32:
+                if self.inits[w_name].data_type != onnx.TensorProto.FLOAT:
                     continue
-                axis = weight_axis(node, weight) if opts.per_channel else None
-                stated = opts.stated(w_name, axis)
-                if stated is None:
-                    weight = opts.clipped(w_name, weight, axis)
-                    qp = weight_qparams(
-                        weight, opts.bits, axis is not None, opts.power_of_2, axis or 0
-                    )
-                else:
-                    qp = stated
                 b_name = node.input[2] if len(node.input) > 2 else matmul_bias.get(node.name, "")
                 x_params = self._input_params(node.input[0], producer)
-                bias = None
-                # 16-bit weights or a 16-bit input (mixed precision) accumulate wider: 32-bit
-                # biases, shifted where needed. At 16-bit input scales a 16-bit bias would
-                # force the weight scale up by ~256x and wipe out an 8-bit layer's weights.
-                wide = opts.bits == 16 or (x_params is not None and x_params.dtype.endswith("16"))
-                if (
+                with_bias = (
                     b_name in self.inits
                     and uses[b_name] == 1
                     and x_params is not None
                     and (node.op_type != "MatMul" or node.name in matmul_bias)
-                ):
-                    bias = numpy_helper.to_array(self.inits[b_name])
-                    # 8-bit layers: a bias must fit bias_bits at s_x * s_w, so the weight scale
-                    # grows where it would not; wide layers keep their weights.
-                    bias_bits = 32 if wide else opts.bias_bits
-                    raised = 0
-                    if not wide and stated is None:
-                        qp, raised = fit_weights_to_bias(
-                            qp, bias, x_params.scale, bias_bits, opts.power_of_2
-                        )
-                self._dequantized_constant(w_name, qp.quantize(weight), qp)
+                )
+                qp, q_weight, biased = self._layer(
+                    node, opts, b_name if with_bias else "", x_params
+                )
+                self._dequantized_constant(w_name, q_weight, qp)
                 self.record["weights"][w_name] = _describe(qp)
-                if bias is not None:
-                    assert x_params is not None  # a bias is only taken with input params
-                    w_scale = qp.scale if qp.axis is not None else np.full(bias.shape, qp.scale)
-                    q, scale = bias_int32(bias, x_params.scale, w_scale, bias_bits, shift=wide)
+                if biased is not None:
+                    q, scale, bias_bits, raised = biased
                     bqp = QParams(scale, np.zeros(scale.shape, np.int32), "int32", 0)
                     self._dequantized_constant(b_name, q, bqp)
                     self.record["biases"][b_name] = {
