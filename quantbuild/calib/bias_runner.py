@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from quantbuild.calib.bias_correction import BiasedLayer, step_size, update
+from quantbuild.calib.bias_correction import BiasedLayer, channel_means, step_size, update
 from quantbuild.data.dataset import Dataset
 from quantbuild.evaluate.metrics import clearly_worse, frame_errors
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.progress import track
-from quantbuild.runtime import session
+from quantbuild.runtime import session, with_outputs
 
 # Frames on which calibrated and uncalibrated biases are compared: the last calibration frames,
 # those not fitted first. 32 paired frames tell a real gain from noise where 14 unfitted ones
@@ -62,53 +62,6 @@ def _with_bias_inputs(qdq: onnx.ModelProto, layers: list[BiasedLayer]) -> onnx.M
     return model
 
 
-def _with_channel_means(
-    model: onnx.ModelProto, layers: list[BiasedLayer], tensor: Callable[[BiasedLayer], str]
-) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of `model` that also outputs each layer's per-channel mean of `tensor(layer)`,
-    reduced in float64 inside the graph (only the means leave the session)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    graph = copy.graph
-    opset = next(o.version for o in copy.opset_import if o.domain in ("", "ai.onnx"))
-
-    def node(op: str, inputs: list[str], name: str, **attributes) -> str:
-        graph.node.append(helper.make_node(op, inputs, [name], name=name, **attributes))
-        return name
-
-    def constant(name: str, values: list[int]) -> str:
-        graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
-        return name
-
-    def reduce_mean(value: str, axes: list[int], name: str) -> str:
-        if opset >= 18:  # axes became an input
-            return node("ReduceMean", [value, constant(f"{name}/axes", axes)], name, keepdims=0)
-        return node("ReduceMean", [value], name, axes=axes, keepdims=0)
-
-    names = []
-    for i, layer in enumerate(layers):
-        prefix = f"~bias_mean/{i}"
-        double = node("Cast", [tensor(layer)], f"{prefix}/double", to=onnx.TensorProto.DOUBLE)
-        if layer.axis == -1:  # channels last: [rest, C]
-            shape = node("Shape", [double], f"{prefix}/shape")
-            last = node(
-                "Slice",
-                [shape, constant(f"{prefix}/-1", [-1]), constant(f"{prefix}/end", [2**62])],
-                f"{prefix}/last",
-            )
-            flat = node(
-                "Concat", [constant(f"{prefix}/rows", [-1]), last], f"{prefix}/flat", axis=0
-            )
-            mean = reduce_mean(node("Reshape", [double, flat], f"{prefix}/2d"), [0], prefix)
-        else:  # [leading..., C, rest]: a 0 in Reshape's shape keeps that dimension
-            flat = constant(f"{prefix}/flat", [0] * (layer.axis + 1) + [-1])
-            axes = [a for a in range(layer.axis + 2) if a != layer.axis]
-            mean = reduce_mean(node("Reshape", [double, flat], f"{prefix}/3d"), axes, prefix)
-        graph.output.append(helper.make_tensor_value_info(mean, onnx.TensorProto.DOUBLE, None))
-        names.append(mean)
-    return copy, names
-
-
 def _float_pass(
     float_model: onnx.ModelProto,
     layers: list[BiasedLayer],
@@ -120,18 +73,16 @@ def _float_pass(
     fitted frames and the model's outputs on the check frames."""
     inputs = graph_inputs(float_model)
     outputs = [o.name for o in float_model.graph.output]
-    model, means = _with_channel_means(float_model, layers, lambda layer: layer.reference)
-    runner = session(model)
+    tensors = [layer.reference for layer in layers]
+    runner = session(with_outputs(float_model, list(dict.fromkeys(tensors + outputs))))
     float_means, reference = [], []
     for frame in dict.fromkeys(fitted + check):
-        feed = dataset.load(frame, inputs)
-        wanted = (means if frame in fitted else []) + (outputs if frame in check else [])
-        values = runner.run(wanted, feed)
+        wanted = (tensors if frame in fitted else []) + (outputs if frame in check else [])
+        values = dict(zip(wanted, runner.run(wanted, dataset.load(frame, inputs))))
         if frame in fitted:
-            float_means.append(values[: len(means)])
-            values = values[len(means) :]
+            float_means.append([channel_means(values[x.reference], x.axis) for x in layers])
         if frame in check:
-            reference.append(values)
+            reference.append([values[name] for name in outputs])
     return float_means, reference
 
 
@@ -144,16 +95,17 @@ def _fit(
 ) -> tuple[float, float]:
     """TI's iterations, updating `layers` in place; the first and last mean channel gaps.
     `float_means[i]` are the float model's channel means on the frame `feeds(i)` loads."""
-    model, means = _with_channel_means(
-        _with_bias_inputs(qdq, layers), layers, lambda layer: layer.output
-    )
-    runner = session(model)
+    tensors = [layer.output for layer in layers]
+    runner = session(with_outputs(_with_bias_inputs(qdq, layers), tensors))
     first_gap = last_gap = 0.0
     for t in track(range(iterations), "bias calibration", iterations, unit="iterations"):
         index = t % len(float_means)
         # Frames are re-read rather than kept: memory stays flat in the number of frames.
         feed = {**feeds(index), **{layer.bias: layer.on_grid() for layer in layers}}
-        quant_means = runner.run(means, feed)
+        quant_means = [
+            channel_means(value, layer.axis)
+            for value, layer in zip(runner.run(tensors, feed), layers)
+        ]
         gap = float(
             np.mean([np.abs(f - q).mean() for f, q in zip(float_means[index], quant_means)])
         )

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from builders import small_cnn, write_npz
 
 from quantbuild.calib.bias_correction import BiasedLayer, channel_means, step_size, update
-from quantbuild.calib.bias_runner import (
-    CHECK_FRAMES,
-    _with_channel_means,
-    calibrate_biases,
-    check_frames,
-)
+from quantbuild.calib.bias_runner import CHECK_FRAMES, calibrate_biases, check_frames
 from quantbuild.calib.collect import collect_statistics
 from quantbuild.calib.policy import activation_ranges
 from quantbuild.data.dataset import open_dataset
@@ -115,46 +109,3 @@ def test_biases_that_move_the_output_away_from_float_are_not_kept(tmp_path, monk
     result = calibrate_biases(model, qdq, record, data, frames=8, iterations=16, log=logged.append)
     assert result is qdq
     assert "clearly worse, kept the uncalibrated biases" in logged[0]
-
-
-@pytest.mark.parametrize("opset", [13, 18])  # ReduceMean's axes: an attribute, then an input
-def test_channel_means_reduced_in_the_graph_match_numpy(opset):
-    from onnx import TensorProto, helper
-
-    nodes = [
-        helper.make_node("Relu", ["x"], ["conv_like"]),  # NCHW: channels on axis 1
-        helper.make_node("Relu", ["t"], ["tokens"]),  # [batch, tokens, C]: channels last
-        helper.make_node("Relu", ["g"], ["gemm_like"]),  # [N, C]
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "means",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5]),
-            helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 7, 6]),
-            helper.make_tensor_value_info("g", TensorProto.FLOAT, [4, 3]),
-        ],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("conv_like",)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    layers = [
-        BiasedLayer(f"b{i}", name, name, np.ones(1, np.float32), 1, np.zeros(1, np.float32), axis)
-        for i, (name, axis) in enumerate([("conv_like", 1), ("tokens", -1), ("gemm_like", 1)])
-    ]
-    with_means, names = _with_channel_means(model, layers, lambda layer: layer.output)
-    rng = np.random.default_rng(0)
-    feed = {
-        "x": rng.normal(size=(2, 3, 4, 5)).astype(np.float32),
-        "t": rng.normal(size=(1, 7, 6)).astype(np.float32),
-        "g": rng.normal(size=(4, 3)).astype(np.float32),
-    }
-    got = session(with_means).run(names, feed)
-    relu = {k: np.maximum(v, 0) for k, v in feed.items()}
-    expected = [
-        channel_means(relu["x"], 1),
-        channel_means(relu["t"], -1),
-        channel_means(relu["g"], 1),
-    ]
-    for g, e in zip(got, expected):
-        assert g.dtype == np.float64 and g.shape == e.shape
-        np.testing.assert_allclose(g, e, rtol=1e-13)
