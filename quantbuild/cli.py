@@ -19,7 +19,10 @@ def _project(args):
     from quantbuild.pipeline.project import Project
 
     return Project(
-        Path(args.directory), tuple(args.set or ()), strict=getattr(args, "strict", False)
+        Path(args.directory),
+        tuple(args.set or ()),
+        strict=getattr(args, "strict", False),
+        cluster_address=getattr(args, "cluster", None),
     )
 
 
@@ -57,7 +60,13 @@ def cmd_build(args) -> int:
         + (["--continue"] if args.keep_going else [])
         + (["--always-execute"] if args.force else [])
     )
-    code = DoitMain(RecipeLoader(plan=plan), config_filenames=()).run(doit_args + targets)
+    if project.cluster is not None:  # one client thread per worker thread: recipes at once
+        doit_args += ["-n", str(project.cluster.threads()), "-P", "thread"]
+    try:
+        code = DoitMain(RecipeLoader(plan=plan), config_filenames=()).run(doit_args + targets)
+    finally:
+        if project.cluster is not None:
+            project.cluster.close()
     error = failures.first()  # also after a clean run: doit's state may not have been saved
     if error is not None:
         return error.exit_code
@@ -302,6 +311,12 @@ def parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="stop at a store entry that is unsigned or wrongly signed (needs the store key)",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the stages on a Dask cluster: tcp://HOST:8786, or local[:N] to start N "
+        "workers here (docs/scale.md)",
     )
     overrides(p)
     p = add("list", cmd_list, "list the recipes of the project")

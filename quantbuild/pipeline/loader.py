@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,16 @@ from quantbuild.store.files import write_atomic
 from quantbuild.store.keys import digest, file_sha256
 
 
+def _log(message: str) -> None:
+    # One write per line: with a cluster, tasks run in threads and print at once.
+    sys.stdout.write(f"   {message}\n")
+    sys.stdout.flush()
+
+
 def _execute(build: RecipeBuild, stage: str) -> TaskFailed | dict[str, Any]:
     task = f"{stage}:{build.recipe.name}"
     try:
-        entry, hit = build.run(stage, log=lambda message: print(f"   {message}", flush=True))
+        entry, hit = build.run(stage, log=_log)
     except QuantbuildError as err:
         failures.record(task, err)
         return TaskFailed(str(err))

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantbuild.data.dataset import Dataset, open_dataset
 from quantbuild.data.preprocess import check_channels
@@ -29,6 +29,9 @@ from quantbuild.stages.context import Context
 from quantbuild.store.entries import DISK_FULL, Entry
 from quantbuild.store.files import copy_atomic, write_atomic
 from quantbuild.store.keys import canonical_json, digest, file_sha256
+
+if TYPE_CHECKING:
+    from quantbuild.pipeline.cluster import Cluster
 
 RECORDS = "records"  # under the project's state folder: <recipe>/<stage>.json
 
@@ -220,8 +223,17 @@ class RecipeBuild:
         entry = self.entry(stage)
         return entry is not None and self.exported(stage, entry)
 
-    def run(self, stage: str, log: Callable[[str], None] = print) -> tuple[Entry, bool]:
-        """Publish the stage's artifact (unless the store has it) and export it. Returns (entry, hit)."""
+    def forget(self) -> None:
+        """Drop memoised keys and entries (a long-lived process, e.g. a cluster worker, whose
+        store others write to)."""
+        self._records.clear()
+        self._keys.clear()
+        self._entries.clear()
+        self.project.store.refresh()
+
+    def produce(self, stage: str, log: Callable[[str], None] = print) -> tuple[Entry, bool]:
+        """The stage's store entry, computed and published here unless the store has it.
+        Returns (entry, hit)."""
         spec = BY_NAME[stage]
         record = self.record(stage)
         if record is None:
@@ -229,22 +241,58 @@ class RecipeBuild:
             raise DataError(f"{stage}: upstream stage(s) not built: {', '.join(missing)}")
         key = self._keys[stage]
         entry = None if self.force else self.entry(stage)
-        hit = entry is not None
-        if entry is None:
-            shared = self.overlap() if stage == "evaluate" else 0
-            if shared:
-                log(f"warning: {shared} evaluation frame(s) are also calibration frames")
-            inputs = {u: self._entries[u] for u in self.inputs(stage)}
-            ctx = Context(self.recipe, inputs, self.dataset, log)
-            entry = self.project.store.publish(
-                stage, key, lambda out: spec.run(ctx, out), record, replace=self.force, log=log
-            )
-            self._entries[stage] = entry
-        else:
+        if entry is not None:
             log(f"store hit {key[:12]}")
+            return entry, True
+        shared = self.overlap() if stage == "evaluate" else 0
+        if shared:
+            log(f"warning: {shared} evaluation frame(s) are also calibration frames")
+        inputs = {u: self._entries[u] for u in self.inputs(stage)}
+        ctx = Context(self.recipe, inputs, self.dataset, log)
+        entry = self.project.store.publish(
+            stage, key, lambda out: spec.run(ctx, out), record, replace=self.force, log=log
+        )
+        self._entries[stage] = entry
+        return entry, False
+
+    def _on_cluster(self, cluster: Cluster, stage: str, log: Callable[[str], None]) -> Entry:
+        """Compute the stage on a cluster worker (pipeline.cluster); its entry, from the
+        store the workers share with this process."""
+        key = self._keys[stage]
+        project = self.project
+        # the worker uses this process's store, whatever its own environment says
+        store = (project.store_location, project.store_readonly())
+        job = (str(project.root), project.overrides, project.strict, store, self.recipe.name, stage)
+        name = f"{stage}:{self.recipe.name}-{key[:12]}"
+        lines, worker = cluster.run(name, run_on_worker, *job, key, self.force)
+        # Stages of several recipes finish at once: each line names its task.
+        task = f"{stage}:{self.recipe.name}"
+        for line in [f"computed on {worker}", *lines]:
+            log(f"[{task}] {line}")
+        entry = project.store.lookup(stage, key, published=True)
+        if entry is None:
+            raise StoreError(
+                f"{stage}: built on the cluster but not found in this store; the workers and "
+                "this machine must share it (an s3:// URL, or a folder all of them see)",
+                str(project.root),
+            )
+        self._entries[stage] = entry
+        return entry
+
+    def run(self, stage: str, log: Callable[[str], None] = print) -> tuple[Entry, bool]:
+        """Publish the stage's artifact (unless the store has it; on the project's cluster
+        when it has one) and export it. Returns (entry, hit)."""
+        cluster = self.project.cluster
+        if cluster is not None and (self.force or self.entry(stage) is None):
+            if self.record(stage) is None:  # the same error as produce's
+                return self.produce(stage, log)
+            entry = self._on_cluster(cluster, stage, log)
+            hit = False
+        else:
+            entry, hit = self.produce(stage, log)
         self.export(stage, entry)
         self.project.hasher.save()
-        write_last_record(self.project.state, self.recipe.name, stage, record)
+        write_last_record(self.project.state, self.recipe.name, stage, entry.manifest["record"])
         return entry, hit
 
 
@@ -293,3 +341,53 @@ def load_builds(project: Project, force: bool = False) -> dict[str, RecipeBuild]
     if errors:
         raise ProjectErrors(errors)
     return builds
+
+
+# -- on a cluster worker ----------------------------------------------------------------------
+
+# Plans a worker process opened, by project: its recipes and datasets are read once.
+_WORKER_PLANS: dict[tuple[str, tuple[str, ...], bool, tuple[str, bool]], Plan] = {}
+
+
+def run_on_worker(
+    root: str,
+    overrides: tuple[str, ...],
+    strict: bool,
+    store: tuple[str, bool],
+    recipe: str,
+    stage: str,
+    key: str,
+    force: bool,
+) -> tuple[list[str], str]:
+    """On a cluster worker: compute and publish one stage of a recipe under `key` (unless the
+    store has it). Returns the lines the stage logged and the worker's address."""
+    from distributed import get_worker
+
+    cache = (root, overrides, strict, store)
+    for fresh in (False, True):
+        if fresh or cache not in _WORKER_PLANS:
+            # The worker computes; it never submits to a cluster itself.
+            location, read_only = store
+            project = Project(
+                Path(root),
+                overrides,
+                strict=strict,
+                cluster_address="",
+                store_location=location,
+                store_read_only=read_only,
+            )
+            _WORKER_PLANS[cache] = Plan(project)
+        build = _WORKER_PLANS[cache].builds.get(recipe)
+        if build is None:
+            continue
+        build.forget()  # others publish to the store between two stages
+        if build.key(stage) == key:
+            lines: list[str] = []
+            build.force = force
+            build.produce(stage, lines.append)
+            return lines, str(get_worker().address)
+    raise StoreError(
+        f"{stage}:{recipe}: this worker sees other inputs than the client (key {key[:12]}); "
+        "workers need the project's files at the same path, unchanged",
+        root,
+    )

@@ -6,6 +6,7 @@ import configparser
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,9 +15,11 @@ from quantbuild.recipe import Recipe, load_recipe
 from quantbuild.recipe.validate import RecipeErrors
 from quantbuild.store.entries import OWN_STORE_HINT, Store
 from quantbuild.store.keys import FileHasher
+from quantbuild.store.remote import RemoteStore, is_url
 
 if TYPE_CHECKING:
     from quantbuild.data.dataset import Dataset
+    from quantbuild.pipeline.cluster import Cluster
 
 CONFIG = "doit.cfg"
 STATE = ".quantbuild"
@@ -27,8 +30,11 @@ DEFAULTS = {
     "store_readonly": "false",
     "store_key_file": "",
     "store_signed": "false",
+    "cluster": "",
 }
 READONLY_ENV = "QUANTBUILD_CACHE_READONLY"
+CLUSTER_ENV = "QUANTBUILD_CLUSTER"
+CACHE_ENV = "QUANTBUILD_STORE_CACHE"  # the local cache of a remote store
 KEY_ENV = "QUANTBUILD_STORE_KEY"
 
 CONFIG_TEXT = """\
@@ -46,7 +52,8 @@ quantbuild = quantbuild.pipeline.loader:RecipeLoader
 recipes = *.yaml *.yml
 # Where each recipe's results are copied: <out>/<recipe>/...
 out = build
-# Content-addressed artifact store; the QUANTBUILD_CACHE environment variable overrides it.
+# Content-addressed artifact store: a folder, or a shared store's URL (s3://bucket/prefix or
+# any fsspec URL, read through .quantbuild/store; docs/scale.md); QUANTBUILD_CACHE overrides it.
 store = .quantbuild/store
 # true: only read that store, build misses into .quantbuild/store (QUANTBUILD_CACHE_READONLY=1).
 store_readonly = false
@@ -56,6 +63,9 @@ store_key_file =
 # true: use only store entries signed with that key; others are rebuilt (with a warning).
 # strict: others stop the build with an error (as `quantbuild build --strict` does).
 store_signed = false
+# A Dask scheduler (tcp://HOST:8786, or local:N) that runs the stages; empty: this process
+# (QUANTBUILD_CLUSTER or `quantbuild build --cluster` override it; docs/scale.md).
+cluster =
 """
 
 
@@ -98,19 +108,36 @@ class Project:
     root: Path
     overrides: tuple[str, ...] = ()
     strict: bool = False  # `build --strict`: as if store_signed = strict
+    cluster_address: str | None = None  # `build --cluster`; None: the `cluster` setting
+    # The store as a cluster's client resolved it (a worker uses the client's, not its own
+    # environment's); None: QUANTBUILD_CACHE / QUANTBUILD_CACHE_READONLY and the settings.
+    store_location: str | None = None
+    store_read_only: bool | None = None
     settings: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
         self.settings = read_settings(self.root)
-        store_root = (
-            self.root / (os.environ.get("QUANTBUILD_CACHE") or self.settings["store"])
-        ).resolve()
+        location = self.store_location or (
+            os.environ.get("QUANTBUILD_CACHE") or self.settings["store"]
+        )
+        self.store_location = location
         local = (self.root / DEFAULTS["store"]).resolve()
         key = self.store_key()
         signed = self.store_signed(key)
         strict = signed == "strict"
-        if self.store_readonly() and store_root != local:
+        store_root = local if is_url(location) else (self.root / location).resolve()
+        if is_url(location):
+            # A remote store (S3, any fsspec URL) is read through a local one: the project's
+            # own, or QUANTBUILD_STORE_CACHE (one per machine, shared by its checkouts);
+            # read-only (pull requests): misses are built locally and never uploaded.
+            cache = os.environ.get(CACHE_ENV)
+            store_root = (self.root / cache).resolve() if cache else local
+            remote = RemoteStore(location, read_only=self.store_readonly())
+            self.store = Store(
+                store_root, key=key, require_signed=bool(signed), strict=strict, remote=remote
+            )
+        elif self.store_readonly() and store_root != local:
             # Pull-request CI: hits come from the shared store, misses are built locally.
             self.store = Store(
                 local, read_only=store_root, key=key, require_signed=bool(signed), strict=strict
@@ -128,8 +155,23 @@ class Project:
         self.datasets: dict[str, Dataset] = {}
         self.frame_digests: dict[str, str] = {}
 
+    @cached_property
+    def cluster(self) -> Cluster | None:
+        """The Dask cluster stages run on (`--cluster`, QUANTBUILD_CLUSTER or the `cluster`
+        setting), or None: stages run in this process."""
+        address = self.cluster_address
+        if address is None:
+            address = os.environ.get(CLUSTER_ENV) or self.settings["cluster"]
+        if not address.strip():
+            return None
+        from quantbuild.pipeline.cluster import Cluster
+
+        return Cluster(address.strip())
+
     def store_readonly(self) -> bool:
         """QUANTBUILD_CACHE_READONLY when set, else the `store_readonly` setting."""
+        if self.store_read_only is not None:
+            return self.store_read_only
         value = os.environ.get(READONLY_ENV, "").strip()
         if value:
             return _flag(value, READONLY_ENV)

@@ -27,6 +27,7 @@ from typing import Any
 
 from quantbuild.errors import StoreError
 from quantbuild.store.keys import canonical_json, digest, file_sha256
+from quantbuild.store.remote import RemoteStore
 from quantbuild.store.signing import sign, signature_problem
 
 MANIFEST = "manifest.json"
@@ -100,6 +101,7 @@ class Store:
         require_signed: bool = False,
         strict: bool = False,
         warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+        remote: RemoteStore | None = None,
     ):
         self.root = Path(root)
         self.read_only = Path(read_only) if read_only else None
@@ -107,6 +109,7 @@ class Store:
         self.require_signed = require_signed  # use only entries signed with `key`
         self.strict = strict  # an entry refused for its signature stops the build
         self.warn = warn
+        self.remote = remote  # a shared store behind fsspec, read through `root`
         self.hint = READ_ONLY_HINT  # what to do when `root` cannot be written (see Project)
         self._refused: set[Path] = set()  # warned about once per process
         # entry folder -> stamp of its files when their hashes last matched, in this process
@@ -120,13 +123,54 @@ class Store:
     def entry_dir(self, stage: str, key: str, root: Path | None = None) -> Path:
         return (root or self.root) / stage / key[:2] / key
 
-    def lookup(self, stage: str, key: str) -> Entry | None:
-        """The entry for (stage, key) if present and intact, else None."""
+    def lookup(self, stage: str, key: str, published: bool = False) -> Entry | None:
+        """The entry for (stage, key) if present and intact, else None. `published`: it was
+        just published elsewhere (by a cluster worker): ask the remote store directly."""
         for root in self.roots:
             entry = self._load(self.entry_dir(stage, key, root), stage, key, root == self.root)
             if entry is not None:
                 return entry
-        return None
+        return self._fetch(stage, key, listed=not published) if self.remote else None
+
+    def refresh(self) -> None:
+        """Forget what the remote store listed (a long-lived process, e.g. a cluster worker:
+        others publish between two of its lookups)."""
+        if self.remote is not None:
+            self.remote.forget()
+
+    def _fetch(self, stage: str, key: str, listed: bool = True) -> Entry | None:
+        """The remote store's entry for (stage, key), downloaded, checked like a local one and
+        installed into `root`; None when it has none (or a bad one: a miss, with a warning)."""
+        assert self.remote is not None
+        staging = self._staging(stage)
+        installed = False
+        try:
+            manifest = self.remote.fetch(stage, key, staging, listed)
+            if manifest is None:
+                return None
+            try:
+                manifest = read_manifest(staging, stage, key)
+                if self.require_signed:
+                    self._check_signature(staging, manifest)
+                verify_files(staging, manifest)
+            except BadEntry as err:
+                self.warn(f"warning: {self.remote.url} entry {stage}/{key[:12]} not used: {err}")
+                return None
+            entry = self._install(staging, stage, key, manifest)
+            installed = True
+            return entry
+        finally:
+            if not installed:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _staging(self, stage: str) -> Path:
+        """A new staging folder for an entry of `stage` (named for its writer)."""
+        staging = self.root / stage / f"{STAGING}{socket.gethostname()}-{os.getpid()}-{_unique()}"
+        try:
+            staging.mkdir(parents=True)
+        except OSError as err:
+            raise _unwritable(err, str(self.root), self.hint) from None
+        return staging
 
     def _load(self, folder: Path, stage: str, key: str, writable: bool = True) -> Entry | None:
         """The entry in `folder`, its files hashed once per process (re-hashed when their size,
@@ -178,9 +222,14 @@ class Store:
         with self._lease(stage, key, log or self.warn):
             if not replace:
                 existing = self._load(self.entry_dir(stage, key), stage, key)
+                if existing is None and self.remote is not None:
+                    existing = self._fetch(stage, key)
                 if existing is not None:
                     return existing  # built by another process while we waited
-            return self._publish(stage, key, build, record, replace)
+            entry = self._publish(stage, key, build, record, replace)
+            if self.remote is not None:
+                self.remote.push(entry.dir, stage, key, entry.manifest)
+            return entry
 
     @contextlib.contextmanager
     def _lease(self, stage: str, key: str, log: Callable[[str], None]) -> Iterator[None]:
@@ -228,11 +277,7 @@ class Store:
     ) -> Entry:
         for leftover in dead_staging(self.root / stage):  # what killed builds left behind
             shutil.rmtree(leftover, ignore_errors=True)
-        staging = self.root / stage / f"{STAGING}{socket.gethostname()}-{os.getpid()}-{_unique()}"
-        try:
-            staging.mkdir(parents=True)
-        except OSError as err:
-            raise _unwritable(err, str(self.root), self.hint) from None
+        staging = self._staging(stage)
         try:
             meta = build(staging)
             files = {}

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ class FileHasher:
         self.cache_file = cache_file
         self._cache: dict[str, list[Any]] = {}  # path -> [size, mtime_ns, inode, sha256]
         self._dirty = False
+        self._lock = threading.Lock()  # a cluster build's client runs tasks in threads
         if cache_file and cache_file.is_file():
             try:
                 self._cache = json.loads(cache_file.read_text(encoding="utf-8"))
@@ -54,14 +56,17 @@ class FileHasher:
         if cached and cached[:3] == stamp:
             return str(cached[3])
         value = file_sha256(path)
-        self._cache[key] = stamp + [value]
-        self._dirty = True
+        with self._lock:
+            self._cache[key] = stamp + [value]
+            self._dirty = True
         return value
 
     def save(self) -> None:
         """Persist the cache atomically (best effort: a failure only costs re-hashing)."""
         if not (self.cache_file and self._dirty):
             return
-        with contextlib.suppress(OSError):
-            write_atomic(self.cache_file, json.dumps(self._cache).encode("utf-8"))
+        with self._lock:
+            data = json.dumps(self._cache).encode("utf-8")
             self._dirty = False
+        with contextlib.suppress(OSError):
+            write_atomic(self.cache_file, data)

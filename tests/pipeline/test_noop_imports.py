@@ -13,7 +13,7 @@ from pathlib import Path
 
 from builders import RECIPE, make_project, write_images
 
-HEAVY = ("onnx", "onnxruntime", "networkx", "PIL", "ml_dtypes")
+HEAVY = ("onnx", "onnxruntime", "networkx", "PIL", "ml_dtypes", "fsspec", "distributed")
 
 IMAGES_RECIPE = """\
 version: 1

@@ -1,0 +1,107 @@
+"""Beyond one machine: the store on S3 and stages on Dask workers, against one process and a
+local store, in one run.
+
+    python benchmarks/scale.py [--rounds 3]
+
+Rows (issue 17):
+- noop: a no-op `quantbuild build` of the 20-recipe project (perf.py's) with the store on S3
+  (SeaweedFS on 127.0.0.1, started here) vs the local store, median of `rounds`.
+- checkout: a second checkout of that project built from the shared store (every stage a store
+  hit, downloaded on S3; read from the shared folder locally).
+- recipes: a cold build of the 20 recipes in one process vs on `--cluster local:2` (two worker
+  processes, independent recipes at once; the store on S3 for both).
+Writes results/scale.json and results/scale.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import HERE, write_json
+
+sys.path.insert(0, str(HERE.parent / "tests"))
+from s3server import make_bucket, s3_server  # noqa: E402  (the tests' real S3 server)
+
+RESULTS = HERE / "results"
+
+
+def _build(project: Path, env: dict, *extra: str) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "quantbuild", "build", *extra],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"build in {project} failed:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def _fresh(source: Path, target: Path) -> Path:
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".quantbuild", "build"))
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=HERE / "work")
+    args = parser.parse_args()
+    import perf
+
+    perf.noop_row(args.work)  # makes (and builds) the 20-recipe project
+    source = args.work / "perf-noop"
+    root = args.work / "scale"
+    base = {k: v for k, v in os.environ.items() if k != "QUANTBUILD_CACHE"}
+    base["QUANTBUILD_PROGRESS"] = "0"
+    rows: dict = {"recipes": len(perf.VARIANTS)}
+    with s3_server(root / "s3") as s3:
+        make_bucket(s3, "scale")
+        shared = root / "shared-store"
+        shutil.rmtree(shared, ignore_errors=True)
+        stores = {"local": str(shared), "s3": f"s3://scale/run-{time.time_ns()}"}
+        for name, store in stores.items():
+            env = {**base, **s3, "QUANTBUILD_CACHE": store}
+            first = _fresh(source, root / f"{name}-first")
+            rows[f"{name}_cold_s"] = _build(first, env)
+            rows[f"{name}_noop_s"] = statistics.median(
+                _build(first, env) for _ in range(args.rounds)
+            )
+            checkouts = [
+                _build(_fresh(source, root / f"{name}-second"), env) for _ in range(args.rounds)
+            ]
+            rows[f"{name}_checkout_s"] = statistics.median(checkouts)
+            print(
+                f"  {name}: cold {rows[f'{name}_cold_s']:.1f} s, no-op {rows[f'{name}_noop_s']:.2f} s, "
+                f"second checkout {rows[f'{name}_checkout_s']:.1f} s"
+            )
+        env = {**base, **s3, "QUANTBUILD_CACHE": f"s3://scale/cluster-{time.time_ns()}"}
+        rows["cluster_s"] = _build(_fresh(source, root / "cluster"), env, "--cluster", "local:2")
+        print(f"  20 recipes on 2 local workers: {rows['cluster_s']:.1f} s")
+    write_json(RESULTS / "scale.json", {"date": time.strftime("%Y-%m-%d"), **rows})
+    table = (
+        "| measure | local store | S3 store |\n|---|---:|---:|\n"
+        f"| cold build, {rows['recipes']} recipes, one process | {rows['local_cold_s']:.1f} s | "
+        f"{rows['s3_cold_s']:.1f} s |\n"
+        f"| no-op build | {rows['local_noop_s']:.2f} s | {rows['s3_noop_s']:.2f} s |\n"
+        f"| second checkout (every stage a store hit) | {rows['local_checkout_s']:.1f} s | "
+        f"{rows['s3_checkout_s']:.1f} s |\n"
+        f"| cold build on `--cluster local:2` | – | {rows['cluster_s']:.1f} s "
+        f"({rows['s3_cold_s'] / rows['cluster_s']:.2f}× one process) |\n"
+    )
+    (RESULTS / "scale.md").write_text(table, encoding="utf-8")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

