@@ -5,12 +5,15 @@ Memory is bounded by the number of tensors, never by the number of frames.
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 
 from quantbuild.calib.histogram import BINS, accumulate
+from quantbuild.cores import FanOut
 from quantbuild.data.dataset import Dataset
 from quantbuild.graph import index as graph_index
 from quantbuild.graph.onnx_utils import graph_inputs
@@ -20,22 +23,68 @@ from quantbuild.quant.qdq import activation_tensors
 from quantbuild.runtime import float_tensors, not_finite, run_frame, session, with_outputs
 
 
+@dataclass
+class Accumulators:
+    """Per tensor over some frames: min, max, element count and histogram. Frames split into
+    shards merge exactly (min, max and integer sums): the statistics of a sharded pass are
+    bit-identical to one pass's."""
+
+    low: np.ndarray
+    high: np.ndarray
+    elements: np.ndarray
+    hist: np.ndarray
+    frames: int
+
+    def merge(self, other: Accumulators) -> Accumulators:
+        return Accumulators(
+            np.minimum(self.low, other.low),
+            np.maximum(self.high, other.high),
+            self.elements + other.elements,
+            self.hist + other.hist,
+            self.frames + other.frames,
+        )
+
+
 def collect_statistics(
     model: onnx.ModelProto,
     dataset: Dataset,
     histograms: bool = True,
     known: frozenset[str] = frozenset(),
+    fan_out: FanOut | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the float model over every frame; per tensor: min, max, element count, histogram.
 
     Tensors in `known` (ranges imported from elsewhere) are skipped; when nothing is left, no
     frame is run at all. `histograms=False` collects min/max only (benchmarks measure what
-    histograms cost)."""
+    histograms cost). With `fan_out`, the frames are split into one shard per worker."""
     # Only tensors that will get a grid: fused and value-preserving outputs never need ranges.
     grid = activation_tensors(model, set(float_tensors(model)))
     names = [n for n in grid if n not in known]
     if not names:
         return _result(model, names, np.zeros(0), np.zeros(0), np.zeros(0, np.int64), None, 0)
+    shards = min(fan_out.workers, len(dataset.frames)) if fan_out else 1
+    if fan_out is None or shards < 2:
+        acc = _accumulate(model, dataset, names, histograms)
+    else:
+        data = model.SerializeToString()
+        jobs = [
+            (data, replace(dataset, frames=list(part), _open=(None, None)), names, histograms)
+            for part in np.array_split(np.array(dataset.frames, dtype=object), shards)
+        ]
+        acc = functools.reduce(Accumulators.merge, fan_out.map(shard_statistics, jobs))
+    return _result(model, names, acc.low, acc.high, acc.elements, acc.hist, acc.frames)
+
+
+def shard_statistics(
+    model: bytes, dataset: Dataset, names: list[str], histograms: bool
+) -> Accumulators:
+    """The accumulators of one shard of frames (run where a fan-out sends it)."""
+    return _accumulate(onnx.load_from_string(model), dataset, names, histograms)
+
+
+def _accumulate(
+    model: onnx.ModelProto, dataset: Dataset, names: list[str], histograms: bool
+) -> Accumulators:
     runner = session(with_outputs(model, names))
     inputs = graph_inputs(model)
     count = len(names)
@@ -58,7 +107,7 @@ def collect_statistics(
             if histograms:
                 accumulate(hist[i], value)
         frames += 1
-    return _result(model, names, low, high, elements, hist, frames)
+    return Accumulators(low, high, elements, hist, frames)
 
 
 def channel_ranges(

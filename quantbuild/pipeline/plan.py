@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from quantbuild.cores import FanOut
 from quantbuild.data.dataset import Dataset, open_dataset
 from quantbuild.data.preprocess import check_channels
 from quantbuild.errors import DataError, QuantbuildError, RecipeError, StoreError
@@ -56,6 +57,7 @@ class RecipeBuild:
         self.project = project
         self.recipe = recipe
         self.force = force  # recompute every stage run, replacing its store entry
+        self.fan_out: FanOut | None = None  # on a cluster worker: where stages shard their work
         self._datasets: dict[str, Dataset] = {}
         self._records: dict[str, dict[str, Any]] = {}
         self._keys: dict[str, str] = {}
@@ -248,7 +250,7 @@ class RecipeBuild:
         if shared:
             log(f"warning: {shared} evaluation frame(s) are also calibration frames")
         inputs = {u: self._entries[u] for u in self.inputs(stage)}
-        ctx = Context(self.recipe, inputs, self.dataset, log)
+        ctx = Context(self.recipe, inputs, self.dataset, log, self.fan_out)
         entry = self.project.store.publish(
             stage, key, lambda out: spec.run(ctx, out), record, replace=self.force, log=log
         )
@@ -264,7 +266,7 @@ class RecipeBuild:
         store = (project.store_location, project.store_readonly())
         job = (str(project.root), project.overrides, project.strict, store, self.recipe.name, stage)
         name = f"{stage}:{self.recipe.name}-{key[:12]}"
-        lines, worker = cluster.run(name, run_on_worker, *job, key, self.force)
+        lines, worker = cluster.run(name, run_on_worker, *job, key, self.force, cluster.threads())
         # Stages of several recipes finish at once: each line names its task.
         task = f"{stage}:{self.recipe.name}"
         for line in [f"computed on {worker}", *lines]:
@@ -358,9 +360,11 @@ def run_on_worker(
     stage: str,
     key: str,
     force: bool,
+    workers: int,
 ) -> tuple[list[str], str]:
     """On a cluster worker: compute and publish one stage of a recipe under `key` (unless the
-    store has it). Returns the lines the stage logged and the worker's address."""
+    store has it), sharding its work over the cluster's `workers` where the stage can. Returns
+    the lines the stage logged and the worker's address."""
     from distributed import get_worker
 
     cache = (root, overrides, strict, store)
@@ -384,6 +388,7 @@ def run_on_worker(
         if build.key(stage) == key:
             lines: list[str] = []
             build.force = force
+            build.fan_out = FanOut(workers, _on_workers) if workers > 1 else None
             build.produce(stage, lines.append)
             return lines, str(get_worker().address)
     raise StoreError(
@@ -391,3 +396,13 @@ def run_on_worker(
         "workers need the project's files at the same path, unchanged",
         root,
     )
+
+
+def _on_workers(function: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> list[Any]:
+    """`[function(*job) for job in jobs]` on the cluster's workers, from inside a task (its
+    thread steps out of the worker's pool while it waits: no deadlock on busy workers)."""
+    from distributed import worker_client
+
+    with worker_client() as client:
+        futures = [client.submit(function, *job, pure=False, retries=2) for job in jobs]
+        return list(client.gather(futures))

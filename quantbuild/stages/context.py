@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from quantbuild.cores import FanOut
 from quantbuild.data.dataset import Dataset
 from quantbuild.recipe import Recipe
 from quantbuild.store.entries import Entry
@@ -16,3 +17,4 @@ class Context:
     inputs: dict[str, Entry]
     dataset: Callable[[str], Dataset]  # "calibration" or "evaluation"
     log: Callable[[str], None]
+    fan_out: FanOut | None = None  # on a cluster: stages may shard their work over workers

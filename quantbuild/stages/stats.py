@@ -27,7 +27,7 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
     known = frozenset(imported_ranges(ctx, model))
     dataset = ctx.dataset("calibration")
     start = time.perf_counter()
-    stats = collect_statistics(model, dataset, known=known)
+    stats = collect_statistics(model, dataset, known=known, fan_out=ctx.fan_out)
     seconds = time.perf_counter() - start
     (out / STATS.file).write_bytes(npz_bytes(stats))
     frames = int(stats["frames"])
@@ -38,6 +38,7 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
             f"{frames} frames, {len(stats['names'])} tensors"
             + (f" ({len(known)} imported)" if known else "")
             + f", {seconds:.2f} s ({frames / max(seconds, 1e-9):.1f} frames/s)"
+            + (f" on {min(ctx.fan_out.workers, frames)} workers" if ctx.fan_out else "")
         )
     return {"frames": frames, "tensors": len(stats["names"]), "imported": len(known)}
 

@@ -205,3 +205,28 @@ def test_statistics_over_frames_of_different_sequence_lengths(tmp_path):
     assert int(stats["frames"]) == 3
     assert stats["elements"][names.index("x")] == 16 * (5 + 9 + 12)
     assert stats["elements"][names.index("scores")] == 5 * 5 + 9 * 9 + 12 * 12
+
+
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_statistics_over_shards_are_bit_identical_to_one_pass(tmp_path, prepared, workers):
+    import pickle
+
+    from quantbuild.cores import FanOut
+    from quantbuild.store.files import npz_bytes
+
+    npz = write_npz(tmp_path / "calib.npz", 7, seed=9)
+    whole = collect_statistics(prepared, _dataset(npz))
+    jobs_seen = []
+
+    def elsewhere(function, jobs):
+        # what a cluster does with each job: serialize it, run it in another interpreter state
+        jobs_seen.extend(jobs)
+        return [pickle.loads(pickle.dumps(function(*pickle.loads(pickle.dumps(j))))) for j in jobs]
+
+    sharded = collect_statistics(prepared, _dataset(npz), fan_out=FanOut(workers, elsewhere))
+    assert len(jobs_seen) == workers and sum(len(j[1].frames) for j in jobs_seen) == 7
+    assert whole.keys() == sharded.keys()
+    for key in whole:
+        assert whole[key].dtype == sharded[key].dtype, key
+        np.testing.assert_array_equal(whole[key], sharded[key], err_msg=key)
+    assert npz_bytes(whole) == npz_bytes(sharded)  # the stats artifact, byte for byte

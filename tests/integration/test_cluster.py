@@ -105,6 +105,12 @@ def _local_build(source: Path, into: Path) -> Path:
     return into
 
 
+def _stats(project: Path) -> list[bytes]:
+    found = sorted((project / ".quantbuild" / "store" / "stats").glob("*/*/stats.npz"))
+    assert found
+    return [path.read_bytes() for path in found]
+
+
 def test_distributed_build_is_bit_identical_and_a_second_checkout_runs_nothing(tmp_path, cluster):
     address, env, workers = cluster
     env = {**env, "QUANTBUILD_CACHE": "s3://team/zoo"}
@@ -115,6 +121,10 @@ def test_distributed_build_is_bit_identical_and_a_second_checkout_runs_nothing(t
     assert used == set(workers), done.stdout  # both workers took stages
     local = _local_build(project, tmp_path / "local")
     assert tree_bytes(project / "build") == tree_bytes(local / "build")
+    # the statistics were computed in shards on both workers and merged: the same bytes
+    sharded = re.findall(r"\[stats:\w+\] 8 frames, .* on 2 workers$", done.stdout, re.MULTILINE)
+    assert sharded, done.stdout
+    assert _stats(project) == _stats(local)
     # another CI runner, same store: every stage is a store hit, nothing computed anywhere
     second = tmp_path / "ci-2"
     shutil.copytree(project, second, ignore=shutil.ignore_patterns(".quantbuild", "build"))
