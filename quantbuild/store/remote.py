@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +47,36 @@ class RemoteStore:
     """Entries under an fsspec URL; `read_only` never writes there."""
 
     def __init__(self, url: str, read_only: bool = False):
-        import fsspec  # only a remote store needs it (and its protocol's package)
-
         self.url = url.rstrip("/")
         self.read_only = read_only
         self.protocol = url.split("://", 1)[0]
-        try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **_options(self.protocol))
-        except (ImportError, ValueError) as err:
-            raise StoreError(
-                f"cannot open the store {url}: {err}; install the package for its protocol "
-                "(s3: `pip install s3fs`)",
-                url,
-            ) from None
         self._listed: dict[str, set[str]] = {}  # stage -> keys with a manifest, listed once
         self._checked = False
+
+    @cached_property
+    def _location(self) -> tuple[Any, str]:
+        # Opened on first use: a no-op build never imports fsspec and its S3 client.
+        import fsspec
+
+        try:
+            fs, root = fsspec.core.url_to_fs(self.url, **_options(self.protocol))
+        except (ImportError, ValueError) as err:
+            raise StoreError(
+                f"cannot open the store {self.url}: {err}; install the package for its "
+                "protocol (s3: `pip install 'quantbuild[s3]'`)",
+                self.url,
+            ) from None
+        return fs, str(root)
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem."""
+        return self._location[0]
+
+    @property
+    def root(self) -> str:
+        """The store's path on that filesystem (bucket/prefix for S3)."""
+        return self._location[1]
 
     def _dir(self, stage: str, key: str) -> str:
         return f"{self.root}/{stage}/{key[:2]}/{key}"
