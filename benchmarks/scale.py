@@ -10,12 +10,15 @@ Rows (issue 17):
   hit, downloaded on S3; read from the shared folder locally).
 - recipes: a cold build of the 20 recipes in one process vs on `--cluster local:2` (two worker
   processes, independent recipes at once; the store on S3 for both).
+- stats: the statistics stage of the detection model over 512 calibration frames rebuilt alone,
+  in one process vs sharded over `--cluster local:2` (the same stats.npz either way).
 Writes results/scale.json and results/scale.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -52,6 +55,34 @@ def _fresh(source: Path, target: Path) -> Path:
     return target
 
 
+def stats_rows(work: Path, base: dict, frames: int = 512) -> dict:
+    """The detection model's statistics stage over `frames` frames, rebuilt alone: in one
+    process, then sharded over two local workers (same artifact: nothing downstream re-runs)."""
+    import data as datasets
+    import perf
+    from common import MODELS
+
+    images = datasets.prepare(work, "detection", perf.EVAL_IMAGES["detection"], frames)
+    project = work / "scale-stats"
+    if not (project / "doit.cfg").exists():
+        project.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "quantbuild", "init", "-C", str(project)], check=True)
+        shutil.copy(MODELS["detection"].path, project / "model.onnx")
+        section = {"images": str(images / f"calib_{frames}"), "limit": frames, "seed": 0}
+        (project / "tda4vm.yaml").write_text(
+            "version: 1\nextends: [devices/tda4vm]\nmodel: model.onnx\n"
+            f"calibration:\n  data: {json.dumps(section)}\n"
+            f"  preprocess: {json.dumps(MODELS['detection'].preprocess)}\n"
+            "quantization: {bias_calibration: false}\n",
+            encoding="utf-8",
+        )
+    _build(project, base)
+    one = perf._rebuild(project, "tda4vm", "stats", base)
+    two = perf._rebuild(project, "tda4vm", "stats", base, "--cluster", "local:2")
+    print(f"  stats, {frames} frames: one process {one:.1f} s, 2 workers {two:.1f} s")
+    return {"stats_frames": frames, "stats_one_s": one, "stats_two_s": two}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -65,6 +96,7 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if k != "QUANTBUILD_CACHE"}
     base["QUANTBUILD_PROGRESS"] = "0"
     rows: dict = {"recipes": len(perf.VARIANTS)}
+    shutil.rmtree(root / "s3", ignore_errors=True)  # a fresh server: no entries from before
     with s3_server(root / "s3") as s3:
         make_bucket(s3, "scale")
         shared = root / "shared-store"
@@ -88,6 +120,7 @@ def main() -> None:
         env = {**base, **s3, "QUANTBUILD_CACHE": f"s3://scale/cluster-{time.time_ns()}"}
         rows["cluster_s"] = _build(_fresh(source, root / "cluster"), env, "--cluster", "local:2")
         print(f"  20 recipes on 2 local workers: {rows['cluster_s']:.1f} s")
+    rows.update(stats_rows(args.work, base))
     write_json(RESULTS / "scale.json", {"date": time.strftime("%Y-%m-%d"), **rows})
     table = (
         "| measure | local store | S3 store |\n|---|---:|---:|\n"
@@ -98,6 +131,9 @@ def main() -> None:
         f"{rows['s3_checkout_s']:.1f} s |\n"
         f"| cold build on `--cluster local:2` | – | {rows['cluster_s']:.1f} s "
         f"({rows['s3_cold_s'] / rows['cluster_s']:.2f}× one process) |\n"
+        f"| statistics, detection, {rows['stats_frames']} frames: one process / 2 workers | "
+        f"{rows['stats_one_s']:.1f} s / {rows['stats_two_s']:.1f} s "
+        f"({rows['stats_one_s'] / rows['stats_two_s']:.2f}×) | – |\n"
     )
     (RESULTS / "scale.md").write_text(table, encoding="utf-8")
     print(table)

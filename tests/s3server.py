@@ -96,7 +96,8 @@ def make_bucket(env: dict[str, str], bucket: str) -> None:
     )
     for attempt in range(40):
         try:
-            fs.mkdir(bucket)
+            with contextlib.suppress(FileExistsError):
+                fs.mkdir(bucket)
             fs.pipe_file(f"{bucket}/.probe", b"ok")  # writes work too
             fs.rm_file(f"{bucket}/.probe")
             return

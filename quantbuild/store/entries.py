@@ -155,6 +155,7 @@ class Store:
                 verify_files(staging, manifest)
             except BadEntry as err:
                 self.warn(f"warning: {self.remote.url} entry {stage}/{key[:12]} not used: {err}")
+                self.remote.damaged(stage, key)
                 return None
             entry = self._install(staging, stage, key, manifest)
             installed = True

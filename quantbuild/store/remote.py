@@ -51,6 +51,7 @@ class RemoteStore:
         self.read_only = read_only
         self.protocol = url.split("://", 1)[0]
         self._listed: dict[str, set[str]] = {}  # stage -> keys with a manifest, listed once
+        self._bad: set[tuple[str, str]] = set()  # entries found damaged: replaced on publish
         self._checked = False
 
     @cached_property
@@ -140,20 +141,20 @@ class RemoteStore:
         self.check()
         folder = self._dir(stage, key)
         try:
-            text = self._call(
-                "reading a manifest", lambda: self.fs.cat_file(f"{folder}/{MANIFEST}")
-            )
+            text = self._call("reading a manifest", self.fs.cat_file, f"{folder}/{MANIFEST}")
         except FileNotFoundError:
             return None
         try:
             manifest = json.loads(text)
-            names = list(manifest["files"])
+            names = [str(name) for name in manifest["files"]]
         except (ValueError, KeyError, TypeError):
-            return None  # the caller's checks name it; a bad remote entry is a miss
+            names = []  # written as it is: the caller's checks name the problem
+            manifest = {}
         into.mkdir(parents=True, exist_ok=True)
         for name in names:
             target = into / name
             if Path(name).is_absolute() or ".." in Path(name).parts:
+                self.damaged(stage, key)
                 return None  # a manifest must not write outside its entry
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -163,14 +164,22 @@ class RemoteStore:
         (into / MANIFEST).write_bytes(text)
         return dict(manifest)
 
+    def damaged(self, stage: str, key: str) -> None:
+        """Note that (stage, key) failed its checks here: the next publish replaces it."""
+        self._bad.add((stage, key))
+
     def push(self, folder: Path, stage: str, key: str, manifest: dict[str, Any]) -> None:
         """Upload a local entry: its files first, the manifest last (readers see all or
         nothing). An entry already published is left as it is (same key, same inputs)."""
-        if self.read_only or self.has(stage, key):
+        if self.read_only:
             return
         target = self._dir(stage, key)
-        if self._call("checking an entry", self.fs.exists, f"{target}/{MANIFEST}"):
+        if (stage, key) not in self._bad and (
+            self.has(stage, key)
+            or self._call("checking an entry", self.fs.exists, f"{target}/{MANIFEST}")
+        ):
             return
+        self._bad.discard((stage, key))
         for name in [*manifest["files"], MANIFEST]:  # the manifest last
             self._call(
                 f"uploading {name}", self.fs.put_file, str(folder / name), f"{target}/{name}"

@@ -83,6 +83,10 @@ def test_a_tampered_remote_file_is_a_miss_not_a_corrupt_artifact(tmp_path, s3_en
     assert not [p for p in (tmp_path / "two").rglob("*") if p.is_file()]
     rebuilt = second.publish("stats", KEY, _writer(b"good"), {})
     assert rebuilt.path("artifact.bin").read_bytes() == b"good"
+    # the rebuild replaced the damaged remote entry: the next machine gets good bytes
+    third = Store(tmp_path / "three", remote=RemoteStore(url))
+    found = third.lookup("stats", KEY)
+    assert found is not None and found.path("artifact.bin").read_bytes() == b"good"
 
 
 def test_an_entry_without_its_manifest_does_not_exist(tmp_path, s3_env):
