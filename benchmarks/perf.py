@@ -1,7 +1,7 @@
 """How close quantbuild runs to the physical limit: each figure a ratio against the float
 model's own inference over the same frames, measured side by side in one run.
 
-    python benchmarks/perf.py [--frames 64] [--rounds 3] [--only stats,noop,parallel,layers]
+    python benchmarks/perf.py [--frames 64] [--rounds 3] [--only stats,noop,parallel,layers,stages]
 
 Rows (issue 16's table; goals in GOALS):
 - stats: the statistics pass (`collect_statistics` on the prepared model, what the stats stage
@@ -12,6 +12,8 @@ Rows (issue 16's table; goals in GOALS):
 - noop: a no-op `quantbuild build`, and plain `doit`, of a 20-recipe project (the bundled
   example with 20 quantization variants), median of five runs each.
 - parallel: a cold build of that project with plain `doit` and with `doit -n 2`.
+- stages: bias calibration (quantize rebuilt with and without it) and the sensitivity stage
+  (`factor: 1.2`) of the detection model, each rebuilt alone, ÷ a float pass over its frames.
 - layers: evaluate's per-layer analysis (layer-wise and accumulated error sums of every
   quantized tensor) of the detection model over the analysed frames ÷ a float pass over them,
   and its peak memory ÷ the float pass's.
@@ -37,6 +39,7 @@ from common import HERE, MODELS, ensure_model_packages, write_json
 RESULTS = HERE / "results"
 EXAMPLE = HERE.parent / "examples" / "digits"
 EVAL_IMAGES = {"orientation": 600, "detection": 100}
+ORDER = ["stats", "noop", "parallel", "layers", "stages"]
 GOALS = {"stats_time": 1.3, "stats_memory": 1.5, "noop_s": 0.5}
 
 
@@ -261,6 +264,82 @@ def layers_row(work: Path, frames: int, rounds: int) -> dict:
     return {"row": "layers", "model": model, **row}
 
 
+STAGE_RECIPES = {  # the stages row's project: detection, tda4vm, no evaluation
+    "bias": {},
+    "nobias": {"bias_calibration": False},
+    "mp": {"mixed_precision": {"factor": 1.2}},
+}
+
+
+def _rebuild(project: Path, recipe: str, stage: str, env: dict, *extra: str) -> float:
+    """Seconds to rebuild `recipe` with `stage`'s store entries removed (upstream entries hit;
+    downstream ones hit too when the stage's artifacts come out the same)."""
+    shutil.rmtree(project / ".quantbuild" / "store" / stage, ignore_errors=True)
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "quantbuild", "build", "-C", str(project), recipe, *extra]
+    done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    ran = [ln.split()[-1].split(":")[0] for ln in done.stdout.splitlines() if ln.startswith(".  ")]
+    if ran != [stage]:
+        raise SystemExit(f"rebuilding {stage} of {recipe} ran {ran}")
+    return seconds
+
+
+def stages_row(work: Path, frames: int, rounds: int) -> dict:
+    """Bias calibration and the sensitivity stage on the detection model (TDA4VM preset,
+    `frames` calibration frames): each stage rebuilt alone, ÷ a float pass over its frames."""
+    model = "detection"
+    root = datasets.prepare(work, model, EVAL_IMAGES[model], frames)
+    images = str(root / f"calib_{frames}")
+    project = work / "perf-stages"
+    if not (project / "doit.cfg").exists():
+        project.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "quantbuild", "init", "-C", str(project)], check=True)
+        shutil.copy(MODELS[model].path, project / "model.onnx")
+        for name, quantization in STAGE_RECIPES.items():
+            (project / f"{name}.yaml").write_text(
+                "version: 1\nextends: [devices/tda4vm]\nmodel: model.onnx\n"
+                f"calibration:\n  data: {json.dumps({'images': images, 'limit': frames, 'seed': 0})}\n"
+                f"  preprocess: {json.dumps(MODELS[model].preprocess)}\n"
+                f"quantization: {json.dumps(quantization)}\n",
+                encoding="utf-8",
+            )
+    env = {k: v for k, v in os.environ.items() if k != "QUANTBUILD_CACHE"}
+    build = [sys.executable, "-m", "quantbuild", "build", "-C", str(project)]
+    subprocess.run(build, env=env, check=True, capture_output=True)
+    start = time.perf_counter()
+    subprocess.run(build + ["bias"], env=env, check=True, capture_output=True)
+    noop = time.perf_counter() - start
+    from quantbuild.calib.bias_runner import CHECK_FRAMES
+    from quantbuild.stages.sensitivity import FRAMES
+
+    row: dict = {"row": "stages", "model": model, "frames": frames, "noop_s": noop}
+    sensitivity = [_rebuild(project, "mp", "sensitivity", env) - noop for _ in range(rounds)]
+    with_bias, without = [], []
+    for _ in range(rounds):
+        with_bias.append(_rebuild(project, "bias", "quantize", env))
+        without.append(_rebuild(project, "nobias", "quantize", env))
+    # (the quantize rebuilds remove every recipe's quantize entry: the next run's first build
+    # restores them)
+    row["sensitivity_s"] = statistics.median(sensitivity)
+    row["quantize_s"] = statistics.median(with_bias)
+    row["bias_s"] = row["quantize_s"] - statistics.median(without)
+    row["float_s"] = statistics.median(
+        child("float", model, images, str(frames))["seconds"] for _ in range(rounds)
+    )
+    row["float_frame_s"] = row["float_s"] / frames
+    # bias calibration's frames: the fitted ones and the held-out check's (they overlap)
+    fitted = min(50, frames)
+    row["bias_frames"] = len(set(range(fitted)) | set(range(max(frames - CHECK_FRAMES, 0), frames)))
+    row["bias_passes"] = row["bias_s"] / (row["float_frame_s"] * row["bias_frames"])
+    row["sensitivity_passes"] = row["sensitivity_s"] / (row["float_frame_s"] * FRAMES)
+    print(
+        f"  stages {model}: bias calibration {row['bias_s']:.1f} s = {row['bias_passes']:.1f} "
+        f"float passes; sensitivity {row['sensitivity_s']:.1f} s"
+    )
+    return row
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| measure | float | quantbuild | ratio (median; min) | goal |",
@@ -313,6 +392,19 @@ def markdown(rows: list[dict]) -> str:
                 f"| per-layer analysis peak memory | {r['float_peak_mb']:.0f} MB | "
                 f"{r['tool_peak_mb']:.0f} MB | {r['memory_ratio']:.2f}× | ≤ 1.5× |"
             )
+        elif r["row"] == "stages":
+            lines.append(
+                f"| bias calibration, {r['model']} (TDA4VM: 50 frames fitted in 50 iterations, "
+                f"checked on the last 32; {r['bias_frames']} frames in all) | "
+                f"{r['float_frame_s'] * r['bias_frames']:.2f} s | {r['bias_s']:.1f} s | "
+                f"{r['bias_passes']:.1f} float passes over its frames | ≤ 3 passes |"
+            )
+            lines.append(
+                f"| sensitivity stage, {r['model']} (`factor: 1.2`, 8 frames) | "
+                f"{r['float_frame_s'] * 8:.2f} s | {r['sensitivity_s']:.1f} s | "
+                f"{r['sensitivity_passes']:.0f} float passes over its frames | ≥ 4× faster than "
+                "before this issue |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -324,7 +416,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--layer-frames", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", default="stats,noop,parallel,layers")
+    parser.add_argument("--only", default=",".join(ORDER))
     parser.add_argument("--work", type=Path, default=HERE / "work")
     args = parser.parse_args()
     ensure_model_packages()
@@ -340,6 +432,18 @@ def main() -> None:
         rows.append(parallel_row(args.work))
     if "layers" in only:
         rows.append(layers_row(args.work, args.layer_frames, args.rounds))
+    if "stages" in only:
+        rows.append(stages_row(args.work, args.frames, args.rounds))
+    # rows not measured this time are kept from the last run (each row is one run's ratios)
+    kept = []
+    if (RESULTS / "perf.json").exists():
+        previous = json.loads((RESULTS / "perf.json").read_text(encoding="utf-8"))
+        measured = {r["row"] for r in rows}
+        kept = [
+            {"date": previous["date"], **r} for r in previous["rows"] if r["row"] not in measured
+        ]
+    rows = [{"date": time.strftime("%Y-%m-%d"), **r} for r in rows]
+    rows = sorted(kept + rows, key=lambda r: ORDER.index(r["row"]))
     write_json(RESULTS / "perf.json", {"date": time.strftime("%Y-%m-%d"), "rows": rows})
     (RESULTS / "perf.md").write_text(markdown(rows), encoding="utf-8")
     print(markdown(rows))

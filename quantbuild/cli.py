@@ -61,7 +61,7 @@ def cmd_build(args) -> int:
         + (["--always-execute"] if args.force else [])
     )
     if project.cluster is not None:  # one client thread per worker thread: recipes at once
-        doit_args += ["-n", str(project.cluster.threads()), "-P", "thread"]
+        doit_args += ["-n", str(project.cluster.threads), "-P", "thread"]
     try:
         code = DoitMain(RecipeLoader(plan=plan), config_filenames=()).run(doit_args + targets)
     finally:

@@ -18,6 +18,7 @@ import contextlib
 import io
 import uuid
 from collections.abc import Callable
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from quantbuild.errors import QuantbuildError
@@ -37,8 +38,8 @@ RETRIES = 2
 
 
 class Cluster:
-    """A connection to a Dask scheduler, made when the first stage is submitted (a no-op
-    build never connects)."""
+    """A connection to a Dask scheduler, made on first use (`quantbuild build` asks it for
+    its worker threads before starting: an unreachable scheduler fails before any work)."""
 
     def __init__(self, address: str):
         self.address = address
@@ -51,8 +52,9 @@ class Cluster:
             self._client, self._local = _connect(self.address)
         return self._client
 
+    @cached_property
     def threads(self) -> int:
-        """Worker threads in the cluster: how many stages may run at once."""
+        """Worker threads in the cluster when first asked: how many stages may run at once."""
         counts = self.client.nthreads()  # type: ignore[no-untyped-call]
         return max(int(sum(counts.values())), 1)
 
