@@ -140,7 +140,7 @@ def build(
             node.name if node is not None else "",
             "+".join(n.op_type for n in segment) or "input",
         )
-        if copies and not any(_has_subgraph(n) for n in segment):
+        if copies and not any(has_subgraph(n) for n in segment):
             output = _copy_layer(q, index, dequantized, segment, graph, constant, parameter)
             layer = Layer(layer.tensor, layer.quantized, output, layer.node, layer.op)
         layers.append(layer)
@@ -164,8 +164,9 @@ def _segment(q: _QdqGraph, start: str) -> list[onnx.NodeProto]:
     return sorted(found.values(), key=lambda n: q.order[id(n)])
 
 
-def _has_subgraph(node: onnx.NodeProto) -> bool:
-    # Subgraphs may read outer-scope names that the copy would have to rename too.
+def has_subgraph(node: onnx.NodeProto) -> bool:
+    """Whether a node holds subgraphs (If, Loop, Scan): they may read outer-scope names, which
+    a copy or a cut of the graph would have to carry too."""
     return any(
         a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
     )
@@ -286,7 +287,7 @@ def error_model(lw: LayerwiseModel, qdq: onnx.ModelProto) -> ErrorModel:
 
     Raises ValueError when the QDQ model has subgraphs (their outer-scope names cannot be
     renamed safely): callers fall back to exposing the tensors."""
-    if any(_has_subgraph(n) for n in qdq.graph.node):
+    if any(has_subgraph(n) for n in qdq.graph.node):
         raise ValueError("the QDQ model has subgraphs")
     model = onnx.ModelProto()
     model.CopyFrom(lw.model)

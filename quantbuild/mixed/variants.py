@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from quantbuild.evaluate.layerwise import has_subgraph
 from quantbuild.runtime import session, with_outputs
 
 # Variants measured per pass of the background that feeds them: the tensors they read across
@@ -40,12 +41,6 @@ def _key(node: onnx.NodeProto) -> tuple[str, ...]:
     return tuple(node.output)  # outputs are unique: a node's identity across variants
 
 
-def _has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(
-        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
-    )
-
-
 class Background:
     """A QDQ model run on some frames, against which variants of it are measured."""
 
@@ -54,7 +49,7 @@ class Background:
         self.outputs = [o.name for o in model.graph.output]
         self._inits = {t.name: t.SerializeToString() for t in model.graph.initializer}
         self._nodes = {_key(n): n.SerializeToString() for n in model.graph.node}
-        self.runnable = not any(_has_subgraph(n) for n in model.graph.node)
+        self.runnable = not any(has_subgraph(n) for n in model.graph.node)
 
     def run(self) -> list[list[np.ndarray]]:
         """The background's own outputs on every frame."""
@@ -64,7 +59,7 @@ class Background:
     def suffix(self, variant: onnx.ModelProto) -> Suffix | None:
         """The part of `variant` that computes differently from the background; None when the
         variant must run whole (subgraphs, whose outer-scope reads the cut cannot see)."""
-        if not self.runnable or any(_has_subgraph(n) for n in variant.graph.node):
+        if not self.runnable or any(has_subgraph(n) for n in variant.graph.node):
             return None
         inits = {t.name: t for t in variant.graph.initializer}
         changed = {n for n, t in inits.items() if self._inits.get(n) != t.SerializeToString()}
