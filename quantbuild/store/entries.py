@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from quantbuild.errors import StoreError
-from quantbuild.store.keys import canonical_json, digest, file_sha256
+from quantbuild.store.keys import MANIFEST, canonical_json, digest, entry_path, file_sha256
 from quantbuild.store.remote import RemoteStore
 from quantbuild.store.signing import sign, signature_problem
 
-MANIFEST = "manifest.json"
 LOCKS = ".locks"  # <root>/.locks/<stage>-<key>: build leases (empty files, flock), while held
 STAGING = ".tmp-"  # <root>/<stage>/.tmp-<host>-<pid>-<hex>: a build in progress
 TRASH = ".trash-"  # <root>/<stage>/<xx>/.trash-<hex>: an entry being deleted
@@ -121,7 +120,7 @@ class Store:
         return [self.read_only, self.root] if self.read_only else [self.root]
 
     def entry_dir(self, stage: str, key: str, root: Path | None = None) -> Path:
-        return (root or self.root) / stage / key[:2] / key
+        return (root or self.root) / entry_path(stage, key)
 
     def lookup(self, stage: str, key: str, published: bool = False) -> Entry | None:
         """The entry for (stage, key) if present and intact, else None. `published`: it was

@@ -1,4 +1,5 @@
-"""Canonical JSON, sha256 keys and file digests (cached by path, size and mtime)."""
+"""Store keys and layout: canonical JSON, sha256 keys, file digests (cached by path, size and
+mtime) and where an entry lives under a store root."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from quantbuild.store.files import write_atomic
+
+MANIFEST = "manifest.json"  # an entry's file list, hashes and record; written last
+
+
+def entry_path(stage: str, key: str) -> str:
+    """Where an entry lives under a store's root, local or remote: <stage>/<key[:2]>/<key>."""
+    return f"{stage}/{key[:2]}/{key}"
 
 
 def canonical_json(value: Any) -> str:

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from quantbuild.errors import StoreError
-
-MANIFEST = "manifest.json"
+from quantbuild.store.keys import MANIFEST, entry_path
 
 
 def is_url(location: str) -> bool:
@@ -80,7 +79,7 @@ class RemoteStore:
         return self._location[1]
 
     def _dir(self, stage: str, key: str) -> str:
-        return f"{self.root}/{stage}/{key[:2]}/{key}"
+        return f"{self.root}/{entry_path(stage, key)}"
 
     def _call(self, what: str, action: Callable[..., Any], *args: Any) -> Any:
         """`action(*args)` on the remote store; an unreachable server or a missing bucket is a
