@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from quantbuild.errors import QuantbuildError
 
 if TYPE_CHECKING:
-    from distributed import Client, LocalCluster
+    from distributed import Client, Future, LocalCluster
 
 
 class ClusterError(QuantbuildError):
@@ -45,6 +46,8 @@ class Cluster:
         self.address = address
         self._client: Client | None = None
         self._local: LocalCluster | None = None  # started by us: `local[:N]`
+        self._submitted: dict[Hashable, Future[Any]] = {}  # by `once`: see run()
+        self._lock = threading.Lock()  # doit runs the client's tasks in threads
 
     @property
     def client(self) -> Client:
@@ -58,16 +61,22 @@ class Cluster:
         counts = self.client.nthreads()  # type: ignore[no-untyped-call]
         return max(int(sum(counts.values())), 1)
 
-    def run(self, name: str, function: Callable[..., Any], *args: Any) -> Any:
+    def run(self, once: Hashable, name: str, function: Callable[..., Any], *args: Any) -> Any:
         """`function(*args)` on a worker (retried elsewhere if that worker dies); its result.
-        `name` labels the task on the dashboard."""
-        future = self.client.submit(
-            function,
-            *args,
-            key=f"{name}-{uuid.uuid4().hex[:8]}",
-            retries=RETRIES,
-            pure=False,
-        )
+        Calls with the same `once` (a stage and its key) share one task: two tasks of one key
+        would meet at the store's lease, one holding a worker thread while it waits, which the
+        other may need for its shards (a deadlock). `name` labels the task on the dashboard."""
+        with self._lock:
+            future = self._submitted.get(once)
+            if future is None:
+                future = self.client.submit(
+                    function,
+                    *args,
+                    key=f"{name}-{uuid.uuid4().hex[:8]}",
+                    retries=RETRIES,
+                    pure=False,
+                )
+                self._submitted[once] = future
         return future.result()
 
     def close(self) -> None:

@@ -267,7 +267,9 @@ class RecipeBuild:
         store = (project.store_location, project.store_readonly())
         job = (str(project.root), project.overrides, project.strict, store, self.recipe.name, stage)
         name = f"{stage}:{self.recipe.name}-{key[:12]}"
-        lines, worker = cluster.run(name, run_on_worker, *job, key, self.force, cluster.threads)
+        lines, worker = cluster.run(
+            (stage, key), name, run_on_worker, *job, key, self.force, cluster.threads
+        )
         # Stages of several recipes finish at once: each line names its task.
         task = f"{stage}:{self.recipe.name}"
         for line in [f"computed on {worker}", *lines]:
