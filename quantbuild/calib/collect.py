@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -67,10 +67,7 @@ def collect_statistics(
         acc = _accumulate(model, dataset, names, histograms)
     else:
         data = model.SerializeToString()
-        jobs = [
-            (data, replace(dataset, frames=list(part), _open=(None, None)), names, histograms)
-            for part in np.array_split(np.array(dataset.frames, dtype=object), shards)
-        ]
+        jobs = [(data, part, names, histograms) for part in dataset.shards(shards)]
         acc = functools.reduce(Accumulators.merge, fan_out.map(shard_statistics, jobs))
     return _result(model, names, acc.low, acc.high, acc.elements, acc.hist, acc.frames)
 

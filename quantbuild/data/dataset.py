@@ -69,6 +69,20 @@ class Dataset:
             name = frame.file.name
         return name if frame.index is None else f"{name}[{frame.index}]"
 
+    def shards(self, count: int) -> list[Dataset]:
+        """The frames in at most `count` consecutive runs of near-equal size, as datasets
+        (each opens its own files: they travel to other processes)."""
+        count = max(min(count, len(self.frames)), 1)
+        size, extra = divmod(len(self.frames), count)
+        parts, start = [], 0
+        for part in range(count):
+            end = start + size + (part < extra)
+            parts.append(
+                dataclasses.replace(self, frames=self.frames[start:end], _open=(None, None))
+            )
+            start = end
+        return parts
+
     def files(self) -> list[Path]:
         """Distinct files the frames come from, in order."""
         return list(dict.fromkeys(f.file for f in self.frames))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,16 @@ class Top1:
         self.total = 0
 
     def update(self, logits: np.ndarray, label: int | None) -> None:
-        self.correct += int(int(np.argmax(logits.reshape(-1, logits.shape[-1])[0])) == label)
+        self.add(self.hit(logits, label))
+
+    @staticmethod
+    def hit(logits: np.ndarray, label: int | None) -> bool:
+        """Whether one frame's first row of scores picks `label`."""
+        return int(np.argmax(logits.reshape(-1, logits.shape[-1])[0])) == label
+
+    def add(self, hit: bool) -> None:
+        """Count one frame scored elsewhere (`hit`)."""
+        self.correct += int(hit)
         self.total += 1
 
     def value(self) -> float | None:
@@ -32,12 +42,23 @@ class Fidelity:
         self.quant_energy = 0.0
 
     def update(self, reference: np.ndarray, quantized: np.ndarray) -> None:
+        self.add(self.sums(reference, quantized))
+
+    @staticmethod
+    def sums(reference: np.ndarray, quantized: np.ndarray) -> tuple[float, float, float, float]:
+        """One frame's (signal, noise, dot, quantized energy)."""
         x = reference.astype(np.float64).ravel()
         q = quantized.astype(np.float64).ravel()
-        self.signal += float(x @ x)
-        self.noise += float((x - q) @ (x - q))
-        self.dot += float(x @ q)
-        self.quant_energy += float(q @ q)
+        return float(x @ x), float((x - q) @ (x - q)), float(x @ q), float(q @ q)
+
+    def add(self, sums: Any) -> None:
+        """Add one frame's `sums` (computed elsewhere): frames added in the same order give
+        the same bits however they were split."""
+        signal, noise, dot, quant_energy = (float(v) for v in sums)
+        self.signal += signal
+        self.noise += noise
+        self.dot += dot
+        self.quant_energy += quant_energy
 
     def sqnr_db(self) -> float | None:
         """Signal-to-quantization-noise ratio in dB; None when undefined (no noise or no signal)."""

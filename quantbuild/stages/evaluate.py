@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from quantbuild.data.dataset import Dataset
 from quantbuild.evaluate.metrics import ErrorSums, Fidelity, Top1
@@ -38,7 +41,6 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
 
     from quantbuild.evaluate import layerwise
     from quantbuild.graph.onnx_utils import graph_inputs
-    from quantbuild.runtime import run_frame, session
 
     metrics = ctx.recipe.data["evaluation"]["metrics"]
     float_model = onnx.load(str(float_model_path(ctx)))
@@ -46,41 +48,20 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
     outputs = [o.name for o in float_model.graph.output]
     inputs = graph_inputs(float_model)
     dataset = ctx.dataset("evaluation")
-    top1 = (
-        {"float": Top1(), "quantized": Top1()} if "top1" in metrics and dataset.has_labels else None
-    )
-    if top1:
+    with_top1 = "top1" in metrics and dataset.has_labels
+    if with_top1:
         _check_classifier(float_model, dataset, ctx.log)
     lw = layerwise.build(float_model, quant_model)
-    layers = lw.layers
-    errors = [ErrorSums(2) for _ in layers]
-    # The analysed frames run once through the error model (both models' outputs and every
-    # layer's error sums); the rest through the two models alone.
-    analysis = _error_pass(lw, quant_model)
-    in_graph = analysis is not None  # else the exposed-tensor fallback after the loop
-    sessions: dict[str, Any] = {}
-    fidelity = {name: Fidelity() for name in outputs}
-    for index, (frame, feed) in enumerate(
-        track(dataset.iterate(inputs), "evaluation", len(dataset.frames))
-    ):
-        if analysis is not None and index < LAYER_FRAMES:
-            ref, got = analysis.run(feed, dataset, frame, errors)
-        else:
-            analysis = None  # its session (three graphs) is not needed any more
-            if not sessions:
-                sessions.update(reference=session(float_model), quantized=session(quant_model))
-            ref = dict(
-                zip(outputs, run_frame(sessions["reference"], outputs, feed, dataset, frame))
-            )
-            got = dict(
-                zip(outputs, run_frame(sessions["quantized"], outputs, feed, dataset, frame))
-            )
-        for name in outputs:
-            fidelity[name].update(ref[name], got[name])
-        if top1:
-            top1["float"].update(ref[outputs[0]], frame.label)
-            top1["quantized"].update(got[outputs[0]], frame.label)
-    if not in_graph:
+    shards = dataset.shards(ctx.fan_out.workers) if ctx.fan_out else [dataset]
+    if ctx.fan_out and len(shards) > 1:
+        models = (float_model.SerializeToString(), quant_model.SerializeToString())
+        starts = np.cumsum([0] + [len(shard.frames) for shard in shards[:-1]])
+        jobs = [(*models, shard, int(first), with_top1) for shard, first in zip(shards, starts)]
+        scores = ctx.fan_out.map(score_shard, jobs)
+    else:
+        scores = [score_frames(float_model, quant_model, lw, dataset, 0, with_top1)]
+    fidelity, top1, errors = _add_up(scores, outputs, lw, with_top1)
+    if any(shard_scores.layers is None for shard_scores in scores):  # no error model
         errors = _layer_errors(lw, quant_model, dataset, inputs)
     result: dict[str, Any] = {"frames": len(dataset.frames), "outputs": {}}
     if top1:
@@ -95,20 +76,43 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
     (out / METRICS.file).write_text(
         json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8"
     )
-    table = layer_table(layers, errors)
+    table = layer_table(lw.layers, errors)
     (out / LAYER_ERRORS.file).write_text(
         json.dumps({"frames": min(result["frames"], LAYER_FRAMES), "layers": table}, indent=1)
         + "\n",
         encoding="utf-8",
     )
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result.get("top1", {}).items())
-    ctx.log(f"{result['frames']} frames" + (f"; top-1 {summary}" if summary else ""))
+    where = f" on {len(scores)} workers" if len(scores) > 1 else ""
+    ctx.log(f"{result['frames']} frames{where}" + (f"; top-1 {summary}" if summary else ""))
     for row in table[:WORST_LOGGED]:
         ctx.log(
             f"SQNR {_db(row['layerwise_sqnr_db'])} alone, {_db(row['accumulated_sqnr_db'])} "
             f"accumulated: {row['tensor']} ({row['op']} {row['node']})"
         )
     return result
+
+
+def _add_up(
+    scores: list[Scores], outputs: list[str], lw: layerwise.LayerwiseModel, with_top1: bool
+) -> tuple[dict[str, Fidelity], dict[str, Top1] | None, list[ErrorSums]]:
+    """The shards' per-frame sums added frame by frame in evaluation order: the same sums in
+    the same order however the frames were split."""
+    fidelity = {name: Fidelity() for name in outputs}
+    top1 = {"float": Top1(), "quantized": Top1()} if with_top1 else None
+    errors = [ErrorSums(2) for _ in lw.layers]
+    for shard in scores:
+        for frame_sums in shard.fidelity:
+            for name, sums in zip(outputs, frame_sums):
+                fidelity[name].add(sums)
+        if top1:
+            for float_hit, quantized_hit in shard.top1:
+                top1["float"].add(bool(float_hit))
+                top1["quantized"].add(bool(quantized_hit))
+        for frame_layers in shard.layers if shard.layers is not None else ():
+            for sums, layer, (signal, alone, accumulated) in zip(errors, lw.layers, frame_layers):
+                sums.add(signal, alone if layer.layerwise else None, accumulated)
+    return fidelity, top1, errors
 
 
 def _check_classifier(model: onnx.ModelProto, dataset: Dataset, log: Callable[[str], None]) -> None:
@@ -132,6 +136,81 @@ def _check_classifier(model: onnx.ModelProto, dataset: Dataset, log: Callable[[s
         )
 
 
+@dataclass
+class Scores:
+    """Per-frame contributions of consecutive evaluation frames, added up by the stage in
+    frame order (the same sums in the same order as one pass: bit-identical however the
+    frames were split over workers)."""
+
+    fidelity: np.ndarray  # [frame, output, (signal, noise, dot, quantized energy)]
+    top1: np.ndarray  # [frame, (float, quantized)] whether the argmax is the label
+    # [analysed frame, layer, (signal, alone, accumulated)]; None: no error model (subgraphs)
+    layers: np.ndarray | None
+
+
+def score_shard(
+    float_model: bytes, quant_model: bytes, dataset: Dataset, start: int, top1: bool
+) -> Scores:
+    """`score_frames` of a shard of the evaluation set whose first frame is frame `start`
+    (run where a fan-out sends it)."""
+    import onnx
+
+    from quantbuild.evaluate import layerwise
+
+    reference, quantized = onnx.load_from_string(float_model), onnx.load_from_string(quant_model)
+    lw = layerwise.build(reference, quantized) if start < LAYER_FRAMES else None
+    return score_frames(reference, quantized, lw, dataset, start, top1)
+
+
+def score_frames(
+    float_model: onnx.ModelProto,
+    quant_model: onnx.ModelProto,
+    lw: layerwise.LayerwiseModel | None,
+    dataset: Dataset,
+    start: int,
+    top1: bool,
+) -> Scores:
+    """Each frame's output sums and top-1 hits, and for frames among the evaluation set's
+    first LAYER_FRAMES (`start`: the index of the dataset's first frame there) every layer's
+    error sums. The analysed frames run once through the error model (both models' outputs
+    and the layers' sums), the rest through the two models alone. `lw` is needed only where
+    frames are analysed."""
+    from quantbuild.graph.onnx_utils import graph_inputs
+    from quantbuild.runtime import run_frame, session
+
+    outputs = [o.name for o in float_model.graph.output]
+    inputs = graph_inputs(float_model)
+    count = len(dataset.frames)
+    analysed = max(0, min(LAYER_FRAMES - start, count))
+    analysis = _error_pass(lw, quant_model) if analysed and lw is not None else None
+    in_graph = not analysed or analysis is not None  # else the stage's exposed-tensor fallback
+    sums = np.zeros((analysed, len(lw.layers) if lw else 0, 3))
+    fidelity = np.zeros((count, len(outputs), 4))
+    hits = np.zeros((count, 2 if top1 else 0), dtype=bool)
+    sessions: dict[str, Any] = {}
+    for index, (frame, feed) in enumerate(track(dataset.iterate(inputs), "evaluation", count)):
+        if analysis is not None and index < analysed:
+            ref, got, sums[index] = analysis.run(feed, dataset, frame)
+        else:
+            analysis = None  # its session (three graphs) is not needed any more
+            if not sessions:
+                sessions.update(reference=session(float_model), quantized=session(quant_model))
+            ref = dict(
+                zip(outputs, run_frame(sessions["reference"], outputs, feed, dataset, frame))
+            )
+            got = dict(
+                zip(outputs, run_frame(sessions["quantized"], outputs, feed, dataset, frame))
+            )
+        for column, name in enumerate(outputs):
+            fidelity[index, column] = Fidelity.sums(ref[name], got[name])
+        if top1:
+            hits[index] = (
+                Top1.hit(ref[outputs[0]], frame.label),
+                Top1.hit(got[outputs[0]], frame.label),
+            )
+    return Scores(fidelity, hits, sums if in_graph else None)
+
+
 class _ErrorPass:
     """One session over layerwise.error_model: per frame, the float and quantized outputs and
     every layer's error sums, without any large tensor leaving onnxruntime."""
@@ -144,22 +223,28 @@ class _ErrorPass:
         self.session = session(errors.model, in_order=True)  # see layerwise._interleave
 
     def run(
-        self, feed: dict[str, Any], dataset: Dataset, frame: Any, sums: list[ErrorSums]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Add the frame's error sums to `sums`; return the (float, quantized) outputs."""
+        self, feed: dict[str, Any], dataset: Dataset, frame: Any
+    ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
+        """The frame's (float, quantized) outputs and per layer (signal, alone, accumulated)
+        error sums (alone: NaN where the layer has no layer-wise copy)."""
         from quantbuild.runtime import run_frame
 
         values = dict(zip(self.names, run_frame(self.session, self.names, feed, dataset, frame)))
-        for layer_sums, layer in zip(sums, self.errors.layers):
-            layer_sums.add(
-                float(values[layer.signal]),
-                float(values[layer.alone]) if layer.alone else None,
-                float(values[layer.accumulated]),
-            )
+        sums = np.array(
+            [
+                (
+                    values[layer.signal],
+                    values[layer.alone] if layer.alone else np.nan,
+                    values[layer.accumulated],
+                )
+                for layer in self.errors.layers
+            ],
+            dtype=np.float64,
+        ).reshape(-1, 3)
         outputs = self.errors.float_outputs
         ref = {name: values[name] for name in outputs}
         got = {n: values[q] for n, q in zip(outputs, self.errors.quantized_outputs)}
-        return ref, got
+        return ref, got, sums
 
 
 def _error_pass(lw: layerwise.LayerwiseModel, qdq: onnx.ModelProto) -> _ErrorPass | None:
@@ -183,7 +268,9 @@ def layer_errors(
         return _layer_errors(lw, qdq, dataset, inputs)
     errors = [ErrorSums(2) for _ in lw.layers]
     for frame in dataset.frames[:LAYER_FRAMES]:
-        analysis.run(dataset.load(frame, inputs), dataset, frame, errors)
+        _, _, values = analysis.run(dataset.load(frame, inputs), dataset, frame)
+        for sums, layer, (signal, alone, accumulated) in zip(errors, lw.layers, values):
+            sums.add(signal, alone if layer.layerwise else None, accumulated)
     return errors
 
 

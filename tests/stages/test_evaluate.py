@@ -1,0 +1,43 @@
+"""The evaluate stage sharded over workers: the same artifacts as one pass, byte for byte."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from builders import make_project
+
+from quantbuild.cores import FanOut
+from quantbuild.pipeline.plan import Plan
+from quantbuild.pipeline.project import Project
+from quantbuild.stages import evaluate
+
+
+def _artifacts(entry) -> dict[str, bytes]:
+    return {a.file: entry.path(a).read_bytes() for a in evaluate.STAGE.artifacts}
+
+
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_evaluation_over_shards_is_bit_identical_to_one_pass(tmp_path, monkeypatch, workers):
+    monkeypatch.delenv("QUANTBUILD_CACHE", raising=False)
+    # Fewer analysed frames than frames: some shards analyse layers, some only score outputs,
+    # and with 7 workers the analysed frames span several shards.
+    monkeypatch.setattr(evaluate, "LAYER_FRAMES", 3)
+    build = Plan(Project(make_project(tmp_path / "proj", val_frames=7))).builds["base"]
+    for stage in build.stages:
+        build.produce(stage.name, lambda line: None)
+    whole = _artifacts(build.entry("evaluate"))
+    jobs_seen = []
+
+    def elsewhere(function, jobs):
+        # what a cluster does with each job: serialize it, run it in another interpreter state
+        jobs_seen.extend(jobs)
+        return [pickle.loads(pickle.dumps(function(*pickle.loads(pickle.dumps(j))))) for j in jobs]
+
+    build.fan_out = FanOut(workers, elsewhere)
+    build.force = True
+    entry, hit = build.produce("evaluate", lambda line: None)
+    assert not hit
+    assert [job[3] for job in jobs_seen] == {2: [0, 4], 3: [0, 3, 5], 7: list(range(7))}[workers]
+    assert _artifacts(entry) == whole
+    assert b'"top1"' in whole["metrics.json"] and b'"layers"' in whole["layers.json"]
