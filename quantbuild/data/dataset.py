@@ -69,17 +69,19 @@ class Dataset:
             name = frame.file.name
         return name if frame.index is None else f"{name}[{frame.index}]"
 
+    def subset(self, frames: list[FrameRef]) -> Dataset:
+        """The dataset with only `frames` (opening its own files: it may travel to another
+        process)."""
+        return dataclasses.replace(self, frames=frames, _open=(None, None))
+
     def shards(self, count: int) -> list[Dataset]:
-        """The frames in at most `count` consecutive runs of near-equal size, as datasets
-        (each opens its own files: they travel to other processes)."""
+        """The frames in at most `count` consecutive runs of near-equal size, as datasets."""
         count = max(min(count, len(self.frames)), 1)
         size, extra = divmod(len(self.frames), count)
         parts, start = [], 0
         for part in range(count):
             end = start + size + (part < extra)
-            parts.append(
-                dataclasses.replace(self, frames=self.frames[start:end], _open=(None, None))
-            )
+            parts.append(self.subset(self.frames[start:end]))
             start = end
         return parts
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -350,8 +351,10 @@ def load_builds(project: Project, force: bool = False) -> dict[str, RecipeBuild]
 
 # -- on a cluster worker ----------------------------------------------------------------------
 
+# A project as a worker opens it: root, overrides, strict, (store location, read-only).
+_ProjectId = tuple[str, tuple[str, ...], bool, tuple[str, bool]]
 # Plans a worker process opened, by project: its recipes and datasets are read once.
-_WORKER_PLANS: dict[tuple[str, tuple[str, ...], bool, tuple[str, bool]], Plan] = {}
+_WORKER_PLANS: dict[_ProjectId, Plan] = {}
 
 
 def run_on_worker(
@@ -371,28 +374,17 @@ def run_on_worker(
     from distributed import get_worker
 
     _share_cores()
-    cache = (root, overrides, strict, store)
+    project = (root, overrides, strict, store)
     for fresh in (False, True):
-        if fresh or cache not in _WORKER_PLANS:
-            # The worker computes; it never submits to a cluster itself.
-            location, read_only = store
-            project = Project(
-                Path(root),
-                overrides,
-                strict=strict,
-                cluster_address="",
-                store_location=location,
-                store_read_only=read_only,
-            )
-            _WORKER_PLANS[cache] = Plan(project)
-        build = _WORKER_PLANS[cache].builds.get(recipe)
+        build = _worker_plan(project, fresh).builds.get(recipe)
         if build is None:
             continue
         build.forget()  # others publish to the store between two stages
         if build.key(stage) == key:
             lines: list[str] = []
             build.force = force
-            build.fan_out = FanOut(workers, _on_workers) if workers > 1 else None
+            fan_out = functools.partial(_on_workers, project)
+            build.fan_out = FanOut(workers, fan_out) if workers > 1 else None
             build.produce(stage, lines.append)
             return lines, str(get_worker().address)
     raise StoreError(
@@ -402,21 +394,57 @@ def run_on_worker(
     )
 
 
-def _on_workers(function: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> list[Any]:
+def _worker_plan(project: _ProjectId, fresh: bool = False) -> Plan:
+    """The plan of a project opened on this worker (once, unless `fresh`)."""
+    if fresh or project not in _WORKER_PLANS:
+        root, overrides, strict, (location, read_only) = project
+        # The worker computes; it never submits to a cluster itself.
+        _WORKER_PLANS[project] = Plan(
+            Project(
+                Path(root),
+                overrides,
+                strict=strict,
+                cluster_address="",
+                store_location=location,
+                store_read_only=read_only,
+            )
+        )
+    return _WORKER_PLANS[project]
+
+
+def _on_workers(
+    project: _ProjectId, function: Callable[..., Any], jobs: list[tuple[Any, ...]]
+) -> list[Any]:
     """`[function(*job) for job in jobs]` on the cluster's workers, from inside a task (its
-    thread steps out of the worker's pool while it waits: no deadlock on busy workers)."""
+    thread steps out of the worker's pool while it waits: no deadlock on busy workers). Store
+    entries among a job's arguments (or the values of a dict argument) arrive as the same
+    entries in the store of the worker that runs it."""
     from distributed import worker_client
 
     with worker_client() as client:
         futures = [
-            client.submit(_sharing_cores, function, *job, pure=False, retries=2) for job in jobs
+            client.submit(_piece, project, function, *job, pure=False, retries=2) for job in jobs
         ]
         return list(client.gather(futures))
 
 
-def _sharing_cores(function: Callable[..., Any], *args: Any) -> Any:
+def _piece(project: _ProjectId, function: Callable[..., Any], *args: Any) -> Any:
+    """One job of a fan-out, on the worker that runs it."""
     _share_cores()
-    return function(*args)
+    store = _worker_plan(project).project.store
+
+    def here(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {name: here(item) for name, item in value.items()}
+        if not isinstance(value, Entry):
+            return value
+        stage, key = value.manifest["stage"], value.manifest["key"]
+        entry = store.lookup(stage, key, published=True)
+        if entry is None:
+            raise StoreError(f"{stage}: entry {key[:12]} is not in the store this worker sees")
+        return entry
+
+    return function(*[here(arg) for arg in args])
 
 
 def _share_cores() -> None:

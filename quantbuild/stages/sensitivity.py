@@ -27,18 +27,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from quantbuild.data.dataset import Dataset
 from quantbuild.evaluate.metrics import frame_errors
 from quantbuild.graph.ops import WEIGHTED
 from quantbuild.interop.ranges_file import read
 from quantbuild.mixed.select import select_within
 from quantbuild.progress import track
+from quantbuild.recipe import Recipe
 from quantbuild.stages.context import Context
 from quantbuild.stages.equalize import float_model_path
 from quantbuild.stages.ranges import RANGES
 from quantbuild.stages.settings import Quantization, latency_table
 from quantbuild.stages.spec import Stage
 from quantbuild.stages.stats import STATS
-from quantbuild.store.entries import Artifact
+from quantbuild.store.entries import Artifact, Entry
 from quantbuild.store.files import load_npz
 
 # onnx, onnxruntime and networkx are imported where used: a no-op build loads only the stage specs
@@ -54,6 +56,7 @@ FRAMES = 8  # calibration frames per measurement
 # gains were measured on, and more of them, so that the rule does not fit the gains' frames.
 CHECK_FRAMES = slice(FRAMES, FRAMES + 32)
 PARAMS = ":params"  # candidate suffix: the layer's weights only in 16 bits
+Selection = tuple[list[str], list[str]]  # (output_16bit, params_16bit) lists
 SWEEP = (1.05, 1.1, 1.2, 1.3, 1.5, 2.0)  # factors measured for the report
 
 
@@ -221,6 +224,13 @@ class ErrorProbe:
         for _ in range(len(selections) - len(todo)):
             yield None
 
+    def remember(self, selection: Selection, errors: np.ndarray) -> None:
+        """Take a selection's per-frame errors measured elsewhere on the same frames."""
+        from quantbuild.mixed.precision import assign
+
+        assignment = assign(self.models.net, *selection)
+        self._errors.setdefault((assignment.tensors_16bit, assignment.weights_16bit), errors)
+
     def error(
         self,
         output_16bit: Iterable[str],
@@ -229,6 +239,47 @@ class ErrorProbe:
     ) -> float:
         """Error with TIDL's lists (and start/end `ranges`) applied: the mean over frames."""
         return float(np.mean(self.frame_errors(output_16bit, params_16bit, ranges)))
+
+
+def measure_shard(
+    recipe: Recipe,
+    inputs: dict[str, Entry],
+    dataset: Dataset,
+    selections: list[Selection],
+    background: Selection,
+) -> list[np.ndarray]:
+    """Per-frame errors of `selections` measured against `background` (ErrorProbe.measure)
+    on the calibration frames in `dataset`: one piece of the stage, run where a fan-out sends
+    it."""
+    import onnx
+
+    ctx = Context(recipe, inputs, lambda section: dataset, lambda line: None)
+    probe = ErrorProbe(ctx, onnx.load(str(float_model_path(ctx))))
+    for _ in probe.measure(selections, background):
+        pass
+    return [probe.frame_errors(*selection) for selection in selections]
+
+
+def _measure_on_workers(
+    ctx: Context, probe: ErrorProbe, batches: list[tuple[list[Selection], Selection]]
+) -> None:
+    """Measure each batch's selections against its background on the fan-out's workers (each
+    worker every n-th selection: the costly ones, early layers with long suffixes, spread
+    evenly) and give the probe their errors: the same numbers it would measure itself."""
+    assert ctx.fan_out is not None
+    workers = ctx.fan_out.workers
+    calibration = ctx.dataset("calibration")
+    frames = calibration.subset(calibration.frames[:FRAMES])
+    jobs = [
+        (ctx.recipe, ctx.inputs, frames, selections[part::workers], background)
+        for selections, background in batches
+        for part in range(workers)
+        if selections[part::workers]
+    ]
+    for job, errors in zip(jobs, ctx.fan_out.map(measure_shard, jobs)):
+        for selection, per_frame in zip(job[3], errors):
+            probe.remember(selection, per_frame)
+    ctx.log(f"{sum(len(job[3]) for job in jobs)} variants measured on {workers} workers")
 
 
 def run(ctx: Context, out: Path) -> dict[str, Any]:
@@ -263,12 +314,16 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
         for name in layers
         for selection in (demoted(name), demoted(name) + [f"{name}{PARAMS}"])
     ]
-    measures = itertools.chain(
-        probe.measure([split_candidates([c]) for c in candidates], split_candidates([])),
-        probe.measure(lowered, split_candidates(everything)),
-    )
-    for _ in track(measures, "sensitivity", 2 * len(candidates), unit="variants"):
-        pass
+    batches = [
+        ([split_candidates([c]) for c in candidates], split_candidates([])),
+        (lowered, split_candidates(everything)),
+    ]
+    if ctx.fan_out:
+        _measure_on_workers(ctx, probe, batches)
+    else:
+        measures = itertools.chain(*(probe.measure(*batch) for batch in batches))
+        for _ in track(measures, "sensitivity", 2 * len(candidates), unit="variants"):
+            pass
     alone = {name: base - error_with([name]) for name in candidates}
     together: dict[str, float] = {}
     for name in layers:

@@ -1,9 +1,44 @@
-"""Automatic mixed precision: the sensitivity stage's candidate names."""
+"""Automatic mixed precision: the sensitivity stage's candidate names, and its measurements
+on a cluster's workers."""
 
 from __future__ import annotations
 
-from quantbuild.stages.sensitivity import split_candidates
+import pickle
+
+import pytest
+from builders import RECIPE, make_project
+
+from quantbuild.cores import FanOut
+from quantbuild.pipeline.plan import Plan
+from quantbuild.pipeline.project import Project
+from quantbuild.stages.sensitivity import SENSITIVITY, measure_shard, split_candidates
 
 
 def test_split_candidates_drops_params_of_layers_promoted_whole():
     assert split_candidates(["c1", "c1:params", "c2:params"]) == (["c1"], ["c2"])
+
+
+@pytest.mark.parametrize("workers", [2, 5])
+def test_sensitivity_measured_on_workers_is_bit_identical(tmp_path, monkeypatch, workers):
+    monkeypatch.delenv("QUANTBUILD_CACHE", raising=False)
+    recipe = RECIPE.format(extra="quantization: {mixed_precision: {factor: 1.5}}\n")
+    build = Plan(Project(make_project(tmp_path / "proj", {"base": recipe}))).builds["base"]
+    for stage in build.stages:
+        if stage.name != "evaluate":
+            build.produce(stage.name, lambda line: None)
+    whole = build.entry("sensitivity").path(SENSITIVITY).read_bytes()
+    pieces = []
+
+    def elsewhere(function, jobs):
+        # what a cluster does with each job: serialize it, run it in another interpreter state
+        assert function is measure_shard
+        pieces.extend(jobs)
+        return [pickle.loads(pickle.dumps(function(*pickle.loads(pickle.dumps(j))))) for j in jobs]
+
+    build.fan_out = FanOut(workers, elsewhere)
+    build.force = True
+    lines = []
+    entry, _ = build.produce("sensitivity", lines.append)
+    assert len(pieces) == 2 * workers  # both backgrounds, every worker a share of each
+    assert entry.path(SENSITIVITY).read_bytes() == whole
+    assert any(f"measured on {workers} workers" in line for line in lines)
