@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -23,6 +24,7 @@ from quantbuild.calib.rounding import (
     output_size,
     second_moment,
 )
+from quantbuild.cores import FanOut
 from quantbuild.data.dataset import Dataset
 from quantbuild.graph.onnx_utils import graph_inputs
 from quantbuild.progress import track
@@ -63,10 +65,6 @@ class RoundedLayer:
             flat = x.T
         chosen = np.sort(rng.choice(len(flat), min(POSITIONS, len(flat)), replace=False))
         return flat[chosen].T[None]
-
-    def integers(self) -> np.ndarray:
-        assert self.hessian is not None
-        return gptq_round(self.rows, self.hessian, self.scale, self.qmin, self.qmax)
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
@@ -192,10 +190,12 @@ def gptq_rounding(
     record: dict,
     dataset: Dataset,
     log: Callable[[str], None] = print,
+    fan_out: FanOut | None = None,
 ) -> Rounding:
     """GPTQ integers for the Conv/Gemm/MatMul weights of `qdq` on their own grids, kept for the
     layers where they lower the layer's output error under H (layers whose H rests on too few
-    samples keep nearest), with the bias shift that cancels the mean of the change."""
+    samples keep nearest), with the bias shift that cancels the mean of the change. With
+    `fan_out`, the layers' solves (independent once H is known) run on its workers."""
     layers = _layers(float_model, qdq, record)
     frames = dataset.frames[:ROUNDING_FRAMES]
     rounding = Rounding()
@@ -205,12 +205,11 @@ def gptq_rounding(
     layers = [x for x in layers if x.samples >= SAMPLES_PER_INPUT * x.rows.shape[2]]
     tensors = {t.name: t for t in qdq.graph.initializer}
     before = after = 0.0
-    for layer in layers:
+    for layer, integers in zip(layers, _solve(layers, fan_out)):
         nearest = numpy_helper.to_array(tensors[f"{layer.weight}_quantized"])
         old = output_error(
             layer.rows, layer.hessian, nearest.reshape(layer.rows.shape), layer.scale
         )
-        integers = layer.integers()
         new = output_error(layer.rows, layer.hessian, integers, layer.scale)
         before += old
         after += min(new, old)
@@ -223,6 +222,26 @@ def gptq_rounding(
         f"{len(frames)} frames; summed layer output error {before:.3g} -> {after:.3g}"
     )
     return rounding
+
+
+def _solve(layers: list[RoundedLayer], fan_out: FanOut | None) -> list[np.ndarray]:
+    """Each layer's GPTQ integers, here or spread over a fan-out's workers (every n-th layer
+    to a worker: the large ones, late in the network, spread evenly)."""
+    problems = [(x.rows, x.hessian, x.scale, x.qmin, x.qmax) for x in layers]
+    workers = min(fan_out.workers, len(problems)) if fan_out else 1
+    if fan_out is None or workers < 2:
+        return solve_layers(problems)
+    pieces = fan_out.map(solve_layers, [(problems[i::workers],) for i in range(workers)])
+    solved: list[np.ndarray] = [np.empty(0)] * len(problems)
+    for i, piece in enumerate(pieces):
+        solved[i::workers] = piece
+    return solved
+
+
+def solve_layers(problems: list[tuple[Any, ...]]) -> list[np.ndarray]:
+    """gptq_round of each (rows, H, scale, qmin, qmax): a piece of the rounding stage, run
+    where a fan-out sends it."""
+    return [gptq_round(*problem) for problem in problems]
 
 
 def apply_rounding(

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -399,17 +399,31 @@ def _worker_plan(project: _ProjectId, fresh: bool = False) -> Plan:
     if fresh or project not in _WORKER_PLANS:
         root, overrides, strict, (location, read_only) = project
         # The worker computes; it never submits to a cluster itself.
-        _WORKER_PLANS[project] = Plan(
-            Project(
-                Path(root),
-                overrides,
-                strict=strict,
-                cluster_address="",
-                store_location=location,
-                store_read_only=read_only,
-            )
+        opened = Project(
+            Path(root),
+            overrides,
+            strict=strict,
+            cluster_address="",
+            store_location=location,
+            store_read_only=read_only,
         )
+        opened.store.while_waiting = _outside_thread_pool
+        _WORKER_PLANS[project] = Plan(opened)
     return _WORKER_PLANS[project]
+
+
+@contextlib.contextmanager
+def _outside_thread_pool() -> Iterator[None]:
+    """A task waiting for another's store lease leaves the worker's thread pool meanwhile: the
+    lease holder (another client's task of the same key) may need this worker's thread for
+    the pieces of its stage, and would wait for it forever."""
+    from distributed import rejoin, secede
+
+    secede()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        rejoin()  # type: ignore[no-untyped-call]
 
 
 def _on_workers(

@@ -39,7 +39,9 @@ def run(ctx: Context, out: Path) -> dict[str, Any]:
     model = onnx.load(str(float_model_path(ctx)))
     ranges, _ = read(ctx.inputs["ranges"].path(RANGES))
     qdq, record = write_qdq(model, ranges, Quantization.of(ctx.recipe.data).weights)
-    rounding = gptq_rounding(model, qdq, record, ctx.dataset("calibration"), ctx.log)
+    rounding = gptq_rounding(
+        model, qdq, record, ctx.dataset("calibration"), ctx.log, fan_out=ctx.fan_out
+    )
     (out / ROUNDING.file).write_bytes(npz_bytes(rounding.arrays()))
     return {"weights_rounded": len(rounding.integers)}
 

@@ -110,6 +110,11 @@ class Store:
         self.warn = warn
         self.remote = remote  # a shared store behind fsspec, read through `root`
         self.hint = READ_ONLY_HINT  # what to do when `root` cannot be written (see Project)
+        # Around the wait for another process's lease: a cluster worker hands its thread back
+        # while it waits (the holder may need that thread for its own pieces).
+        self.while_waiting: Callable[[], contextlib.AbstractContextManager[Any]] = (
+            contextlib.nullcontext
+        )
         self._refused: set[Path] = set()  # warned about once per process
         # entry folder -> stamp of its files when their hashes last matched, in this process
         self._verified: dict[Path, tuple[Any, ...]] = {}
@@ -253,7 +258,8 @@ class Store:
                 if not waited:
                     log(f"waiting for another process building this {stage} entry ({key[:12]})")
                     waited = True
-                fcntl.flock(handle, fcntl.LOCK_EX)
+                with self.while_waiting():
+                    fcntl.flock(handle, fcntl.LOCK_EX)
             try:  # the holder before us removed the file: lock the one at the path now
                 current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
             except FileNotFoundError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import small_cnn, write_npz
+from builders import heavy_cnn, small_cnn, write_npz
 from onnx import helper, numpy_helper
 
 from quantbuild.calib.collect import collect_statistics
@@ -80,9 +80,9 @@ def test_conv_patches_times_weights_is_the_convolution(group, stride, pads, dila
     assert np.allclose(got, y[0], atol=1e-4)
 
 
-def _small_build(tmp_path):
+def _small_build(tmp_path, network=None):
     """A prepared CNN, its calibration data, ranges and per-tensor power-of-2 QDQ model."""
-    model, _ = prepare_model(small_cnn(size=16, seed=3))
+    model, _ = prepare_model(network or small_cnn(size=16, seed=3))
     data = open_dataset(
         {"tensors": str(write_npz(tmp_path / "c.npz", 16, (1, 3, 16, 16), seed=5))},
         {},
@@ -126,3 +126,25 @@ def test_rounding_is_not_applied_to_a_weight_on_another_grid(tmp_path):
     unchanged, applied = apply_rounding(other, other_record, rounding)
     assert applied == 0
     assert unchanged.SerializeToString() == other.SerializeToString()
+
+
+@pytest.mark.parametrize("workers", [2, 5])
+def test_rounding_solved_on_workers_is_bit_identical(tmp_path, workers):
+    import pickle
+
+    from quantbuild.cores import FanOut
+    from quantbuild.store.files import npz_bytes
+
+    model, data, _, qdq, record = _small_build(tmp_path, heavy_cnn(size=16, width=8))
+    here = gptq_rounding(model, qdq, record, data, log=lambda _: None)
+    pieces = []
+
+    def elsewhere(function, jobs):
+        # what a cluster does with each job: serialize it, run it in another interpreter state
+        pieces.extend(jobs)
+        return [pickle.loads(pickle.dumps(function(*pickle.loads(pickle.dumps(j))))) for j in jobs]
+
+    spread = gptq_rounding(model, qdq, record, data, lambda _: None, FanOut(workers, elsewhere))
+    layers = sum(len(job[0]) for job in pieces)
+    assert len(pieces) == min(workers, layers) and layers == 3 and here.integers
+    assert npz_bytes(spread.arrays()) == npz_bytes(here.arrays())  # the stage's artifact

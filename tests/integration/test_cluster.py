@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,10 @@ import pytest
 from builders import heavy_cnn, make_project, write_model, write_npz
 from cli_runner import run_cli, tree_bytes
 from s3server import free_port, make_bucket, needs_s3, s3_server
+
+from quantbuild.pipeline.plan import Plan, run_on_worker
+from quantbuild.pipeline.project import Project
+from quantbuild.store.entries import Store
 
 pytestmark = needs_s3()
 DASK = Path(sys.executable).parent / "dask"
@@ -222,6 +227,49 @@ def test_a_worker_killed_mid_stage_ends_in_correct_artifacts(tmp_path, cluster):
     assert f"[stats:base] computed on {survivor}" in output, output
     local = _local_build(project, tmp_path / "local")
     assert tree_bytes(project / "build") == tree_bytes(local / "build")
+
+
+def test_a_stage_waiting_for_a_store_lease_frees_its_worker_thread(tmp_path, cluster):
+    """Two clients of one cluster whose workers share a store folder: one's stage waits for
+    the other's lease on the same key. Meanwhile its worker must run other tasks (the lease
+    holder's stage may need that thread for its pieces: a deadlock otherwise)."""
+    from distributed import Client
+
+    address, env, workers = cluster
+    project = make_project(tmp_path / "p")
+    store = tmp_path / "shared-store"
+    build = Plan(Project(project, cluster_address="", store_location=str(store))).builds["base"]
+    for stage in ("prepare", "equalize"):
+        build.produce(stage, lambda line: None)
+    key = build.key("stats")
+    held, release = threading.Event(), threading.Event()
+
+    def hold(folder: Path) -> dict:  # the other client's statistics, under the lease
+        held.set()
+        release.wait(60)
+        (folder / "made").write_text("there")
+        return {}
+
+    holder = threading.Thread(target=lambda: Store(store).publish("stats", key, hold, {}))
+    holder.start()
+    try:
+        assert held.wait(30)
+        with Client(address, timeout="30s") as client:
+            worker = next(iter(workers))
+            job = (str(project), (), False, (str(store), False), "base", "stats", key, False, 1)
+            waiting = client.submit(run_on_worker, *job, workers=[worker], pure=False)
+            time.sleep(3)  # on the worker and at the lease by now
+            assert not waiting.done(), waiting.exception()
+            other = client.submit(sum, [1, 2], workers=[worker], pure=False)
+            assert other.result(timeout=30) == 3  # ran while the stage waits
+            release.set()
+            holder.join(30)
+            lines, where = waiting.result(timeout=30)
+            assert where == worker and lines[0].startswith("waiting for another process"), lines
+            # it took the holder's entry instead of computing its own
+            assert Store(store).lookup("stats", key).path("made").read_text() == "there"
+    finally:
+        release.set()
 
 
 def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path):
