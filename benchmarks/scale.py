@@ -12,6 +12,10 @@ Rows (issue 17):
   processes, independent recipes at once; the store on S3 for both).
 - stats: the statistics stage of the detection model over 512 calibration frames rebuilt alone,
   in one process vs sharded over `--cluster local:2` (the same stats.npz either way).
+- eval: the evaluate stage of the detection model over 1000 evaluation frames rebuilt alone,
+  in one process vs sharded over `--cluster local:2` (the same metrics and layer errors), with
+  the float model's own inference over the same frames for scale.
+`--only eval,stats` measures those rows and keeps the others from results/scale.json.
 Writes results/scale.json and results/scale.md.
 """
 
@@ -55,6 +59,40 @@ def _fresh(source: Path, target: Path) -> Path:
     return target
 
 
+def store_rows(work: Path, base: dict, rounds: int) -> dict:
+    """No-op, second checkout and cold builds of the 20-recipe project, S3 vs local store, and
+    on two local workers."""
+    import perf
+
+    perf.noop_row(work)  # makes (and builds) the 20-recipe project
+    source = work / "perf-noop"
+    root = work / "scale"
+    rows: dict = {"recipes": len(perf.VARIANTS)}
+    shutil.rmtree(root / "s3", ignore_errors=True)  # a fresh server: no entries from before
+    with s3_server(root / "s3") as s3:
+        make_bucket(s3, "scale")
+        shared = root / "shared-store"
+        shutil.rmtree(shared, ignore_errors=True)
+        stores = {"local": str(shared), "s3": f"s3://scale/run-{time.time_ns()}"}
+        for name, store in stores.items():
+            env = {**base, **s3, "QUANTBUILD_CACHE": store}
+            first = _fresh(source, root / f"{name}-first")
+            rows[f"{name}_cold_s"] = _build(first, env)
+            rows[f"{name}_noop_s"] = statistics.median(_build(first, env) for _ in range(rounds))
+            checkouts = [
+                _build(_fresh(source, root / f"{name}-second"), env) for _ in range(rounds)
+            ]
+            rows[f"{name}_checkout_s"] = statistics.median(checkouts)
+            print(
+                f"  {name}: cold {rows[f'{name}_cold_s']:.1f} s, no-op {rows[f'{name}_noop_s']:.2f} s, "
+                f"second checkout {rows[f'{name}_checkout_s']:.1f} s"
+            )
+        env = {**base, **s3, "QUANTBUILD_CACHE": f"s3://scale/cluster-{time.time_ns()}"}
+        rows["cluster_s"] = _build(_fresh(source, root / "cluster"), env, "--cluster", "local:2")
+        print(f"  20 recipes on 2 local workers: {rows['cluster_s']:.1f} s")
+    return rows
+
+
 def stats_rows(work: Path, base: dict, frames: int = 512) -> dict:
     """The detection model's statistics stage over `frames` frames, rebuilt alone: in one
     process, then sharded over two local workers (same artifact: nothing downstream re-runs)."""
@@ -83,45 +121,62 @@ def stats_rows(work: Path, base: dict, frames: int = 512) -> dict:
     return {"stats_frames": frames, "stats_one_s": one, "stats_two_s": two}
 
 
+def eval_rows(work: Path, base: dict, frames: int = 1000) -> dict:
+    """The detection model's evaluate stage over `frames` frames, rebuilt alone: in one
+    process, then sharded over two local workers; and the float model alone on those frames."""
+    import data as datasets
+    import perf
+    from common import MODELS
+
+    images = datasets.prepare(work, "detection", frames, 64)
+    project = work / "scale-eval"
+    if not (project / "doit.cfg").exists():
+        project.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "quantbuild", "init", "-C", str(project)], check=True)
+        shutil.copy(MODELS["detection"].path, project / "model.onnx")
+        preprocess = json.dumps(MODELS["detection"].preprocess)
+        calib = {"images": str(images / "calib_64"), "limit": 64, "seed": 0}
+        evaluation = {"images": str(images / "eval"), "limit": frames, "seed": 0}
+        (project / "tda4vm.yaml").write_text(
+            "version: 1\nextends: [devices/tda4vm]\nmodel: model.onnx\n"
+            f"calibration:\n  data: {json.dumps(calib)}\n  preprocess: {preprocess}\n"
+            f"evaluation:\n  data: {json.dumps(evaluation)}\n  preprocess: {preprocess}\n"
+            "quantization: {bias_calibration: false}\n",
+            encoding="utf-8",
+        )
+    _build(project, base)
+    float_s = perf.child("float", "detection", str(images / "eval"), str(frames))["seconds"]
+    one = perf._rebuild(project, "tda4vm", "evaluate", base)
+    two = perf._rebuild(project, "tda4vm", "evaluate", base, "--cluster", "local:2")
+    print(
+        f"  evaluate, {frames} frames: float model {float_s:.1f} s, one process {one:.1f} s, "
+        f"2 workers {two:.1f} s"
+    )
+    return {"eval_frames": frames, "eval_float_s": float_s, "eval_one_s": one, "eval_two_s": two}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--only", default="store,stats,eval", help="rows: store,stats,eval")
     args = parser.parse_args()
-    import perf
+    only = set(args.only.split(","))
 
-    perf.noop_row(args.work)  # makes (and builds) the 20-recipe project
-    source = args.work / "perf-noop"
-    root = args.work / "scale"
     base = {k: v for k, v in os.environ.items() if k != "QUANTBUILD_CACHE"}
     base["QUANTBUILD_PROGRESS"] = "0"
-    rows: dict = {"recipes": len(perf.VARIANTS)}
-    shutil.rmtree(root / "s3", ignore_errors=True)  # a fresh server: no entries from before
-    with s3_server(root / "s3") as s3:
-        make_bucket(s3, "scale")
-        shared = root / "shared-store"
-        shutil.rmtree(shared, ignore_errors=True)
-        stores = {"local": str(shared), "s3": f"s3://scale/run-{time.time_ns()}"}
-        for name, store in stores.items():
-            env = {**base, **s3, "QUANTBUILD_CACHE": store}
-            first = _fresh(source, root / f"{name}-first")
-            rows[f"{name}_cold_s"] = _build(first, env)
-            rows[f"{name}_noop_s"] = statistics.median(
-                _build(first, env) for _ in range(args.rounds)
-            )
-            checkouts = [
-                _build(_fresh(source, root / f"{name}-second"), env) for _ in range(args.rounds)
-            ]
-            rows[f"{name}_checkout_s"] = statistics.median(checkouts)
-            print(
-                f"  {name}: cold {rows[f'{name}_cold_s']:.1f} s, no-op {rows[f'{name}_noop_s']:.2f} s, "
-                f"second checkout {rows[f'{name}_checkout_s']:.1f} s"
-            )
-        env = {**base, **s3, "QUANTBUILD_CACHE": f"s3://scale/cluster-{time.time_ns()}"}
-        rows["cluster_s"] = _build(_fresh(source, root / "cluster"), env, "--cluster", "local:2")
-        print(f"  20 recipes on 2 local workers: {rows['cluster_s']:.1f} s")
-    rows.update(stats_rows(args.work, base))
-    write_json(RESULTS / "scale.json", {"date": time.strftime("%Y-%m-%d"), **rows})
+    earlier = RESULTS / "scale.json"
+    rows: dict = (
+        json.loads(earlier.read_text()) if earlier.exists() else {}
+    )  # kept unless re-measured
+    if "store" in only:
+        rows.update(store_rows(args.work, base, args.rounds))
+    if "stats" in only:
+        rows.update(stats_rows(args.work, base))
+    if "eval" in only:
+        rows.update(eval_rows(args.work, base))
+    rows["date"] = time.strftime("%Y-%m-%d")
+    write_json(RESULTS / "scale.json", rows)
     table = (
         "| measure | local store | S3 store |\n|---|---:|---:|\n"
         f"| cold build, {rows['recipes']} recipes, one process | {rows['local_cold_s']:.1f} s | "
@@ -135,6 +190,14 @@ def main() -> None:
         f"{rows['stats_one_s']:.1f} s / {rows['stats_two_s']:.1f} s "
         f"({rows['stats_one_s'] / rows['stats_two_s']:.2f}×) | – |\n"
     )
+    if "eval_frames" in rows:
+        table += (
+            f"| evaluation, detection, {rows['eval_frames']} frames: one process / 2 workers "
+            f"(float model alone: {rows['eval_float_s']:.1f} s) | {rows['eval_one_s']:.1f} s / "
+            f"{rows['eval_two_s']:.1f} s ({rows['eval_one_s'] / rows['eval_two_s']:.2f}×; "
+            f"{rows['eval_one_s'] / rows['eval_float_s']:.2f}× / "
+            f"{rows['eval_two_s'] / rows['eval_float_s']:.2f}× the float model) | – |\n"
+        )
     (RESULTS / "scale.md").write_text(table, encoding="utf-8")
     print(table)
 

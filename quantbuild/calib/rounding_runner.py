@@ -220,6 +220,7 @@ def gptq_rounding(
     log(
         f"weight rounding (gptq): {len(rounding.integers)}/{len(layers)} layers re-rounded on "
         f"{len(frames)} frames; summed layer output error {before:.3g} -> {after:.3g}"
+        + (f"; solved on {min(fan_out.workers, len(layers))} workers" if fan_out else "")
     )
     return rounding
 

@@ -119,11 +119,12 @@ def _stats(project: Path) -> list[bytes]:
 
 
 def _example(into: Path) -> Path:
-    """The bundled digits example with a third recipe: automatic mixed precision (the
-    sensitivity stage's measurements fan out too)."""
+    """The bundled digits example with a third recipe: automatic mixed precision and GPTQ
+    rounding (the sensitivity stage's measurements and the rounding solves fan out too)."""
     shutil.copytree(EXAMPLE, into, ignore=shutil.ignore_patterns(".quantbuild", "build"))
     (into / "tda4vm_mp.yaml").write_text(
-        "version: 1\nextends: [tda4vm.yaml]\nquantization: {mixed_precision: {factor: 1.2}}\n"
+        "version: 1\nextends: [tda4vm.yaml]\n"
+        "quantization: {mixed_precision: {factor: 1.2}, weight_rounding: gptq}\n"
     )
     return into
 
@@ -150,6 +151,7 @@ def test_distributed_build_is_bit_identical_and_a_second_checkout_runs_nothing(t
         r"\[stats:\w+\] 50 frames, .* on 2 workers$",
         r"\[evaluate:\w+\] 360 frames on 2 workers; ",
         r"\[sensitivity:tda4vm_mp\] \d+ variants measured on 2 workers$",
+        r"\[rounding:tda4vm_mp\] weight rounding \(gptq\): .* solved on 2 workers$",
     ):
         assert re.search(sharded, done.stdout, re.MULTILINE), (sharded, done.stdout)
     assert _stats(project) == _stats(local)
@@ -255,7 +257,7 @@ def test_a_stage_waiting_for_a_store_lease_frees_its_worker_thread(tmp_path, clu
     try:
         assert held.wait(30)
         with Client(address, timeout="30s") as client:
-            worker = next(iter(workers))
+            worker = next(iter(client.nthreads()))  # a live one (a test kills one)
             job = (str(project), (), False, (str(store), False), "base", "stats", key, False, 1)
             waiting = client.submit(run_on_worker, *job, workers=[worker], pure=False)
             time.sleep(3)  # on the worker and at the lease by now
