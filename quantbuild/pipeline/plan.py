@@ -445,7 +445,6 @@ def _on_workers(
 def _piece(project: _ProjectId, function: Callable[..., Any], *args: Any) -> Any:
     """One job of a fan-out, on the worker that runs it."""
     _share_cores()
-    store = _worker_plan(project).project.store
 
     def here(value: Any) -> Any:
         if isinstance(value, dict):
@@ -453,7 +452,7 @@ def _piece(project: _ProjectId, function: Callable[..., Any], *args: Any) -> Any
         if not isinstance(value, Entry):
             return value
         stage, key = value.manifest["stage"], value.manifest["key"]
-        entry = store.lookup(stage, key, published=True)
+        entry = _worker_plan(project).project.store.lookup(stage, key, published=True)
         if entry is None:
             raise StoreError(f"{stage}: entry {key[:12]} is not in the store this worker sees")
         return entry
