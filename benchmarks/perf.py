@@ -285,9 +285,9 @@ def _rebuild(project: Path, recipe: str, stage: str, env: dict, *extra: str) -> 
     return seconds
 
 
-def stages_row(work: Path, frames: int, rounds: int) -> dict:
-    """Bias calibration and the sensitivity stage on the detection model (TDA4VM preset,
-    `frames` calibration frames): each stage rebuilt alone, ÷ a float pass over its frames."""
+def stages_project(work: Path, frames: int) -> tuple[Path, Path]:
+    """The detection model's project of STAGE_RECIPES over `frames` calibration frames, and the
+    folder of those frames."""
     model = "detection"
     root = datasets.prepare(work, model, EVAL_IMAGES[model], frames)
     images = str(root / f"calib_{frames}")
@@ -304,6 +304,15 @@ def stages_row(work: Path, frames: int, rounds: int) -> dict:
                 f"quantization: {json.dumps(quantization)}\n",
                 encoding="utf-8",
             )
+    return project, Path(images)
+
+
+def stages_row(work: Path, frames: int, rounds: int) -> dict:
+    """Bias calibration and the sensitivity stage on the detection model (TDA4VM preset,
+    `frames` calibration frames): each stage rebuilt alone, ÷ a float pass over its frames."""
+    model = "detection"
+    project, folder = stages_project(work, frames)
+    images = str(folder)
     env = {k: v for k, v in os.environ.items() if k != "QUANTBUILD_CACHE"}
     build = [sys.executable, "-m", "quantbuild", "build", "-C", str(project)]
     subprocess.run(build, env=env, check=True, capture_output=True)

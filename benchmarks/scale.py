@@ -15,6 +15,8 @@ Rows (issue 17):
 - eval: the evaluate stage of the detection model over 1000 evaluation frames rebuilt alone,
   in one process vs sharded over `--cluster local:2` (the same metrics and layer errors), with
   the float model's own inference over the same frames for scale.
+- sensitivity: the sensitivity stage of the detection model (`factor: 1.2`, perf.py's project)
+  rebuilt alone, in one process vs its candidates over `--cluster local:2`.
 `--only eval,stats` measures those rows and keeps the others from results/scale.json.
 Writes results/scale.json and results/scale.md.
 """
@@ -155,11 +157,26 @@ def eval_rows(work: Path, base: dict, frames: int = 1000) -> dict:
     return {"eval_frames": frames, "eval_float_s": float_s, "eval_one_s": one, "eval_two_s": two}
 
 
+def sensitivity_rows(work: Path, base: dict) -> dict:
+    """The detection model's sensitivity stage rebuilt alone (perf.py's `mp` recipe): in one
+    process, then its candidates over two local workers (the same sensitivity.json: nothing
+    downstream re-runs)."""
+    import perf
+
+    project, _ = perf.stages_project(work, 64)
+    _build(project, base)  # restores entries perf.py's quantize rebuilds removed
+    one = perf._rebuild(project, "mp", "sensitivity", base)
+    two = perf._rebuild(project, "mp", "sensitivity", base, "--cluster", "local:2")
+    print(f"  sensitivity: one process {one:.1f} s, 2 workers {two:.1f} s")
+    return {"sensitivity_one_s": one, "sensitivity_two_s": two}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=HERE / "work")
-    parser.add_argument("--only", default="store,stats,eval", help="rows: store,stats,eval")
+    rows_known = "store,stats,eval,sensitivity"
+    parser.add_argument("--only", default=rows_known, help=f"rows: {rows_known}")
     args = parser.parse_args()
     only = set(args.only.split(","))
 
@@ -175,6 +192,8 @@ def main() -> None:
         rows.update(stats_rows(args.work, base))
     if "eval" in only:
         rows.update(eval_rows(args.work, base))
+    if "sensitivity" in only:
+        rows.update(sensitivity_rows(args.work, base))
     rows["date"] = time.strftime("%Y-%m-%d")
     write_json(RESULTS / "scale.json", rows)
     table = (
@@ -197,6 +216,12 @@ def main() -> None:
             f"{rows['eval_two_s']:.1f} s ({rows['eval_one_s'] / rows['eval_two_s']:.2f}×; "
             f"{rows['eval_one_s'] / rows['eval_float_s']:.2f}× / "
             f"{rows['eval_two_s'] / rows['eval_float_s']:.2f}× the float model) | – |\n"
+        )
+    if "sensitivity_one_s" in rows:
+        table += (
+            "| sensitivity stage, detection (`factor: 1.2`): one process / 2 workers | "
+            f"{rows['sensitivity_one_s']:.1f} s / {rows['sensitivity_two_s']:.1f} s "
+            f"({rows['sensitivity_one_s'] / rows['sensitivity_two_s']:.2f}×) | – |\n"
         )
     (RESULTS / "scale.md").write_text(table, encoding="utf-8")
     print(table)
