@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,3 +26,18 @@ def share(workers: int) -> None:
     then sleep instead of spinning, so the workers do not burn each other's cores."""
     global shared
     shared = workers > 1
+
+
+def in_threads(function: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> list[Any]:
+    """`[function(*job) for job in jobs]`, the jobs at once in this process's threads (for work
+    that runs mostly in onnxruntime, which releases the GIL)."""
+    if len(jobs) < 2:
+        return [function(*job) for job in jobs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(lambda job: function(*job), jobs))
+
+
+def side_by_side(limit: int) -> int:
+    """How many pieces of work this process may run side by side: up to `limit`, one per core,
+    one while other builds share the machine."""
+    return 1 if shared else max(1, min(limit, os.cpu_count() or 1))

@@ -51,11 +51,13 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def session(
-    model: onnx.ModelProto, optimize: bool = False, in_order: bool = False
+    model: onnx.ModelProto, optimize: bool = False, in_order: bool = False, spinning: bool = True
 ) -> ort.InferenceSession:
     """A CPU session. Without `optimize`, no graph rewrites: every tensor is computed as written.
     With `in_order`, nodes run in the model's own (topological) order, which the caller chose
-    to keep few tensors alive at once; results are the same."""
+    to keep few tensors alive at once; results are the same. `spinning=False`: idle threads
+    sleep at once (for sessions that take turns with others or run side by side; results are
+    the same)."""
     options = ort.SessionOptions()
     if in_order:
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
@@ -65,7 +67,7 @@ def session(
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     options.log_severity_level = 3
-    if cores.shared:
+    if cores.shared or not spinning:
         # Parallel builds: idle threads sleep, else the workers' spinning threads take each
         # other's cores (one build alone spins: 10-25 % faster on models with many mid-size ops).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

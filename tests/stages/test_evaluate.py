@@ -7,6 +7,7 @@ import pickle
 import pytest
 from builders import make_project
 
+from quantbuild import cores
 from quantbuild.cores import FanOut
 from quantbuild.pipeline.plan import Plan
 from quantbuild.pipeline.project import Project
@@ -23,6 +24,7 @@ def test_evaluation_over_shards_is_bit_identical_to_one_pass(tmp_path, monkeypat
     # Fewer analysed frames than frames: some shards analyse layers, some only score outputs,
     # and with 7 workers the analysed frames span several shards.
     monkeypatch.setattr(evaluate, "LAYER_FRAMES", 3)
+    monkeypatch.setattr(cores, "shared", True)  # one frame pipeline here
     build = Plan(Project(make_project(tmp_path / "proj", val_frames=7))).builds["base"]
     for stage in build.stages:
         build.produce(stage.name, lambda line: None)
@@ -41,3 +43,24 @@ def test_evaluation_over_shards_is_bit_identical_to_one_pass(tmp_path, monkeypat
     assert [job[3] for job in jobs_seen] == {2: [0, 4], 3: [0, 3, 5], 7: list(range(7))}[workers]
     assert _artifacts(entry) == whole
     assert b'"top1"' in whole["metrics.json"] and b'"layers"' in whole["layers.json"]
+
+
+def test_frame_pipelines_side_by_side_give_the_artifacts_of_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("QUANTBUILD_CACHE", raising=False)
+    monkeypatch.setattr(evaluate, "LAYER_FRAMES", 3)
+    monkeypatch.setattr(cores, "shared", True)  # other builds share the machine: one pipeline
+    build = Plan(Project(make_project(tmp_path / "proj", val_frames=7))).builds["base"]
+    for stage in build.stages:
+        build.produce(stage.name, lambda line: None)
+    one = _artifacts(build.entry("evaluate"))
+    pipelines = []
+    monkeypatch.setattr(cores, "shared", False)
+    monkeypatch.setattr(cores.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(evaluate, "LOCAL_PIPELINES", 3)
+    monkeypatch.setattr(
+        cores, "in_threads", lambda f, jobs: pipelines.extend(jobs) or [f(*j) for j in jobs]
+    )
+    build.force = True
+    entry, _ = build.produce("evaluate", lambda line: None)
+    assert [job[4] for job in pipelines] == [0, 3, 5]
+    assert _artifacts(entry) == one
