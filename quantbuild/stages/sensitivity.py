@@ -196,9 +196,7 @@ class ErrorProbe:
             self._errors[key] = frame_errors(outputs, self.reference)
         return self._errors[key]
 
-    def measure(
-        self, selections: list[tuple[list[str], list[str]]], background: tuple[list[str], list[str]]
-    ) -> Iterator[None]:
+    def measure(self, selections: list[Selection], background: Selection) -> Iterator[None]:
         """Measure every selection (output_16bit, params_16bit lists), each run only where it
         differs from `background` (mixed.variants; the same errors as whole runs); yields once
         per selection, for progress."""
