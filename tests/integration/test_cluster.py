@@ -145,8 +145,9 @@ def test_distributed_build_is_bit_identical_and_a_second_checkout_runs_nothing(t
     assert re.search(r"\] computed on tcp://127\.0\.0\.1:\d+$", done.stdout, re.MULTILINE)
     local = _local_build(project, tmp_path / "local")
     assert tree_bytes(project / "build") == tree_bytes(local / "build")
-    # statistics, evaluation and the sensitivity measurements ran in pieces on both workers
-    # (each with its own local cache: the pieces read their inputs from S3) and were merged
+    # statistics, evaluation, the sensitivity measurements and the GPTQ solves ran in pieces on
+    # both workers (each with its own local cache: the pieces read their inputs from S3) and
+    # were merged
     for sharded in (
         r"\[stats:\w+\] 50 frames, .* on 2 workers$",
         r"\[evaluate:\w+\] 360 frames on 2 workers; ",
