@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +31,39 @@ def share(workers: int) -> None:
 
 def in_threads(function: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> list[Any]:
     """`[function(*job) for job in jobs]`, the jobs at once in this process's threads (for work
-    that runs mostly in onnxruntime, which releases the GIL)."""
+    that runs mostly in onnxruntime, which releases the GIL). When one fails or the build is
+    interrupted (Ctrl-C, SIGTERM arrive in the waiting thread), the others stop at their next
+    `check_stop()` instead of running to their end."""
     if len(jobs) < 2:
         return [function(*job) for job in jobs]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        return list(pool.map(lambda job: function(*job), jobs))
+    pool = ThreadPoolExecutor(len(jobs))
+    try:
+        futures = [pool.submit(function, *job) for job in jobs]
+        wait(futures, return_when=FIRST_EXCEPTION)  # not in job order: the first failure
+        for future in futures:
+            error = future.exception() if future.done() else None
+            if error is not None:
+                raise error
+        return [future.result() for future in futures]
+    except BaseException:
+        _stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        _stop.clear()
+
+
+class Stopped(Exception):
+    """A piece of work ended early: its siblings failed or the build was interrupted."""
+
+
+_stop = threading.Event()
+
+
+def check_stop() -> None:
+    """Raise Stopped when the pieces running side by side must end (called between frames)."""
+    if _stop.is_set():
+        raise Stopped
 
 
 def side_by_side(limit: int) -> int:

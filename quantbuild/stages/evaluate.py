@@ -210,6 +210,7 @@ def score_frames(
     for index, (frame, feed) in enumerate(
         track(frames, "evaluation", count) if progress else frames
     ):
+        cores.check_stop()  # a sibling pipeline failed or the build was interrupted
         if analysis is not None and index < analysed:
             ref, got, sums[index] = analysis.run(feed, dataset, frame)
         else:
