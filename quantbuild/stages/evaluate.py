@@ -127,9 +127,17 @@ def _add_up(
                 top1["float"].add(bool(float_hit))
                 top1["quantized"].add(bool(quantized_hit))
         for frame_layers in shard.layers if shard.layers is not None else ():
-            for sums, layer, (signal, alone, accumulated) in zip(errors, lw.layers, frame_layers):
-                sums.add(signal, alone if layer.layerwise else None, accumulated)
+            _add_layer_sums(errors, lw, frame_layers)
     return fidelity, top1, errors
+
+
+def _add_layer_sums(
+    errors: list[ErrorSums], lw: layerwise.LayerwiseModel, frame_layers: np.ndarray
+) -> None:
+    """Add one frame's per-layer (signal, alone, accumulated) sums; `alone` only where the
+    layer has a layer-wise copy (elsewhere it is NaN)."""
+    for sums, layer, (signal, alone, accumulated) in zip(errors, lw.layers, frame_layers):
+        sums.add(signal, alone if layer.layerwise else None, accumulated)
 
 
 def _check_classifier(model: onnx.ModelProto, dataset: Dataset, log: Callable[[str], None]) -> None:
@@ -294,8 +302,7 @@ def layer_errors(
     errors = [ErrorSums(2) for _ in lw.layers]
     for frame in dataset.frames[:LAYER_FRAMES]:
         _, _, values = analysis.run(dataset.load(frame, inputs), dataset, frame)
-        for sums, layer, (signal, alone, accumulated) in zip(errors, lw.layers, values):
-            sums.add(signal, alone if layer.layerwise else None, accumulated)
+        _add_layer_sums(errors, lw, values)
     return errors
 
 
