@@ -209,21 +209,15 @@ def test_statistics_over_frames_of_different_sequence_lengths(tmp_path):
 
 @pytest.mark.parametrize("workers", [2, 3, 7])
 def test_statistics_over_shards_are_bit_identical_to_one_pass(tmp_path, prepared, workers):
-    import pickle
+    from elsewhere import Elsewhere
 
-    from quantbuild.cores import FanOut
     from quantbuild.store.files import npz_bytes
 
     npz = write_npz(tmp_path / "calib.npz", 7, seed=9)
     whole = collect_statistics(prepared, _dataset(npz))
-    jobs_seen = []
-
-    def elsewhere(function, jobs):
-        # what a cluster does with each job: serialize it, run it in another interpreter state
-        jobs_seen.extend(jobs)
-        return [pickle.loads(pickle.dumps(function(*pickle.loads(pickle.dumps(j))))) for j in jobs]
-
-    sharded = collect_statistics(prepared, _dataset(npz), fan_out=FanOut(workers, elsewhere))
+    cluster = Elsewhere()
+    sharded = collect_statistics(prepared, _dataset(npz), fan_out=cluster.fan_out(workers))
+    jobs_seen = cluster.jobs
     assert len(jobs_seen) == workers and sum(len(j[1].frames) for j in jobs_seen) == 7
     assert whole.keys() == sharded.keys()
     for key in whole:

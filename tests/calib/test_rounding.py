@@ -130,21 +130,15 @@ def test_rounding_is_not_applied_to_a_weight_on_another_grid(tmp_path):
 
 @pytest.mark.parametrize("workers", [2, 5])
 def test_rounding_solved_on_workers_is_bit_identical(tmp_path, workers):
-    import pickle
+    from elsewhere import Elsewhere
 
-    from quantbuild.cores import FanOut
     from quantbuild.store.files import npz_bytes
 
     model, data, _, qdq, record = _small_build(tmp_path, heavy_cnn(size=16, width=8))
     here = gptq_rounding(model, qdq, record, data, log=lambda _: None)
-    pieces = []
-
-    def elsewhere(function, jobs):
-        # what a cluster does with each job: serialize it, run it in another interpreter state
-        pieces.extend(jobs)
-        return [pickle.loads(pickle.dumps(function(*pickle.loads(pickle.dumps(j))))) for j in jobs]
-
-    spread = gptq_rounding(model, qdq, record, data, lambda _: None, FanOut(workers, elsewhere))
+    cluster = Elsewhere()
+    spread = gptq_rounding(model, qdq, record, data, lambda _: None, cluster.fan_out(workers))
+    pieces = cluster.jobs
     layers = sum(len(job[0]) for job in pieces)
     assert len(pieces) == min(workers, layers) and layers == 3 and here.integers
     assert npz_bytes(spread.arrays()) == npz_bytes(here.arrays())  # the stage's artifact

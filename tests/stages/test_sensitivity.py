@@ -3,12 +3,10 @@ on a cluster's workers."""
 
 from __future__ import annotations
 
-import pickle
-
 import pytest
 from builders import RECIPE, make_project
+from elsewhere import Elsewhere
 
-from quantbuild.cores import FanOut
 from quantbuild.pipeline.plan import Plan
 from quantbuild.pipeline.project import Project
 from quantbuild.stages.sensitivity import SENSITIVITY, measure_shard, split_candidates
@@ -27,18 +25,12 @@ def test_sensitivity_measured_on_workers_is_bit_identical(tmp_path, monkeypatch,
         if stage.name != "evaluate":
             build.produce(stage.name, lambda line: None)
     whole = build.entry("sensitivity").path(SENSITIVITY).read_bytes()
-    pieces = []
-
-    def elsewhere(function, jobs):
-        # what a cluster does with each job: serialize it, run it in another interpreter state
-        assert function is measure_shard
-        pieces.extend(jobs)
-        return [pickle.loads(pickle.dumps(function(*pickle.loads(pickle.dumps(j))))) for j in jobs]
-
-    build.fan_out = FanOut(workers, elsewhere)
+    cluster = Elsewhere()
+    build.fan_out = cluster.fan_out(workers)
     build.force = True
     lines = []
     entry, _ = build.produce("sensitivity", lines.append)
-    assert len(pieces) == 2 * workers  # both backgrounds, every worker a share of each
+    assert cluster.functions == {measure_shard}
+    assert len(cluster.jobs) == 2 * workers  # both backgrounds, every worker a share of each
     assert entry.path(SENSITIVITY).read_bytes() == whole
     assert any(f"measured on {workers} workers" in line for line in lines)
