@@ -95,27 +95,40 @@ def store_rows(work: Path, base: dict, rounds: int) -> dict:
     return rows
 
 
+def _detection_project(
+    project: Path, calib: Path, frames: int, evaluation: tuple[Path, int] | None = None
+) -> Path:
+    """A project of one TDA4VM recipe of the detection model (no bias calibration) over
+    `frames` calibration images, and an evaluation set (folder, frames) if given; made once."""
+    from common import MODELS
+
+    if (project / "doit.cfg").exists():
+        return project
+    project.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "quantbuild", "init", "-C", str(project)], check=True)
+    shutil.copy(MODELS["detection"].path, project / "model.onnx")
+    preprocess = json.dumps(MODELS["detection"].preprocess)
+    sections = [("calibration", calib, frames)] + (
+        [("evaluation", *evaluation)] if evaluation else []
+    )
+    text = "version: 1\nextends: [devices/tda4vm]\nmodel: model.onnx\n"
+    for section, folder, count in sections:
+        data = {"images": str(folder), "limit": count, "seed": 0}
+        text += f"{section}:\n  data: {json.dumps(data)}\n  preprocess: {preprocess}\n"
+    (project / "tda4vm.yaml").write_text(
+        text + "quantization: {bias_calibration: false}\n", encoding="utf-8"
+    )
+    return project
+
+
 def stats_rows(work: Path, base: dict, frames: int = 512) -> dict:
     """The detection model's statistics stage over `frames` frames, rebuilt alone: in one
     process, then sharded over two local workers (same artifact: nothing downstream re-runs)."""
     import data as datasets
     import perf
-    from common import MODELS
 
     images = datasets.prepare(work, "detection", perf.EVAL_IMAGES["detection"], frames)
-    project = work / "scale-stats"
-    if not (project / "doit.cfg").exists():
-        project.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "quantbuild", "init", "-C", str(project)], check=True)
-        shutil.copy(MODELS["detection"].path, project / "model.onnx")
-        section = {"images": str(images / f"calib_{frames}"), "limit": frames, "seed": 0}
-        (project / "tda4vm.yaml").write_text(
-            "version: 1\nextends: [devices/tda4vm]\nmodel: model.onnx\n"
-            f"calibration:\n  data: {json.dumps(section)}\n"
-            f"  preprocess: {json.dumps(MODELS['detection'].preprocess)}\n"
-            "quantization: {bias_calibration: false}\n",
-            encoding="utf-8",
-        )
+    project = _detection_project(work / "scale-stats", images / f"calib_{frames}", frames)
     _build(project, base)
     one = perf._rebuild(project, "tda4vm", "stats", base)
     two = perf._rebuild(project, "tda4vm", "stats", base, "--cluster", "local:2")
@@ -128,24 +141,11 @@ def eval_rows(work: Path, base: dict, frames: int = 1000) -> dict:
     process, then sharded over two local workers; and the float model alone on those frames."""
     import data as datasets
     import perf
-    from common import MODELS
 
     images = datasets.prepare(work, "detection", frames, 64)
-    project = work / "scale-eval"
-    if not (project / "doit.cfg").exists():
-        project.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "quantbuild", "init", "-C", str(project)], check=True)
-        shutil.copy(MODELS["detection"].path, project / "model.onnx")
-        preprocess = json.dumps(MODELS["detection"].preprocess)
-        calib = {"images": str(images / "calib_64"), "limit": 64, "seed": 0}
-        evaluation = {"images": str(images / "eval"), "limit": frames, "seed": 0}
-        (project / "tda4vm.yaml").write_text(
-            "version: 1\nextends: [devices/tda4vm]\nmodel: model.onnx\n"
-            f"calibration:\n  data: {json.dumps(calib)}\n  preprocess: {preprocess}\n"
-            f"evaluation:\n  data: {json.dumps(evaluation)}\n  preprocess: {preprocess}\n"
-            "quantization: {bias_calibration: false}\n",
-            encoding="utf-8",
-        )
+    project = _detection_project(
+        work / "scale-eval", images / "calib_64", 64, (images / "eval", frames)
+    )
     _build(project, base)
     float_s = perf.child("float", "detection", str(images / "eval"), str(frames))["seconds"]
     one = perf._rebuild(project, "tda4vm", "evaluate", base)
